@@ -1,0 +1,31 @@
+# Two commands do all set-up on a fresh machine (see README):
+#   make demo   compress a sample archive and rehydrate it again (local folders, local Ray, no servers)
+#   make test   run the test suite (starts its own SeaweedFS S3, local Ray and Prefect harness)
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: venv test demo eval bench clean
+
+$(BIN)/taid: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: pip then takes the local CPU build instead of a multi-GB CUDA one
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test,bench]'
+	touch $(BIN)/taid
+
+venv: $(BIN)/taid
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+demo: venv
+	$(BIN)/python -m pipeline.demo
+
+eval: venv
+	$(BIN)/taid eval --model taid-x2 --data tests/data/Set5
+	$(BIN)/taid eval --model taid-x4 --data tests/data/Set5
+
+clean:
+	rm -rf $(VENV) .pytest_cache runs

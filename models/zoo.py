@@ -1,0 +1,97 @@
+"""The model zoo: named weights with their sha256, architecture, training recipe and metrics.
+
+The table lives in `models/zoo.json` (one entry per model id) so tools can read it without
+Python; weights live in `models/weights/<model_id>-<first 8 hex of sha256>.pt` and are verified
+against the full sha256 before `torch.load(..., weights_only=True)` touches them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from models.networks import TaskAwarePair
+
+ZOO_FILE = Path(__file__).with_name("zoo.json")
+WEIGHTS_DIR = Path(__file__).with_name("weights")
+ARCH_KEYS = ("scale", "channels", "down_blocks", "up_blocks")
+
+
+class WeightsError(RuntimeError):
+    """Weights that are missing, modified or not a TAID checkpoint."""
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def zoo_table() -> dict[str, dict]:
+    if not ZOO_FILE.exists():
+        return {}
+    return json.loads(ZOO_FILE.read_text())
+
+
+def resolve(model: str) -> tuple[Path, str | None]:
+    """(weights path, expected sha256) for a zoo id, or for a weights file path (sha from its name
+    prefix is checked by load_pair; a full sha256 is only known for zoo entries)."""
+    table = zoo_table()
+    if model in table:
+        entry = table[model]
+        return WEIGHTS_DIR / entry["file"], entry["sha256"]
+    path = Path(model)
+    if path.suffix == ".pt" and path.exists():
+        return path, None
+    raise WeightsError(f"unknown model {model!r}: not in the zoo ({', '.join(sorted(table)) or 'empty'}) and not a .pt file")
+
+
+def load_pair(model: str, device: str = "cpu", expected_sha256: str | None = None) -> TaskAwarePair:
+    """Load a pair for inference after checking its sha256 (refuses rather than guesses)."""
+    path, zoo_sha = resolve(model)
+    if not path.exists():
+        raise WeightsError(f"weights file {path} for {model!r} is missing")
+    actual = sha256_file(path)
+    for expected in (zoo_sha, expected_sha256):
+        if expected and actual != expected:
+            raise WeightsError(f"weights {path} have sha256 {actual}, expected {expected}: file modified or corrupt")
+    if zoo_sha is None and expected_sha256 is None:
+        prefix = path.stem.rsplit("-", 1)[-1]
+        if not actual.startswith(prefix):
+            raise WeightsError(f"weights {path}: sha256 {actual[:8]}... does not match the name's prefix {prefix}")
+    try:
+        blob = torch.load(path, map_location=device, weights_only=True)
+        pair = TaskAwarePair(*(blob["config"][k] for k in ARCH_KEYS))
+        pair.load_state_dict(blob["state_dict"])
+    except Exception as exc:  # truncated file, foreign pickle, wrong keys
+        raise WeightsError(f"weights {path} are not a loadable TAID pair: {exc}") from exc
+    pair.model_id = blob.get("model_id", model)
+    pair.weights_sha256 = actual
+    return pair.to(device).eval()
+
+
+def export_weights(training_state: str | Path, model_id: str, out_dir: str | Path) -> tuple[Path, str]:
+    """Strip a training state down to shippable weights named `<model_id>-<sha8>.pt`."""
+    state = torch.load(training_state, map_location="cpu", weights_only=True)
+    config = state["config"]
+    blob = {
+        "model_id": model_id,
+        "config": {k: config[k] for k in ARCH_KEYS},
+        "train_config": {k: v for k, v in config.items() if k not in ARCH_KEYS},
+        "step": state["step"],
+        "state_dict": state["state_dict"],
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{model_id}.tmp"
+    torch.save(blob, tmp)
+    sha = sha256_file(tmp)
+    final = out / f"{model_id}-{sha[:8]}.pt"
+    os.replace(tmp, final)
+    return final, sha
