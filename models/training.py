@@ -111,8 +111,18 @@ def save_training_state(path: Path, pair, optimizer, cfg: TrainConfig, step: int
     os.replace(tmp, path)  # atomic: a kill mid-save never leaves a broken "last.pt"
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, device: str | None = None, resume: bool = True, log=print) -> Path:
-    """Train (or resume) a pair; writes out_dir/last.pt and out_dir/history.jsonl. Returns last.pt."""
+def train(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    device: str | None = None,
+    resume: bool = True,
+    log=print,
+    until: int | None = None,
+) -> Path:
+    """Train (or resume) a pair; writes out_dir/last.pt and out_dir/history.jsonl. Returns last.pt.
+
+    `until` stops (with a checkpoint) at that step without changing the schedule, so a long run
+    can be done in chunks across sessions and resumed exactly."""
     from tqdm import tqdm
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -171,7 +181,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, device: str | None = None, resu
                     cfg = cfg.model_copy(update={"steps": fit})
                     bar.total = fit
                     log(f"time budget: {per_step * 1000:.1f} ms/step, schedule shortened to {fit} steps")
-            stopping = deadline is not None and time.monotonic() > deadline
+            stopping = (deadline is not None and time.monotonic() > deadline) or step == until
             if step % cfg.val_every == 0 or step == cfg.steps or stopping:
                 metrics = validate(pair, val_images, device) if val_images else {}
                 row = {"step": step, "lr": learning_rate(step - 1, cfg), **losses, **metrics}
@@ -182,7 +192,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, device: str | None = None, resu
             if step % cfg.ckpt_every == 0 or step == cfg.steps or stopping:
                 save_training_state(last, pair, optimizer, cfg, step, sampler, history)
             if stopping:
-                log(f"time budget reached at step {step}")
+                log(f"stopped at step {step} of {cfg.steps}; run again to resume")
                 break
     bar.close()
     return last

@@ -13,7 +13,7 @@ def _train(args: argparse.Namespace) -> int:
 
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.model_fields and v is not None}
     cfg = TrainConfig(**fields)
-    last = train(cfg, args.out, device=args.device, resume=not args.fresh)
+    last = train(cfg, args.out, device=args.device, resume=not args.fresh, until=args.until)
     print(f"training state: {last}")
     if args.export:
         from models.zoo import export_weights
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init-from", dest="init_from", help="start from these weights (zoo name or .pt)")
     t.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     t.add_argument("--fresh", action="store_true", help="ignore an existing last.pt instead of resuming")
+    t.add_argument("--until", type=int, help="stop (checkpointed) at this step; rerun to resume")
     t.add_argument("--export", metavar="MODEL_ID", help="after training, write shippable weights for MODEL_ID")
     t.set_defaults(func=_train)
 
