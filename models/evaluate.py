@@ -50,11 +50,15 @@ def _mean(rows: list[dict], keys: tuple[str, ...]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in keys}
 
 
-def evaluate(model: str | TaskAwarePair, data: str, device: str = "cpu", limit: int | None = None) -> dict:
+def evaluate(
+    model: str | TaskAwarePair, data: str | list[str], device: str = "cpu", limit: int | None = None
+) -> dict:
+    """`data` is a folder / URI of images, or an explicit list of image URIs (a held-out split)."""
     pair = load_pair(model, device) if isinstance(model, str) else model.to(device).eval()
     pair = pair.to(memory_format=torch.channels_last)
     s = pair.scale
-    uris = list_images([data])[:limit]
+    uris = (list_images([data]) if isinstance(data, str) else list(data))[:limit]
+    data = data if isinstance(data, str) else f"{len(uris)} listed images"
     if not uris:
         raise FileNotFoundError(f"no images under {data}")
     rows, base_rows = [], {name: [] for name in BASELINES}

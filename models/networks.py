@@ -109,6 +109,7 @@ class TaskAwarePair(nn.Module):
     def __init__(self, scale: int = 2, channels: int = 32, down_blocks: int = 4, up_blocks: int = 4):
         super().__init__()
         self.scale = scale
+        self.arch = {"scale": scale, "channels": channels, "down_blocks": down_blocks, "up_blocks": up_blocks}
         self.downscaler = TaskAwareDownscaler(scale, channels, down_blocks)
         self.upscaler = TaskAwareUpscaler(scale, channels, up_blocks)
 

@@ -52,9 +52,23 @@ def resolve(model: str) -> tuple[Path, str | None]:
     raise WeightsError(f"unknown model {model!r}: not in the zoo ({', '.join(sorted(table)) or 'empty'}) and not a .pt file")
 
 
-def load_pair(model: str, device: str = "cpu", expected_sha256: str | None = None) -> TaskAwarePair:
-    """Load a pair for inference after checking its sha256 (refuses rather than guesses)."""
-    path, zoo_sha = resolve(model)
+def load_pair(
+    model: str, device: str = "cpu", expected_sha256: str | None = None, registry: str | None = None
+) -> TaskAwarePair:
+    """Load a pair for inference after checking its sha256 (refuses rather than guesses).
+
+    `model` is a zoo id, a weights file, or the id of a fine-tuned pair in the model registry
+    (`registry`, or the TAID_MODEL_REGISTRY environment variable; see models/registry.py).
+    """
+    registry = registry or os.environ.get("TAID_MODEL_REGISTRY")
+    try:
+        path, zoo_sha = resolve(model)
+    except WeightsError:
+        if not registry:
+            raise
+        from models.registry import fetch_weights
+
+        path, zoo_sha = fetch_weights(model, registry, expected_sha256)
     if not path.exists():
         raise WeightsError(f"weights file {path} for {model!r} is missing")
     actual = sha256_file(path)
