@@ -35,6 +35,75 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_atomic(path: str, data: bytes) -> None:
+    import os
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".taid-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _compress_file(args: argparse.Namespace) -> int:
+    from models.zoo import load_pair
+    from pipeline.codec import CodecOptions, compress_image
+
+    fields = {k: v for k, v in vars(args).items() if k in CodecOptions.model_fields and v is not None}
+    options = CodecOptions(**fields)
+    pair = load_pair(options.model_id)
+    with open(args.input, "rb") as f:
+        data = f.read()
+    small, record = compress_image(data, pair, options)
+    if args.record:
+        _write_atomic(args.record, record.model_dump_json(indent=2).encode())
+    if small is None:
+        print(f"{args.input}: {record.status}: {record.error_message}", file=sys.stderr)
+        return 2
+    _write_atomic(args.output, small)
+    print(
+        f"{args.input} ({record.width}x{record.height}, {record.source_size} B) -> {args.output} "
+        f"({record.out_width}x{record.out_height} {record.output_format}, {record.output_size} B, x{record.scale} {record.model_id})"
+    )
+    if record.notes:
+        print(f"notes: {record.notes}")
+    if record.roundtrip_psnr is not None:
+        print(f"round-trip PSNR (RGB): {record.roundtrip_psnr:.2f} dB")
+    return 0
+
+
+def _rehydrate_file(args: argparse.Namespace) -> int:
+    from models.zoo import WeightsError, load_pair
+    from pipeline.codec import RehydrateError, rehydrate_image
+    from pipeline.small_file import SmallFileError, read_small
+
+    with open(args.input, "rb") as f:
+        small = f.read()
+    record = None
+    if args.record:
+        with open(args.record) as f:
+            record = json.load(f)
+    try:
+        meta = record if record and record.get("model_id") else read_small(small)[1]
+        if not meta:
+            raise RehydrateError(f"{args.input} carries no TAID metadata and no --record was given")
+        pair = load_pair(args.model or meta["model_id"])
+        out = rehydrate_image(small, record, pair, output_format=args.format, quality=args.quality)
+    except (RehydrateError, SmallFileError, WeightsError) as exc:
+        print(f"{args.input}: cannot rehydrate: {exc}", file=sys.stderr)
+        return 2
+    _write_atomic(args.output, out)
+    print(f"{args.input} -> {args.output} ({len(out)} B)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taid", description="Task-Aware Image Downscaling archive tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +140,31 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=None, help="only the first N images")
     e.add_argument("--device", default="cpu")
     e.set_defaults(func=_eval)
+
+    c = sub.add_parser("compress-file", help="shrink one image file into a TAID small file")
+    c.add_argument("input", help="image file")
+    c.add_argument("output", help="small file to write (atomically)")
+    c.add_argument("--model", dest="model_id", help="zoo id or weights file (default taid-x2)")
+    c.add_argument("--scale", type=int, help="2, 4, ... 128 (a power of the model's scale; default 2)")
+    c.add_argument("--small-format", dest="small_format", choices=["png", "webp", "webp-lossy", "jpeg"])
+    c.add_argument("--quality", type=int, help="for webp-lossy / jpeg small files (default 90)")
+    c.add_argument("--max-pixels", dest="max_pixels", type=int, help="decompression-bomb limit (header check)")
+    c.add_argument("--tile", type=int, help="tile side in full-resolution pixels")
+    c.add_argument("--multi-frame", dest="multi_frame", choices=["skip", "first"])
+    c.add_argument("--high-bit-depth", dest="high_bit_depth", choices=["skip", "to8bit"])
+    c.add_argument("--rehydrate-format", dest="rehydrate_format", help="default output format when rehydrating")
+    c.add_argument("--verify", action="store_true", default=None, help="rehydrate once and report round-trip PSNR")
+    c.add_argument("--record", help="also write the manifest record as JSON here")
+    c.set_defaults(func=_compress_file)
+
+    r = sub.add_parser("rehydrate-file", help="restore full resolution from a TAID small file")
+    r.add_argument("input", help="TAID small file")
+    r.add_argument("output", help="image file to write (atomically)")
+    r.add_argument("--record", help="manifest record JSON (default: the metadata embedded in the small file)")
+    r.add_argument("--model", help="model to load (default: the one recorded; a mismatch is refused)")
+    r.add_argument("--format", help="png, jpeg, webp, webp-lossy, tiff (default: the source's format)")
+    r.add_argument("--quality", type=int, help="for jpeg / lossy webp output")
+    r.set_defaults(func=_rehydrate_file)
     return parser
 
 

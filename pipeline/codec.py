@@ -1,0 +1,264 @@
+"""The archive codec: one image file -> small file + manifest record, and back.
+
+    small, record = compress_image(data, pair, CodecOptions(scale=4))
+    restored = rehydrate_image(small, record, pair)       # or record=None: use the embedded metadata
+
+Pure code: no Ray, no Prefect, no storage. Decoding and the real-world policies live in
+`pipeline.image_io` (read its docstring for each case), the small file and its embedded metadata
+in `pipeline.small_file`, recursion and tiling in `pipeline.tiling`.
+
+Geometry: the upright image (EXIF orientation applied) of W x H pixels is reflect-padded on the
+bottom/right to a multiple of `scale`, downscaled to ceil(W/scale) x ceil(H/scale) (`out_width`,
+`out_height`), and on rehydration upscaled and cropped back to exactly W x H.
+
+`compress_image` never raises for bad input: it returns (None, record) with `status` set to
+`skipped_<reason>` or `failed_<reason>` and `error_message`. It raises only for caller errors
+(a scale the pair cannot reach). `rehydrate_image` raises `RehydrateError` when the bytes are not a
+TAID small file, when the pair is not the one that made the file (model id or weights sha256
+differ: we refuse rather than guess), or when the requested output cannot hold the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, Field, field_validator
+
+from pipeline import image_io, small_file, tiling
+
+CODEC_VERSION = "1"
+DEFAULT_MAX_PIXELS = 120_000_000
+
+
+class RehydrateError(ValueError):
+    """The small file cannot be rehydrated with this pair (wrong model, not a TAID file, ...)."""
+
+
+class CodecOptions(BaseModel):
+    model_id: str = "taid-x2"
+    scale: int = Field(2, description="power of the model's scale: 2..128 for taid-x2, 4/16/64 for taid-x4")
+    small_format: Literal["png", "webp", "webp-lossy", "jpeg"] = "png"
+    quality: int = Field(90, ge=1, le=100, description="for webp-lossy and jpeg small files")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="decompression-bomb limit, checked from the header")
+    tile: int = Field(tiling.DEFAULT_TILE, ge=64, description="tile side in full-resolution pixels")
+    multi_frame: Literal["skip", "first"] = "skip"
+    high_bit_depth: Literal["skip", "to8bit"] = "skip"
+    rehydrate_format: str | None = Field(None, description="default output format for rehydration; None = the source's")
+    rehydrate_quality: int | None = Field(None, ge=1, le=100)
+    verify: bool = Field(False, description="rehydrate once and store roundtrip_psnr (RGB, 8-bit, no shave)")
+
+    @field_validator("scale")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v < 2 or v > 128 or v & (v - 1):
+            raise ValueError("scale must be a power of two in 2..128")
+        return v
+
+
+class CompressRecord(BaseModel):
+    """The per-image manifest fields the codec knows (DESIGN.md), plus the policies applied."""
+
+    source_size: int = 0
+    source_sha256: str = ""
+    source_format: str | None = None
+    source_mode: str | None = None
+    bit_depth: int | None = None
+    n_frames: int | None = None
+    exif_orientation: int | None = None
+    icc_present: bool = False
+    width: int | None = None  # upright (EXIF-applied) size = the rehydrated size
+    height: int | None = None
+    status: str = "ok"
+    error_message: str | None = None
+    output_format: str | None = None
+    output_size: int | None = None
+    output_sha256: str | None = None
+    out_width: int | None = None
+    out_height: int | None = None
+    scale: int | None = None
+    model_id: str | None = None
+    model_sha256: str | None = None
+    roundtrip_psnr: float | None = None
+    # policies
+    exif_present: bool = False
+    has_alpha: bool = False
+    alpha_stored: bool = False
+    is_gray: bool = False
+    processed_bit_depth: int | None = None
+    color_conversion: str | None = None
+    icc_carried: bool = False
+    frames_policy: str | None = None
+    rehydrate_format: str | None = None
+    rehydrate_quality: int | None = None
+    tiles: int | None = None
+    notes: str | None = None
+    codec_version: str = CODEC_VERSION
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _gray(arr: np.ndarray) -> np.ndarray:
+    """H x W x 3 uint8 -> H x W uint8, channel mean rounded half up."""
+    return ((arr.astype(np.uint16).sum(axis=2) * 2 + 3) // 6).astype(np.uint8)
+
+
+def compress_image(data: bytes, pair, options: CodecOptions | None = None) -> tuple[bytes | None, CompressRecord]:
+    options = options or CodecOptions()
+    tiling.steps_for(pair, options.scale)  # caller error -> ValueError, before any file is touched
+    rec = CompressRecord(
+        source_size=len(data), source_sha256=_sha256(data), scale=options.scale,
+        model_id=getattr(pair, "model_id", options.model_id), model_sha256=getattr(pair, "weights_sha256", None),
+    )
+    try:
+        dec = image_io.decode_image(data, options.max_pixels, options.multi_frame, options.high_bit_depth)
+    except image_io.DecodeFailure as f:
+        return None, rec.model_copy(update={**_known(f.info), "status": f.status, "error_message": f.message})
+    except Exception as exc:  # belt and braces: a decoder bug must not kill the batch
+        return None, rec.model_copy(update={"status": "failed_decode", "error_message": f"{type(exc).__name__}: {exc}"})
+    rec = rec.model_copy(update=_known(dec.info))
+    try:
+        return _compress_decoded(dec, pair, options, rec)
+    except MemoryError:
+        return None, rec.model_copy(update={"status": "failed_out_of_memory", "error_message": "MemoryError while processing"})
+    except Exception as exc:
+        return None, rec.model_copy(update={"status": "failed_processing", "error_message": f"{type(exc).__name__}: {exc}"})
+
+
+def _known(info: dict) -> dict:
+    return {k: v for k, v in info.items() if k in CompressRecord.model_fields}
+
+
+def _compress_decoded(dec: image_io.Decoded, pair, options: CodecOptions, rec: CompressRecord):
+    s = options.scale
+    h, w = dec.rgb.shape[:2]
+    small, tiles = tiling.downscale_array(pair, tiling.pad_to_multiple(dec.rgb, s), s, options.tile)
+    if dec.info["is_gray"]:
+        small_img = _gray(small)
+        mode = "L"
+    else:
+        small_img, mode = small, "RGB"
+    if dec.alpha is not None:
+        a_small, n = tiling.downscale_array(pair, np.repeat(tiling.pad_to_multiple(dec.alpha, s)[..., None], 3, axis=2), s, options.tile)
+        tiles += n
+        small_img = np.dstack([small_img, _gray(a_small)])
+        mode += "A"
+    img = Image.fromarray(np.ascontiguousarray(small_img), mode)
+    fmt, q = image_io.default_output(rec.source_format)
+    if options.rehydrate_format:
+        fmt, q = options.rehydrate_format, options.rehydrate_quality
+    elif options.rehydrate_quality is not None:
+        q = options.rehydrate_quality
+    notes = list(dec.notes)
+    rec = rec.model_copy(update={"rehydrate_format": fmt, "rehydrate_quality": q, "tiles": tiles, "status": "ok"})
+    meta = small_file.embedded_meta(rec.model_dump())
+    out, written = small_file.encode_small(img, options.small_format, options.quality, meta, dec.icc, dec.exif)
+    if written != options.small_format:
+        notes.append(f"{options.small_format} cannot hold alpha: small file written as {written}")
+    rec = rec.model_copy(
+        update={
+            "output_format": written, "output_size": len(out), "output_sha256": _sha256(out),
+            "out_width": img.width, "out_height": img.height, "notes": "; ".join(notes) or None,
+        }
+    )
+    if options.verify:
+        restored = _rehydrate_pixels(out, rec.model_dump(), pair, options.tile)[0]
+        ref = np.asarray(_to_pil(dec.rgb, dec.alpha, dec.info["is_gray"], dec.info["has_alpha"]).convert("RGB"))
+        from models.metrics import psnr
+
+        rec = rec.model_copy(update={"roundtrip_psnr": psnr(np.asarray(restored.convert("RGB")), ref)})
+    return out, rec
+
+
+def _to_pil(rgb: np.ndarray, alpha: np.ndarray | None, is_gray: bool, has_alpha: bool) -> Image.Image:
+    color = _gray(rgb)[..., None] if is_gray else rgb
+    if has_alpha:
+        a = alpha if alpha is not None else np.full(rgb.shape[:2], 255, np.uint8)
+        color = np.dstack([color, a])
+    mode = ("L" if is_gray else "RGB") + ("A" if has_alpha else "")
+    return Image.fromarray(np.ascontiguousarray(color.squeeze(axis=2) if color.shape[2] == 1 else color), mode)
+
+
+def _rehydrate_pixels(small: bytes, record: CompressRecord | dict | None, pair, tile: int):
+    try:
+        im, embedded, icc, exif, _ = small_file.read_small(small)
+    except small_file.SmallFileError as exc:
+        raise RehydrateError(str(exc)) from exc
+    if record is None and embedded is None:
+        raise RehydrateError("no manifest record given and the file carries no TAID metadata: not a TAID small file")
+    meta = dict(embedded or {})
+    if record is not None:
+        rec = record.model_dump() if isinstance(record, CompressRecord) else dict(record)
+        if rec.get("status", "ok") != "ok":
+            raise RehydrateError(f"record status is {rec.get('status')!r}: nothing to rehydrate")
+        meta.update({k: rec[k] for k in small_file.EMBEDDED_KEYS if rec.get(k) is not None})
+    for key in ("width", "height", "scale", "model_id", "model_sha256"):
+        if meta.get(key) is None:
+            raise RehydrateError(f"metadata lacks {key!r}: not a TAID small file")
+    want_id, want_sha = meta["model_id"], meta["model_sha256"]
+    have_id, have_sha = getattr(pair, "model_id", None), getattr(pair, "weights_sha256", None)
+    if have_sha != want_sha or have_id != want_id:
+        raise RehydrateError(
+            f"small file was made by {want_id} (sha256 {want_sha}); this pair is {have_id} (sha256 {have_sha}): refusing to guess"
+        )
+    w, h, s = int(meta["width"]), int(meta["height"]), int(meta["scale"])
+    if im.size != (-(-w // s), -(-h // s)):
+        raise RehydrateError(f"small image is {im.size[0]}x{im.size[1]}, expected {-(-w // s)}x{-(-h // s)} for {w}x{h} at x{s}")
+    try:
+        tiling.steps_for(pair, s)
+    except ValueError as exc:
+        raise RehydrateError(str(exc)) from exc
+    # Flags missing from both record and embedded metadata are inferred from the small image's mode.
+    alpha_stored = bool(meta["alpha_stored"]) if meta.get("alpha_stored") is not None else im.mode in ("RGBA", "LA", "PA")
+    is_gray = bool(meta["is_gray"]) if meta.get("is_gray") is not None else im.mode in ("L", "LA")
+    has_alpha = bool(meta["has_alpha"]) if meta.get("has_alpha") is not None else alpha_stored
+    arr = np.asarray(im.convert("RGBA" if alpha_stored else "RGB"))
+    color = arr[..., :3]
+    if is_gray:
+        color = np.repeat(_gray(color)[..., None], 3, axis=2)
+    up, _ = tiling.upscale_array(pair, color, s, tile)
+    alpha = None
+    if alpha_stored:
+        a_up, _ = tiling.upscale_array(pair, np.repeat(arr[..., 3:4], 3, axis=2), s, tile)
+        alpha = _gray(a_up[:h, :w])
+    out = _to_pil(up[:h, :w], alpha, is_gray, has_alpha)
+    return out, meta, icc, exif
+
+
+def rehydrate_image(
+    small: bytes,
+    record: CompressRecord | dict | None,
+    pair,
+    output_format: str | None = None,
+    quality: int | None = None,
+    tile: int = tiling.DEFAULT_TILE,
+) -> bytes:
+    """Full-resolution image bytes, upright, with the original's ICC profile and EXIF (Orientation=1).
+
+    Format: `output_format` if given, else the record's `rehydrate_format` (the source's format
+    where it makes sense: JPEG stays JPEG at quality 95, PNG stays PNG; see image_io.default_output)."""
+    img, meta, icc, exif = _rehydrate_pixels(small, record, pair, tile)
+    fmt = output_format or meta.get("rehydrate_format") or "png"
+    q = quality if quality is not None else (meta.get("rehydrate_quality") if output_format is None else None)
+    if fmt.lower() in ("jpeg", "jpg") and q is None:
+        q = image_io.DEFAULT_JPEG_QUALITY
+    try:
+        return image_io.encode_output(img, fmt, q, icc, exif)
+    except ValueError as exc:
+        raise RehydrateError(str(exc)) from exc
+
+
+def decode_output(data: bytes) -> Image.Image:
+    """Convenience for tests and tools: open rehydrated bytes fully loaded."""
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im
