@@ -185,7 +185,8 @@ def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
         weights, sha = export_weights(Path(d) / "state.pt", cfg.name, tmp)
         tuned = load_pair(str(weights))
         report = {"model_id": cfg.name, "sha256": sha, "base_model": cfg.base, "data_uri": cfg.data,
-                  "steps": tcfg.steps, "workers": cfg.workers, "checkpoint": result.checkpoint.path}
+                  "steps": tcfg.steps, "workers": cfg.workers, "checkpoint": result.checkpoint.path,
+                  "resumed_from": (result.metrics or {}).get("resumed_from", -1)}
         held = {"base": evaluate(base, held_uris)["mean"], "tuned": evaluate(tuned, held_uris)["mean"]}
         report["heldout"] = held
         report["gain_db"] = held["tuned"]["psnr_y"] - held["base"]["psnr_y"]
