@@ -151,7 +151,7 @@ def train(
         pair.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
         step, history = state["step"], state["history"]
         log(f"resumed from {last} at step {step}/{cfg.steps}")
     elif cfg.init_from:
