@@ -14,17 +14,22 @@ receptive field of the network (all 3x3 convolutions counted at the small resolu
 over-counts those at higher resolutions, plus the bicubic skip's support), so every kept output
 pixel sees exactly the same input as in an untiled run and tiles leave no seams. At the image
 border a tile gets no margin on that side, which is exactly the untiled run's border condition.
-The only differences left are float reassociation inside the convolution kernels for different
-tensor shapes (measured: 0.000 dB on 2000x1500, see tests/test_codec_tiling.py).
+The only possible difference left is float reassociation inside convolution kernels chosen for
+other tensor shapes; measured on CPU: bit-identical output, 2000x1500 with 12 tiles and x8
+recursion with odd sizes (tests/test_codec_tiling.py).
 
-Memory bound (CPU, float32): one tile's activations. For a tile side T (full resolution), pair
-scale s, margin m (small pixels) and C channels the largest live tensors are a few C-channel
-maps at the small resolution, (T/s + 2m)^2 * C * 4 bytes each, the s*s*C-channel map before the
-last PixelShuffle of an x4 upscaler, and the bicubic skip at full resolution, 3 * (T + 2 s m)^2 * 4
-bytes. Measured peak RSS growth with the shipped models (C=48): about 0.25 GB for T=512 and
-about 0.9 GB for T=1024 (the default), independent of the image size. On top of that the whole
-image lives as uint8 arrays: input, padded input and output, about 3 + 3 + 3 bytes per pixel
-(+1 per pixel each for alpha), i.e. roughly 1.1 GB at the default 120 MP pixel limit.
+Memory bound (float32): one tile's activations, whatever the image size. For a tile side T
+(full resolution), pair scale s, margin m (small pixels) and C channels, the largest live tensors
+are a few C-channel maps at the small resolution, (T/s + 2m)^2 * C * 4 bytes each (plus the
+s*s*C-channel map before the first PixelShuffle of an x4 upscaler), and the bicubic skip at full
+resolution, 3 * (T + 2sm)^2 * 4 bytes. Measured peak RSS growth on CPU with the shipped models
+(C = 48) on a 4000x3000 image: 0.07-0.24 GB at T = 512 and 0.27-0.35 GB at T = 1024 (the
+default), against 0.55 GB for an *untiled* 2000x1500 image (untiled memory grows linearly with
+the pixel count: about 2.3 GB at 12 MP, extrapolated). On a GPU only one tile is on the device at a time.
+On top of the tile, the whole image lives as uint8 arrays on the host: decoded input (Pillow's
+buffer and the numpy copy), padded input and output, about 9-15 bytes per pixel (+1 per copy for
+alpha), i.e. 1.1-1.8 GB at the default limit of 120 MP (`CodecOptions.max_pixels`), plus the
+encoded files; lower max_pixels to bound a worker tighter.
 """
 
 from __future__ import annotations
@@ -60,14 +65,15 @@ def margin_small(pair: TaskAwarePair) -> int:
     return max(_count_convs(pair.downscaler), _count_convs(pair.upscaler)) + 2 + 4
 
 
-def _to_float(x: torch.Tensor) -> torch.Tensor:
-    """3 x h x w uint8 -> 1 x 3 x h x w float in [0, 1], channels_last (as models.evaluate.round_trip)."""
-    return x.unsqueeze(0).float().div_(255.0).contiguous(memory_format=torch.channels_last)
+def _to_float(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """3 x h x w uint8 (CPU) -> 1 x 3 x h x w float in [0, 1] on `device`, channels_last
+    (as models.evaluate.round_trip). Only one tile at a time is ever on the device."""
+    return x.unsqueeze(0).to(device).float().div_(255.0).contiguous(memory_format=torch.channels_last)
 
 
 def _to_uint8(y: torch.Tensor) -> torch.Tensor:
-    """1 x 3 x h x w float -> 3 x h x w uint8 (clamped and rounded like models.metrics.to_uint8)."""
-    return y[0].clamp(0, 1).mul(255.0).round().to(torch.uint8)
+    """1 x 3 x h x w float -> 3 x h x w uint8 on the CPU (clamped and rounded like models.metrics.to_uint8)."""
+    return y[0].clamp(0, 1).mul(255.0).round().to(torch.uint8).cpu()
 
 
 def _run_tiled(fn, x: torch.Tensor, up: bool, s: int, core: int, margin: int) -> tuple[torch.Tensor, int]:
@@ -75,8 +81,9 @@ def _run_tiled(fn, x: torch.Tensor, up: bool, s: int, core: int, margin: int) ->
     input pixels (multiples of s when downscaling). Returns (3 x H' x W' uint8, number of tiles)."""
     _, h, w = x.shape
     oh, ow = (h * s, w * s) if up else (h // s, w // s)
+    device = fn.device
     if h <= core and w <= core:
-        return _to_uint8(fn(_to_float(x))), 1
+        return _to_uint8(fn(_to_float(x, device))), 1
     out = torch.empty((3, oh, ow), dtype=torch.uint8)
     n = 0
     for y0 in range(0, h, core):
@@ -85,7 +92,7 @@ def _run_tiled(fn, x: torch.Tensor, up: bool, s: int, core: int, margin: int) ->
         for x0 in range(0, w, core):
             x1 = min(x0 + core, w)
             ax0, ax1 = max(0, x0 - margin), min(w, x1 + margin)
-            res = _to_uint8(fn(_to_float(x[:, ay0:ay1, ax0:ax1])))
+            res = _to_uint8(fn(_to_float(x[:, ay0:ay1, ax0:ax1], device)))
             if up:
                 sl = res[:, (y0 - ay0) * s : (y1 - ay0) * s, (x0 - ax0) * s : (x1 - ax0) * s]
                 out[:, y0 * s : y1 * s, x0 * s : x1 * s] = sl
@@ -97,8 +104,21 @@ def _run_tiled(fn, x: torch.Tensor, up: bool, s: int, core: int, margin: int) ->
 
 
 def _prepare(pair: TaskAwarePair) -> TaskAwarePair:
-    # Same memory format as models.evaluate.evaluate (values unchanged; in-place on the module).
+    """Eval mode and channels_last weights, as models.evaluate.evaluate uses them. Note: this is
+    in place on the caller's module (values unchanged); the other layout picks other conv kernels
+    whose float rounding can move a rare pixel by one 8-bit level."""
     return pair.eval().to(memory_format=torch.channels_last)
+
+
+class _Step:
+    """One scaling step of the pair, as a callable that knows the pair's device."""
+
+    def __init__(self, pair: TaskAwarePair, up: bool):
+        self.pair, self.up = pair, up
+        self.device = next(pair.parameters()).device
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        return self.pair.upscale(t)["restored"] if self.up else self.pair.downscale(t)["small"]
 
 
 def downscale_array(pair: TaskAwarePair, img: np.ndarray, scale: int, tile: int = DEFAULT_TILE) -> tuple[np.ndarray, int]:
@@ -114,7 +134,7 @@ def downscale_array(pair: TaskAwarePair, img: np.ndarray, scale: int, tile: int 
     total = 0
     with torch.inference_mode():
         for _ in range(steps):
-            x, n = _run_tiled(lambda t: pair.downscale(t)["small"], x, False, s, core, margin)
+            x, n = _run_tiled(_Step(pair, up=False), x, False, s, core, margin)
             total += n
     return x.permute(1, 2, 0).contiguous().numpy(), total
 
@@ -130,7 +150,7 @@ def upscale_array(pair: TaskAwarePair, small: np.ndarray, scale: int, tile: int 
     total = 0
     with torch.inference_mode():
         for _ in range(steps):
-            x, n = _run_tiled(lambda t: pair.upscale(t)["restored"], x, True, s, core, margin)
+            x, n = _run_tiled(_Step(pair, up=True), x, True, s, core, margin)
             total += n
     return x.permute(1, 2, 0).contiguous().numpy(), total
 
