@@ -188,6 +188,20 @@ def _to_pil(rgb: np.ndarray, alpha: np.ndarray | None, is_gray: bool, has_alpha:
     return Image.fromarray(np.ascontiguousarray(color.squeeze(axis=2) if color.shape[2] == 1 else color), mode)
 
 
+def _present(v) -> bool:
+    if v is None:
+        return False
+    try:
+        return not bool(v != v)  # NaN (and pd.NA, whose comparison raises) count as missing
+    except TypeError:
+        return False
+
+
+def _plain(v):
+    """numpy scalars from a Parquet/pandas row -> Python scalars."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
 def _rehydrate_pixels(small: bytes, record: CompressRecord | dict | None, pair, tile: int):
     try:
         im, embedded, icc, exif, _ = small_file.read_small(small)
@@ -200,7 +214,11 @@ def _rehydrate_pixels(small: bytes, record: CompressRecord | dict | None, pair, 
         rec = record.model_dump() if isinstance(record, CompressRecord) else dict(record)
         if rec.get("status", "ok") != "ok":
             raise RehydrateError(f"record status is {rec.get('status')!r}: nothing to rehydrate")
-        meta.update({k: rec[k] for k in small_file.EMBEDDED_KEYS if rec.get(k) is not None})
+        if _present(rec.get("output_sha256")) and rec["output_sha256"] != _sha256(small):
+            raise RehydrateError("small file's sha256 differs from its manifest row's output_sha256: wrong or damaged file")
+        # a manifest row may hold only DESIGN.md's fields, or nulls read back as NaN / pd.NA:
+        # the embedded metadata fills what the row does not say
+        meta.update({k: _plain(rec[k]) for k in small_file.EMBEDDED_KEYS if _present(rec.get(k))})
     for key in ("width", "height", "scale", "model_id", "model_sha256"):
         if meta.get(key) is None:
             raise RehydrateError(f"metadata lacks {key!r}: not a TAID small file")

@@ -118,7 +118,7 @@ def read_small(data: bytes) -> tuple[Image.Image, dict | None, bytes | None, byt
     """(decoded small image, embedded metadata or None, ICC, EXIF, small format name)."""
     try:
         im = Image.open(io.BytesIO(data))
-        im.load()
+        im.load()  # Pillow's own bomb guard applies to small files (2 x Image.MAX_IMAGE_PIXELS)
     except Exception as exc:
         raise SmallFileError(f"not a readable image: {type(exc).__name__}: {exc}") from exc
     fmt = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg"}.get(im.format or "")

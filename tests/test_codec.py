@@ -187,6 +187,9 @@ def test_not_a_taid_small_file(x2):
     small, rec = compress_image(plain, x2, CodecOptions())
     with pytest.raises(RehydrateError, match="status"):
         rehydrate_image(small, rec.model_dump() | {"status": "failed_decode"}, x2)
+    other, _ = compress_image(encode(smooth_rgb(32, 32, seed=5)), x2, CodecOptions())
+    with pytest.raises(RehydrateError, match="sha256"):
+        rehydrate_image(other, rec, x2)  # a small file paired with another file's manifest row
 
 
 def test_verify_stores_roundtrip_psnr(x2):
@@ -221,3 +224,30 @@ def test_cli_compress_and_rehydrate_file(tmp_path, capsys):
     assert main(["rehydrate-file", str(src), str(tmp_path / "x.png")]) == 2
     assert "cannot rehydrate" in capsys.readouterr().err
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".taid-")]  # no temp files left behind
+
+
+def test_rehydrate_from_a_bare_manifest_row(x2):
+    """A manifest row holding only DESIGN.md's fields (numpy scalars, NaN for nulls) still works:
+    the policy flags come from the small file's embedded metadata."""
+    rgba = np.dstack([smooth_rgb(40, 48), np.tile(np.linspace(0, 255, 48).astype(np.uint8), (40, 1))])
+    small, rec = compress_image(encode(Image.fromarray(rgba, "RGBA")), x2, CodecOptions())
+    design_fields = (
+        "source_size source_sha256 source_format source_mode bit_depth n_frames exif_orientation icc_present "
+        "width height status error_message output_format output_size output_sha256 out_width out_height "
+        "scale model_id model_sha256 roundtrip_psnr"
+    ).split()
+    row = {k: getattr(rec, k) for k in design_fields}
+    row |= {"width": np.int64(48), "height": np.int64(40), "scale": np.int32(2), "roundtrip_psnr": float("nan")}
+    row |= {"has_alpha": float("nan"), "is_gray": None}  # nulls from a wider schema
+    out = decode_output(rehydrate_image(small, row, x2))
+    assert out.mode == "RGBA" and out.size == (48, 40)
+    assert np.array_equal(np.asarray(out), np.asarray(decode_output(rehydrate_image(small, rec, x2))))
+
+
+def test_jpeg_output_of_alpha_image_is_refused(x2):
+    rgba = np.dstack([smooth_rgb(16, 16), np.full((16, 16), 128, np.uint8)])
+    small, rec = compress_image(encode(Image.fromarray(rgba, "RGBA")), x2, CodecOptions())
+    with pytest.raises(RehydrateError, match="alpha"):
+        rehydrate_image(small, rec, x2, output_format="jpeg")
+    with pytest.raises(RehydrateError, match="unknown output format"):
+        rehydrate_image(small, rec, x2, output_format="bmp")
