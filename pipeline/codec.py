@@ -47,7 +47,9 @@ class CodecOptions(BaseModel):
     tile: int = Field(tiling.DEFAULT_TILE, ge=64, description="tile side in full-resolution pixels")
     multi_frame: Literal["skip", "first"] = "skip"
     high_bit_depth: Literal["skip", "to8bit"] = "skip"
-    rehydrate_format: str | None = Field(None, description="default output format for rehydration; None = the source's")
+    rehydrate_format: Literal["png", "jpeg", "webp", "webp-lossy", "tiff"] | None = Field(
+        None, description="default output format for rehydration; None = the source's (image_io.default_output)"
+    )
     rehydrate_quality: int | None = Field(None, ge=1, le=100)
     verify: bool = Field(False, description="rehydrate once and store roundtrip_psnr (RGB, 8-bit, no shave)")
 

@@ -4,6 +4,9 @@
 to carry through) or raises `DecodeFailure(status, message, info)`; the codec turns the failure
 into a manifest row, so one bad file never kills a batch. Policies, each recorded in the record:
 
+- Formats: only the decoders in `ALLOWED_FORMATS` may run (Pillow's `formats=` allow-list). HEIC,
+  PSD and EPS are recognised by signature -> `skipped_unsupported_format` (EPS would run
+  Ghostscript; PSD layers would be lost; HEIC needs pillow-heif).
 - Zero bytes -> `skipped_empty`. Bytes Pillow cannot identify -> `skipped_not_image`, unless they
   start with a known image signature (JPEG, PNG, GIF, WebP, TIFF, BMP): then the file is an image
   that is broken, `failed_truncated` when it ends early, else `failed_decode`.
@@ -37,8 +40,8 @@ into a manifest row, so one bad file never kills a batch. Policies, each recorde
   Default `high_bit_depth="skip"` -> `skipped_high_bit_depth` (the original must be kept).
   With `high_bit_depth="to8bit"` the user opts in: 16-bit grey is rounded to 8 bits
   (v * 255 / 65535, round half up), 16-bit RGB(A) is read through Pillow, which keeps the high byte
-  (truncation); `processed_bit_depth = 8` and a note say so. 32-bit float is always skipped
-  (its range is not known).
+  (truncation); `processed_bit_depth = 8` and a note say so. 32-bit int and float are always
+  skipped (their range is not known).
 - Animated GIF / WebP / APNG and multi-page TIFF: default `multi_frame="skip"` ->
   `skipped_multi_frame` (an archive must not silently lose frames); `multi_frame="first"` keeps
   frame 0 and records `frames_policy = "first_frame"` with a note of the frames dropped. MPO
@@ -66,6 +69,11 @@ _TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*", b"BM")
+# Decoders we let Pillow use. Anything else (EPS, which shells out to Ghostscript on load; PSD, whose
+# layers would be dropped silently; FITS, HDF5, WMF, ...) is refused before any decoder runs.
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "DIB", "PPM", "TGA", "AVIF", "JPEG2000", "ICO", "PCX", "SGI", "QOI")
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
+_UNSUPPORTED = ((b"8BPS", "Photoshop PSD"), (b"%!PS", "PostScript/EPS"), (b"\xc5\xd0\xd3\xc6", "EPS"))
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 # Rehydrated output format by source format: the original format where it makes sense.
@@ -88,6 +96,15 @@ class Decoded:
     icc: bytes | None = None
     exif: bytes | None = None
     notes: list[str] = field(default_factory=list)
+
+
+def _unsupported_format(data: bytes) -> str | None:
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+        return "HEIC/HEIF (needs the pillow-heif plugin, not installed)"
+    for sig, name in _UNSUPPORTED:
+        if data.startswith(sig):
+            return name
+    return None
 
 
 def _looks_like_image(data: bytes) -> bool:
@@ -122,10 +139,13 @@ def open_header(data: bytes, max_pixels: int) -> tuple[Image.Image, dict]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise DecodeFailure("skipped_too_many_pixels", f"header exceeds Pillow's pixel guard: {exc}") from None
     except UnidentifiedImageError:
+        unsupported = _unsupported_format(data)
+        if unsupported:
+            raise DecodeFailure("skipped_unsupported_format", f"{unsupported}: not decoded by this codec") from None
         if _looks_like_image(data):
             status = "failed_truncated" if len(data) < 64 else "failed_decode"
             raise DecodeFailure(status, f"image signature but unreadable header ({len(data)} bytes)") from None
@@ -174,11 +194,11 @@ def decode_image(data: bytes, max_pixels: int, multi_frame: str = "skip", high_b
         info["frames_policy"] = "first_frame"
         notes.append(f"first frame kept, {n_frames - 1} frame(s) dropped")
     if bit_depth > 8:
-        if im.mode == "F" or high_bit_depth != "to8bit":
+        if im.mode == "F" or (im.mode == "I" and bit_depth > 16) or high_bit_depth != "to8bit":
             raise DecodeFailure(
                 "skipped_high_bit_depth",
                 f"{bit_depth}-bit {im.mode} image: the TAID small image is 8-bit, so precision would be lost "
-                f"(high_bit_depth={'skip' if im.mode != 'F' else 'skip (float)'})",
+                f"(high_bit_depth={high_bit_depth}; 32-bit int/float are always skipped: their range is unknown)",
                 info,
             )
     try:
@@ -190,7 +210,7 @@ def decode_image(data: bytes, max_pixels: int, multi_frame: str = "skip", high_b
 
     mode = im.mode
     color_conversion = None
-    processed_bit_depth = min(bit_depth, 8)
+    processed_bit_depth = 8  # what the model sees (1-bit and palette images are expanded to 8-bit levels)
     has_alpha = mode in _ALPHA_MODES or "transparency" in im.info
     is_gray = mode in _GRAY_MODES
     try:
@@ -201,10 +221,8 @@ def decode_image(data: bytes, max_pixels: int, multi_frame: str = "skip", high_b
             if arr.min() < 0 or arr.max() > 65535:
                 raise DecodeFailure("skipped_high_bit_depth", f"{mode} values outside 0..65535", info)
             im = Image.fromarray(((arr * 255 + 32767) // 65535).astype(np.uint8), "L")
-            processed_bit_depth = 8
             notes.append(f"{bit_depth}-bit grey rounded to 8 bits (high_bit_depth='to8bit')")
         elif bit_depth > 8:
-            processed_bit_depth = 8
             notes.append(f"{bit_depth}-bit {mode}: Pillow's 8-bit decode used (high byte kept) (high_bit_depth='to8bit')")
         if mode not in ("CMYK", "RGB", "RGBA", "L", "LA") and not mode.startswith("I"):
             if mode in ("P", "PA"):

@@ -294,3 +294,28 @@ def test_corrupted_bytes_never_raise(x2):
             small, rec = run(bytes(bad), x2)  # returns a status, whatever the damage
             assert rec.status == "ok" or rec.status.startswith(("failed_", "skipped_")), rec.status
             assert rec.status == "ok" or rec.error_message
+
+
+def test_unsupported_formats_refused_before_any_decoder(x2):
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    psd = b"8BPS\x00\x01" + bytes(64)
+    for data, name in ((heic, "HEIC"), (eps, "PostScript"), (psd, "PSD")):
+        _, rec = run(data, x2)
+        assert rec.status == "skipped_unsupported_format" and name in rec.error_message
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "TGA", "PPM", "TIFF", "WEBP"])
+def test_other_common_formats_accepted(x2, fmt):
+    img = smooth_rgb(32, 40)
+    small, rec = run(encode(img, fmt), x2)
+    assert rec.status == "ok" and rec.source_format == fmt
+    out = decode_output(rehydrate_image(small, rec, x2))
+    assert out.format == {"TIFF": "TIFF", "WEBP": "WEBP"}.get(fmt, "PNG")
+    assert psnr(np.asarray(out.convert("RGB")), img) > 30
+
+
+def test_32bit_int_tiff_always_skipped(x2):
+    data = encode(Image.fromarray(np.arange(256, dtype=np.int32).reshape(16, 16) * 1000, "I"), "TIFF")
+    _, rec = run(data, x2, high_bit_depth="to8bit")
+    assert rec.status == "skipped_high_bit_depth" and rec.bit_depth == 32 and "range is unknown" in rec.error_message
