@@ -1,0 +1,63 @@
+"""Real services for the integration tests, started once per session on 127.0.0.1:
+SeaweedFS S3 (`s3`), a local Ray (`ray_local`) and Prefect's test harness (`prefect_harness`)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+# Ray binds loopback only, no token auth, no usage stats (see ../shared/INFRA-NOTES.md).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "0")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A SeaweedFS S3 server with real credentials; AWS_* variables point every client at it
+    (set before Ray starts, so Ray workers and jobs inherit them)."""
+    from infra.local_s3 import LocalS3
+
+    server = LocalS3(tmp_path_factory.mktemp("seaweedfs")).start()
+    saved = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())
+    yield server
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def bucket(s3):
+    """A fresh, empty bucket per test; yields its name."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    s3.filesystem().makedirs(name, exist_ok=True)
+    return name
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3, tmp_path_factory):
+    import ray
+
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+        _temp_dir=str(tmp_path_factory.mktemp("ray")),
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
