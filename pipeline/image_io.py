@@ -207,6 +207,7 @@ def decode_image(data: bytes, max_pixels: int, multi_frame: str = "skip", high_b
     except Exception as exc:
         status = "failed_truncated" if _is_truncation(exc) else "failed_decode"
         raise DecodeFailure(status, f"{type(exc).__name__}: {exc}", info) from None
+    info["exif_present"] = "exif" in im.info  # a PNG's eXIf chunk may follow the pixel data
 
     mode = im.mode
     color_conversion = None

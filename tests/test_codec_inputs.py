@@ -75,6 +75,16 @@ def test_exif_orientation_applied_and_recorded(x2, orientation):
     assert read_small(small)[0].getexif().get(0x0112) == 1  # the small file is upright too
 
 
+def test_png_exif_orientation(x2):
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    data = encode(smooth_rgb(24, 40), "PNG", exif=exif.tobytes())
+    small, rec = run(data, x2)
+    assert rec.exif_orientation == 8 and rec.exif_present and (rec.width, rec.height) == (24, 40)
+    out = decode_output(rehydrate_image(small, rec, x2))
+    assert out.format == "PNG" and out.size == (24, 40) and out.getexif().get(0x0112) == 1
+
+
 # --- ICC -------------------------------------------------------------------------------------
 
 
