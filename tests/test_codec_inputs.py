@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import struct
 import time
 import zlib
@@ -49,6 +50,41 @@ def png_header_only(w: int, h: int) -> bytes:
     """A PNG that claims w x h pixels and has no pixel data at all: decoding it would fail."""
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IEND", b"")
+
+
+def s15(v): return struct.pack(">i", int(round(v * 65536)))
+
+def cmyk_profile() -> bytes:
+    """Minimal ICC v2 output profile: CMYK -> XYZ (PCS) via a 2-point-grid lut16 A2B0 (naive CMYK)."""
+    M = np.array([[0.4360747, 0.3850649, 0.1430804], [0.2225045, 0.7168786, 0.0606169], [0.0139322, 0.0971045, 0.7141733]])
+    clut = []
+    for c, m, y, k in itertools.product((0, 1), repeat=4):
+        rgb = np.array([(1 - c) * (1 - k), (1 - m) * (1 - k), (1 - y) * (1 - k)])
+        xyz = M @ rgb  # linear light, D50
+        clut += [min(65535, int(round(v * 32768))) for v in xyz]
+    lut = b"mft2" + bytes(4) + bytes([4, 3, 2, 0])
+    lut += b"".join(s15(v) for v in (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    lut += struct.pack(">HH", 2, 2)
+    lut += struct.pack(">8H", *([0, 65535] * 4))
+    lut += struct.pack(f">{len(clut)}H", *clut)
+    lut += struct.pack(">6H", *([0, 65535] * 3))
+    wtpt = b"XYZ " + bytes(4) + s15(0.9642) + s15(1.0) + s15(0.8249)
+    text = b"test CMYK\x00"
+    desc = b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(4 + 4 + 2 + 1 + 67)
+    cprt = b"text" + bytes(4) + b"none\x00"
+    tags = [(b"desc", desc), (b"wtpt", wtpt), (b"cprt", cprt), (b"A2B0", lut)]
+    offset = 128 + 4 + 12 * len(tags)
+    table, body = struct.pack(">I", len(tags)), b""
+    for sig, data in tags:
+        pad = (-len(data)) % 4
+        table += sig + struct.pack(">II", offset + len(body), len(data))
+        body += data + bytes(pad)
+    size = 128 + len(table) + len(body)
+    header = struct.pack(">I", size) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"prtr" + b"CMYK" + b"XYZ "
+    header += bytes(12) + b"acsp" + b"APPL" + bytes(4) + bytes(4) + bytes(4) + bytes(8) + struct.pack(">I", 0)
+    header += s15(0.9642) + s15(1.0) + s15(0.8249) + b"lcms" + bytes(16) + bytes(28)
+    assert len(header) == 128
+    return header + table + body
 
 
 # --- EXIF orientation ------------------------------------------------------------------------
@@ -114,6 +150,23 @@ def test_cmyk_jpeg_converted_to_rgb(x2):
     out = decode_output(rehydrate_image(small, rec, x2))
     assert out.mode == "RGB" and out.format == "JPEG"
     assert psnr(np.asarray(out), reference) > 28
+
+
+def test_cmyk_with_embedded_profile_converted_to_srgb(x2):
+    icc = cmyk_profile()
+    data = encode(Image.fromarray(smooth_rgb(64, 64)).convert("CMYK"), "JPEG", quality=95, icc_profile=icc)
+    source = Image.open(io.BytesIO(data))
+    srgb = ImageCms.createProfile("sRGB")
+    via_icc = np.asarray(ImageCms.profileToProfile(source, ImageCms.ImageCmsProfile(io.BytesIO(icc)), srgb, outputMode="RGB"))
+    naive = np.asarray(source.convert("RGB"))
+    assert psnr(via_icc, naive) < 25  # the profile really changes the colours
+    small, rec = run(data, x2)
+    assert rec.icc_present and rec.icc_carried and rec.color_conversion == "CMYK -> sRGB via embedded ICC (perceptual)"
+    out = decode_output(rehydrate_image(small, rec, x2))
+    assert out.mode == "RGB" and out.format == "JPEG"
+    carried = ImageCms.ImageCmsProfile(io.BytesIO(out.info["icc_profile"]))
+    assert "sRGB" in ImageCms.getProfileDescription(carried)
+    assert psnr(np.asarray(out), via_icc) > 28 and psnr(np.asarray(out), via_icc) > psnr(np.asarray(out), naive) + 5
 
 
 def test_cmyk_with_unusable_profile_falls_back_and_says_so(x2):
