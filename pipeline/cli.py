@@ -53,15 +53,19 @@ def _write_atomic(path: str, data: bytes) -> None:
 
 
 def _compress_file(args: argparse.Namespace) -> int:
-    from models.zoo import load_pair
+    from models.zoo import WeightsError, load_pair
     from pipeline.codec import CodecOptions, compress_image
 
     fields = {k: v for k, v in vars(args).items() if k in CodecOptions.model_fields and v is not None}
-    options = CodecOptions(**fields)
-    pair = load_pair(options.model_id)
-    with open(args.input, "rb") as f:
-        data = f.read()
-    small, record = compress_image(data, pair, options)
+    try:
+        options = CodecOptions(**fields)
+        pair = load_pair(options.model_id)
+        with open(args.input, "rb") as f:
+            data = f.read()
+        small, record = compress_image(data, pair, options)
+    except (ValueError, OSError, WeightsError) as exc:  # bad options / model / unreadable path (pydantic errors are ValueErrors)
+        print(f"taid compress-file: {exc}", file=sys.stderr)
+        return 2
     if args.record:
         _write_atomic(args.record, record.model_dump_json(indent=2).encode())
     if small is None:
@@ -84,19 +88,19 @@ def _rehydrate_file(args: argparse.Namespace) -> int:
     from pipeline.codec import RehydrateError, rehydrate_image
     from pipeline.small_file import SmallFileError, read_small
 
-    with open(args.input, "rb") as f:
-        small = f.read()
-    record = None
-    if args.record:
-        with open(args.record) as f:
-            record = json.load(f)
     try:
+        with open(args.input, "rb") as f:
+            small = f.read()
+        record = None
+        if args.record:
+            with open(args.record) as f:
+                record = json.load(f)
         meta = record if record and record.get("model_id") else read_small(small)[1]
         if not meta:
             raise RehydrateError(f"{args.input} carries no TAID metadata and no --record was given")
         pair = load_pair(args.model or meta["model_id"])
         out = rehydrate_image(small, record, pair, output_format=args.format, quality=args.quality)
-    except (RehydrateError, SmallFileError, WeightsError) as exc:
+    except (RehydrateError, SmallFileError, WeightsError, OSError, ValueError) as exc:
         print(f"{args.input}: cannot rehydrate: {exc}", file=sys.stderr)
         return 2
     _write_atomic(args.output, out)

@@ -222,6 +222,7 @@ def test_cli_compress_and_rehydrate_file(tmp_path, capsys):
     assert not (tmp_path / "never.png").exists()
     assert json.loads((tmp_path / "bad.json").read_text())["status"] == "skipped_empty"
     assert main(["rehydrate-file", str(src), str(tmp_path / "x.png")]) == 2
+    assert main(["compress-file", str(src), str(tmp_path / "y.png"), "--model", "taid-x4", "--scale", "8"]) == 2
     assert "cannot rehydrate" in capsys.readouterr().err
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".taid-")]  # no temp files left behind
 

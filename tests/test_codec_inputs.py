@@ -52,7 +52,8 @@ def png_header_only(w: int, h: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IEND", b"")
 
 
-def s15(v): return struct.pack(">i", int(round(v * 65536)))
+def s15(v: float) -> bytes:
+    return struct.pack(">i", int(round(v * 65536)))
 
 def cmyk_profile() -> bytes:
     """Minimal ICC v2 output profile: CMYK -> XYZ (PCS) via a 2-point-grid lut16 A2B0 (naive CMYK)."""
