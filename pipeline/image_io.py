@@ -35,7 +35,7 @@ into a manifest row, so one bad file never kills a batch. Policies, each recorde
   constant 255, so the rehydrated file still has an alpha channel.
 - Grayscale (1, L, LA, I;16...): run through the RGB model as R = G = B; the small file and the
   rehydrated file are grey (channel mean, rounded), so no colour cast can appear.
-- High bit depth (16-bit PNG/TIFF, 32-bit int/float): never silently clipped. The model and its
+- High bit depth (16-bit PNG/TIFF, 10/12-bit AVIF, 32-bit int/float): never silently clipped. The model and its
   small image are 8-bit by construction, so an archive entry cannot hold more than 8 bits.
   Default `high_bit_depth="skip"` -> `skipped_high_bit_depth` (the original must be kept).
   With `high_bit_depth="to8bit"` the user opts in: 16-bit grey is rounded to 8 bits
@@ -108,12 +108,14 @@ def _unsupported_format(data: bytes) -> str | None:
 
 
 def _looks_like_image(data: bytes) -> bool:
-    return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+    return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP") or _is_avif(data)
 
 
 def _bit_depth(im: Image.Image, data: bytes) -> int:
     if im.format == "PNG" and data[12:16] == b"IHDR" and len(data) > 24:
         return int(data[24])
+    if im.format == "AVIF":
+        return _avif_bit_depth(data) or 8
     if im.format == "TIFF":
         bps = getattr(im, "tag_v2", {}).get(258)
         if bps:
@@ -125,6 +127,23 @@ def _bit_depth(im: Image.Image, data: bytes) -> int:
     if im.mode in ("I", "F"):
         return 32
     return 8
+
+
+def _is_avif(data: bytes) -> bool:
+    return data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis")
+
+
+def _avif_bit_depth(data: bytes) -> int | None:
+    """Bits per channel from an AVIF's `pixi` box: 10/12-bit AVIF (HDR phone photos) would otherwise
+    be decoded to 8 bits without a word."""
+    if not _is_avif(data):
+        return None
+    i = data.find(b"pixi", 0, 1 << 16)
+    if i < 4 or len(data) < i + 10:
+        return None
+    n = data[i + 8]
+    bits = data[i + 9 : i + 9 + n]
+    return int(max(bits)) if n and len(bits) == n else None
 
 
 def _is_truncation(exc: BaseException) -> bool:
@@ -165,6 +184,10 @@ def open_header(data: bytes, max_pixels: int) -> tuple[Image.Image, dict]:
 
 
 def decode_image(data: bytes, max_pixels: int, multi_frame: str = "skip", high_bit_depth: str = "skip") -> Decoded:
+    avif_depth = _avif_bit_depth(data)
+    if avif_depth and avif_depth > 8 and high_bit_depth != "to8bit":  # before libavif touches it
+        info = {"source_format": "AVIF", "bit_depth": avif_depth}
+        raise DecodeFailure("skipped_high_bit_depth", f"{avif_depth}-bit AVIF: the TAID small image is 8-bit (high_bit_depth=skip)", info)
     im, info = open_header(data, max_pixels)
     notes: list[str] = []
     try:

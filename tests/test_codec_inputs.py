@@ -379,6 +379,16 @@ def test_other_common_formats_accepted(x2, fmt):
     assert psnr(np.asarray(out.convert("RGB")), img) > 30
 
 
+def test_10bit_avif_detected_from_its_header(x2):
+    data = encode(smooth_rgb(16, 16), "AVIF")
+    small, rec = run(data, x2)
+    assert rec.status == "ok" and rec.bit_depth == 8
+    i = data.find(b"pixi")
+    patched = data[: i + 9] + bytes([10, 10, 10]) + data[i + 12 :]  # pixi: 3 channels of 10 bits
+    _, rec = run(patched, x2)
+    assert rec.status == "skipped_high_bit_depth" and rec.bit_depth == 10
+
+
 def test_32bit_int_tiff_always_skipped(x2):
     data = encode(Image.fromarray(np.arange(256, dtype=np.int32).reshape(16, 16) * 1000, "I"), "TIFF")
     _, rec = run(data, x2, high_bit_depth="to8bit")
