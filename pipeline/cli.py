@@ -108,6 +108,17 @@ def _rehydrate_file(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compress_archive(args: argparse.Namespace) -> int:
+    from flows.compress_archive import compress_archive
+    from pipeline.config import CompressArchiveParams
+
+    fields = {k: v for k, v in vars(args).items() if k in CompressArchiveParams.model_fields and v is not None}
+    result = compress_archive(CompressArchiveParams(**fields, show_progress=True))
+    print(json.dumps(result, indent=2, default=str))
+    failed = sum(v for k, v in result.get("by_status", {}).items() if k.startswith("failed"))
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taid", description="Task-Aware Image Downscaling archive tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -169,6 +180,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--format", help="png, jpeg, webp, webp-lossy, tiff (default: the source's format)")
     r.add_argument("--quality", type=int, help="for jpeg / lossy webp output")
     r.set_defaults(func=_rehydrate_file)
+
+    a = sub.add_parser("compress-archive", help="the compress-archive flow over a folder or S3 prefix")
+    a.add_argument("source", help="local folder or s3://bucket/prefix")
+    a.add_argument("dest", help="local folder or s3://bucket/prefix for small files and manifests")
+    a.add_argument("--model", dest="model_id", help="zoo or registered model id (default taid-x2)")
+    a.add_argument("--scale", type=int)
+    a.add_argument("--small-format", dest="small_format", choices=["png", "webp", "webp-lossy", "jpeg"])
+    a.add_argument("--quality", type=int)
+    a.add_argument("--no-incremental", dest="incremental", action="store_false", default=None)
+    a.add_argument("--retry-failed", dest="retry_failed", action="store_true", default=None)
+    a.add_argument("--include", action="append", help="glob on keys (repeatable)")
+    a.add_argument("--exclude", action="append", help="glob on keys (repeatable)")
+    a.add_argument("--max-pixels", dest="max_pixels", type=int)
+    a.add_argument("--max-images", dest="max_images", type=int)
+    a.add_argument("--ray-address", dest="ray_address", help="Ray cluster (default: a local Ray)")
+    a.add_argument("--workers", type=int)
+    a.add_argument("--gpus-per-worker", dest="gpus_per_worker", type=float)
+    a.add_argument("--batch-size", dest="batch_size", type=int)
+    a.add_argument("--registry", help="model registry URI for fine-tuned model ids")
+    a.add_argument("--verify", action="store_true", default=None, help="record a round-trip PSNR per image")
+    a.add_argument("--dry-run", dest="dry_run", action="store_true", default=None)
+    a.set_defaults(func=_compress_archive)
     return parser
 
 

@@ -1,0 +1,189 @@
+"""Prefect flow `compress-archive`: a compact TAID version of every image under a prefix.
+
+    list (fsspec, ETag + size) -> skip what earlier manifests already hold -> Ray actors
+    (decode, TAD downscale, encode, atomic write) -> Parquet manifest parts -> run stats (last)
+
+The flow is thin: planning is `plan_objects`, the work is `pipeline.ray_workers`, the manifest
+is `pipeline.manifest`. Run it from Python, from `taid compress-archive`, or as a deployment.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+
+from pipeline.config import PIPELINE_VERSION, CompressArchiveParams
+from pipeline.manifest import ManifestWriter, PreviousState, latest_states, write_run_stats
+from pipeline.storage import ObjectInfo, UnsafeKeyError, filesystem, list_objects, safe_join
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+
+def decide(obj: ObjectInfo, prev: PreviousState | None, params: CompressArchiveParams) -> str:
+    """'process', or why not: 'unchanged' (ok row with the same ETag and size for this model),
+    'failed_before' (incremental runs leave failures to retry_failed), 'not_failed' (retry_failed
+    runs touch failures only)."""
+    same = prev is not None and prev.etag == obj.etag and prev.size == obj.size and prev.model_id in (params.model_id, None)
+    if params.retry_failed:
+        return "process" if same and prev.status.startswith("failed") else "not_failed"
+    if not params.incremental or not same:
+        return "process"
+    return "unchanged" if prev.status == "ok" else "failed_before"
+
+
+def plan_objects(params: CompressArchiveParams, previous: dict[str, PreviousState], counts: dict) -> Iterator[ObjectInfo]:
+    """Stream the objects to process, counting the others in `counts`."""
+    fs, root = filesystem(params.source, params.storage_options)
+    taken = 0
+    for obj in list_objects(fs, root, params.include, params.exclude):
+        counts["listed"] = counts.get("listed", 0) + 1
+        why = decide(obj, previous.get(obj.key), params)
+        if why != "process":
+            counts[why] = counts.get(why, 0) + 1
+            continue
+        if params.max_images is not None and taken >= params.max_images:
+            counts["over_max_images"] = counts.get("over_max_images", 0) + 1
+            continue
+        taken += 1
+        yield obj
+
+
+class RunStats:
+    """Counters for the summary artifact and the run stats JSON."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.by_status: dict[str, int] = {}
+        self.bytes_in = self.bytes_out = self.pixels = 0
+
+    def add(self, row: dict) -> None:
+        self.by_status[row["status"]] = self.by_status.get(row["status"], 0) + 1
+        if row["status"] == "ok":
+            self.bytes_in += row.get("source_size") or 0
+            self.bytes_out += row.get("output_size") or 0
+            self.pixels += (row.get("width") or 0) * (row.get("height") or 0)
+
+    @property
+    def rows(self) -> int:
+        return sum(self.by_status.values())
+
+    def summary(self) -> dict:
+        elapsed = max(time.time() - self.started, 1e-9)
+        return {
+            "rows": self.rows, "by_status": dict(sorted(self.by_status.items())), "bytes_in_ok": self.bytes_in,
+            "bytes_out_ok": self.bytes_out, "ratio_ok": (self.bytes_in / self.bytes_out) if self.bytes_out else None,
+            "seconds": elapsed, "images_per_s": self.rows / elapsed, "megapixels_per_s": self.pixels / 1e6 / elapsed,
+        }
+
+
+def _ray_init(params: CompressArchiveParams) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        # "local" starts a fresh local Ray rather than joining a stale one (INFRA-NOTES)
+        ray.init(address=params.ray_address or "local", include_dashboard=False, log_to_driver=False)
+
+
+@task(name="compress-objects")
+def compress_objects(params: CompressArchiveParams, run_id: str) -> dict:
+    from pipeline.ray_workers import run_actor_pool
+
+    logger = get_run_logger()
+    dst_fs, dest_root = filesystem(params.dest, params.storage_options)
+    previous = latest_states(dst_fs, dest_root) if params.incremental else {}
+    counts: dict = {}
+    total = sum(1 for _ in plan_objects(params, previous, {}))  # a cheap listing pass, for progress
+    logger.info("run %s: %d objects to process (%d keys known from earlier runs)", run_id, total, len(previous))
+    from models.zoo import load_pair
+
+    # resolve and verify the model here: a missing or modified model fails the run before any work
+    pair = load_pair(params.model_id, registry=params.registry)
+    params = params.model_copy(update={"scale": params.scale or pair.scale})
+    if params.dry_run:
+        list(plan_objects(params, previous, counts))
+        return {"run_id": run_id, "dry_run": True, "to_process": total, "plan": counts}
+
+    stats = RunStats()
+    writer = ManifestWriter(dst_fs, dest_root, run_id, params.rows_per_part)
+    progress_id = create_progress_artifact(0.0, key="compress-archive-progress", description=f"run {run_id}")
+    bar = None
+    if params.show_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="compress-archive", unit="img")
+    last_update = [0.0]
+
+    def on_row(row: dict) -> None:
+        writer.add(row)
+        stats.add(row)
+        if bar:
+            bar.update(1)
+        now = time.monotonic()
+        if total and (now - last_update[0] > 2 or stats.rows == total):
+            update_progress_artifact(progress_id, 100.0 * stats.rows / total)
+            last_update[0] = now
+
+    def checked(objects):
+        """Refuse keys that would escape DEST here, before any actor sees them."""
+        for obj in objects:
+            try:
+                safe_join(dest_root, obj.key)
+            except UnsafeKeyError as exc:
+                on_row({"run_id": run_id, "source_key": obj.key, "source_uri": obj.uri, "source_etag": obj.etag,
+                        "source_size": obj.size, "status": "skipped_unsafe_key", "error_message": str(exc),
+                        "model_id": params.model_id, "pipeline_version": PIPELINE_VERSION,
+                        "processed_at": datetime.now(timezone.utc), "attempts": 0})
+                continue
+            yield obj
+
+    try:
+        if total:
+            _ray_init(params)
+            dispatch = run_actor_pool(params, run_id, checked(plan_objects(params, previous, counts)), on_row)
+        else:  # nothing new: no actors, just the (empty) run record
+            list(plan_objects(params, previous, counts))
+            dispatch = {"actor_restarts": 0, "batches": 0}
+    finally:
+        writer.close()  # rows of finished objects are never lost, even if the run dies
+        if bar:
+            bar.close()
+    result = {
+        "run_id": run_id, "source": params.source, "dest": params.dest, "model_id": params.model_id,
+        "scale": params.scale, "small_format": params.small_format, "quality": params.quality,
+        "pipeline_version": PIPELINE_VERSION, "plan": counts, "dispatch": dispatch,
+        "manifest_parts": writer.parts, **stats.summary(),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_run_stats(dst_fs, dest_root, run_id, result)  # written last: marks the run complete
+    return result
+
+
+def summary_table(result: dict) -> list[dict]:
+    rows = [{"metric": "images processed", "value": result["rows"]}]
+    rows += [{"metric": f"status {k}", "value": v} for k, v in result["by_status"].items()]
+    rows += [{"metric": f"not processed: {k}", "value": v} for k, v in result["plan"].items() if k != "listed"]
+    rows += [
+        {"metric": "bytes in (ok)", "value": result["bytes_in_ok"]},
+        {"metric": "bytes out (ok)", "value": result["bytes_out_ok"]},
+        {"metric": "ratio in/out", "value": round(result["ratio_ok"], 3) if result["ratio_ok"] else None},
+        {"metric": "images/s", "value": round(result["images_per_s"], 3)},
+        {"metric": "megapixels/s", "value": round(result["megapixels_per_s"], 3)},
+        {"metric": "actor restarts", "value": result["dispatch"]["actor_restarts"]},
+    ]
+    return rows
+
+
+@flow(name="compress-archive")
+def compress_archive(params: CompressArchiveParams, run_id: str | None = None) -> dict:
+    run_id = run_id or new_run_id()
+    result = compress_objects(params, run_id)
+    if not result.get("dry_run"):
+        create_table_artifact(summary_table(result), key="compress-archive-summary", description=f"run {run_id}")
+    return result

@@ -1,0 +1,50 @@
+"""Typed parameters of the archive jobs (Prefect validates flow parameters against these)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from pipeline.codec import DEFAULT_MAX_PIXELS, CodecOptions
+
+PIPELINE_VERSION = "0.1.0"
+
+
+class CompressArchiveParams(BaseModel):
+    source: str = Field(description="URI of the images: a local folder or s3://bucket/prefix")
+    dest: str = Field(description="URI where small files, _manifest/ and _runs/ are written")
+    model_id: str = "taid-x2"
+    scale: int | None = Field(None, description="2..128 (a power of the model's scale); default: the model's")
+    small_format: Literal["png", "webp", "webp-lossy", "jpeg"] = "png"
+    quality: int = Field(90, ge=1, le=100)
+    incremental: bool = Field(True, description="skip objects whose ETag+size match an earlier ok row for this model")
+    retry_failed: bool = Field(False, description="re-run only the objects whose latest row failed")
+    include: list[str] = Field(default_factory=list, description="glob patterns on keys (all when empty)")
+    exclude: list[str] = Field(default_factory=list)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="decompression-bomb limit per image")
+    max_images: int | None = Field(None, gt=0, description="process at most this many objects")
+    ray_address: str = Field("", description="Ray cluster address; empty = a local Ray")
+    workers: int = Field(2, ge=1, description="number of Ray actors")
+    cpus_per_worker: float = Field(0.5, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0, description="0 = CPU; >0 needs GPUs in the cluster")
+    batch_size: int = Field(4, ge=1, description="objects per actor call")
+    max_attempts: int = Field(3, ge=1, description="tries per object across actor crashes")
+    dry_run: bool = False
+    verify: bool = Field(False, description="rehydrate each image once and record roundtrip_psnr")
+    registry: str | None = Field(None, description="model registry URI for fine-tuned model ids")
+    rows_per_part: int = Field(1000, ge=1)
+    storage_options: dict = Field(default_factory=dict, description="fsspec options (never logged)", repr=False)
+    show_progress: bool = Field(False, description="a progress bar on stderr (the CLI turns it on)")
+
+    @model_validator(mode="after")
+    def _modes(self) -> "CompressArchiveParams":
+        if self.retry_failed and not self.incremental:
+            raise ValueError("retry_failed needs the earlier manifests: keep incremental on")
+        return self
+
+    def codec_options(self, model_scale: int) -> CodecOptions:
+        return CodecOptions(
+            model_id=self.model_id, scale=self.scale or model_scale, small_format=self.small_format,
+            quality=self.quality, max_pixels=self.max_pixels, verify=self.verify,
+        )

@@ -1,0 +1,146 @@
+"""The archive manifest: one Parquet row per input per run, failures included.
+
+    DEST/_manifest/run=<run_id>/part-<NNNNN>.parquet     rows (hive-partitioned by run)
+    DEST/_runs/<run_id>.json                              run stats, written last = the run is done
+
+The schema is versioned (`SCHEMA_VERSION`, also in each file's metadata) and readable by
+pyarrow.dataset, DuckDB and Spark. A row is only ever written after its small file was written
+and verified, so an `ok` row always points at a complete object.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from pipeline.storage import atomic_write
+
+SCHEMA_VERSION = "1"
+MANIFEST_DIR = "_manifest"
+RUNS_DIR = "_runs"
+
+SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("source_key", pa.string()),
+        ("source_uri", pa.string()),
+        ("source_etag", pa.string()),
+        ("source_size", pa.int64()),
+        ("source_sha256", pa.string()),
+        ("source_format", pa.string()),
+        ("source_mode", pa.string()),
+        ("bit_depth", pa.int32()),
+        ("n_frames", pa.int32()),
+        ("exif_orientation", pa.int32()),
+        ("icc_present", pa.bool_()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("status", pa.string()),
+        ("error_message", pa.string()),
+        ("output_uri", pa.string()),
+        ("output_format", pa.string()),
+        ("output_size", pa.int64()),
+        ("output_sha256", pa.string()),
+        ("out_width", pa.int32()),
+        ("out_height", pa.int32()),
+        ("scale", pa.int32()),
+        ("model_id", pa.string()),
+        ("model_sha256", pa.string()),
+        ("roundtrip_psnr", pa.float64()),
+        ("notes", pa.string()),
+        ("attempts", pa.int32()),
+        ("pipeline_version", pa.string()),
+        ("processed_at", pa.timestamp("us", tz="UTC")),
+    ],
+    metadata={"taid_manifest_schema": SCHEMA_VERSION},
+)
+
+
+def manifest_root(dest: str) -> str:
+    return f"{dest.rstrip('/')}/{MANIFEST_DIR}"
+
+
+def to_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist([{f.name: r.get(f.name) for f in SCHEMA} for r in rows], schema=SCHEMA)
+
+
+class ManifestWriter:
+    """Buffers rows and writes numbered part files atomically; `close()` flushes the rest."""
+
+    def __init__(self, fs, dest: str, run_id: str, rows_per_part: int = 1000):
+        self.fs, self.run_id, self.rows_per_part = fs, run_id, rows_per_part
+        self.folder = f"{manifest_root(dest)}/run={run_id}"
+        self.buffer: list[dict] = []
+        self.parts = 0
+        self.rows = 0
+
+    def add(self, row: dict) -> None:
+        self.buffer.append(row)
+        if len(self.buffer) >= self.rows_per_part:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        buf = io.BytesIO()
+        pq.write_table(to_table(self.buffer), buf, compression="zstd")
+        atomic_write(self.fs, f"{self.folder}/part-{self.parts:05d}.parquet", buf.getvalue())
+        self.parts += 1
+        self.rows += len(self.buffer)
+        self.buffer = []
+
+    def close(self) -> None:
+        self.flush()
+
+
+def read_manifest(fs, dest: str, columns: list[str] | None = None, filter=None) -> pa.Table:
+    """All manifest rows under DEST (optionally a column subset / pyarrow filter expression)."""
+    root = manifest_root(dest)
+    if not fs.exists(root):
+        return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    dataset = ds.dataset(root, format="parquet", filesystem=PyFileSystem(FSSpecHandler(fs)), schema=SCHEMA,
+                         partitioning="hive", exclude_invalid_files=True)
+    return dataset.to_table(columns=columns, filter=filter)
+
+
+@dataclass(frozen=True)
+class PreviousState:
+    etag: str
+    size: int
+    status: str
+    model_id: str | None
+
+
+def latest_states(fs, dest: str) -> dict[str, PreviousState]:
+    """The latest row per source key across all earlier runs (the incremental skip set).
+
+    Reads only five small columns, so memory is about 100 bytes per key, not per row."""
+    table = read_manifest(fs, dest, columns=["source_key", "source_etag", "source_size", "status", "model_id", "processed_at"])
+    table = table.sort_by([("processed_at", "ascending")])
+    states: dict[str, PreviousState] = {}
+    for key, etag, size, status, model in zip(
+        *(table.column(c).to_pylist() for c in ("source_key", "source_etag", "source_size", "status", "model_id"))
+    ):
+        states[key] = PreviousState(etag, size, status, model)
+    return states
+
+
+def write_run_stats(fs, dest: str, run_id: str, stats: dict) -> str:
+    path = f"{dest.rstrip('/')}/{RUNS_DIR}/{run_id}.json"
+    atomic_write(fs, path, json.dumps(stats, indent=2, default=str).encode())
+    return path
+
+
+def rows_by_status(rows: Iterable[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    return counts

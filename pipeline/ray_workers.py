@@ -1,0 +1,192 @@
+"""Ray side of compress-archive: stateful actors that load the model once, and a dispatcher that
+streams work to them with a bounded window and survives actor crashes.
+
+Memory stays bounded however large the bucket: the listing is a generator, at most
+`workers * 2` batches are in flight, each actor holds one batch's bytes at a time, and rows go
+straight to the manifest writer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timezone
+
+import ray
+from ray.exceptions import RayActorError, WorkerCrashedError
+
+from pipeline.config import PIPELINE_VERSION, CompressArchiveParams
+from pipeline.storage import ObjectInfo, UnsafeKeyError, atomic_write, filesystem, protocol_prefix, safe_join
+
+RETRIES = 3  # transient storage errors, per read / write
+
+
+def _with_retries(fn, what: str):
+    delay = 0.2
+    for attempt in range(RETRIES):
+        try:
+            return fn()
+        except (FileNotFoundError, PermissionError):
+            raise  # not transient
+        except Exception:
+            if attempt == RETRIES - 1:
+                raise
+            time.sleep(delay)
+            delay *= 4
+
+
+class CompressWorker:
+    """One model, loaded once; `process` turns a batch of objects into manifest rows."""
+
+    def __init__(self, params: dict, run_id: str):
+        import torch
+
+        from models.zoo import load_pair
+
+        self.params = CompressArchiveParams(**params)
+        self.run_id = run_id
+        use_gpu = self.params.gpus_per_worker > 0 and torch.cuda.is_available()
+        if not use_gpu:
+            torch.set_num_threads(max(1, int(round(self.params.cpus_per_worker))))
+        self.pair = load_pair(self.params.model_id, "cuda" if use_gpu else "cpu", registry=self.params.registry)
+        self.options = self.params.codec_options(self.pair.scale)
+        self.src_fs, _ = filesystem(self.params.source, self.params.storage_options)
+        self.dst_fs, self.dest_root = filesystem(self.params.dest, self.params.storage_options)
+        self.dest_prefix = protocol_prefix(self.dst_fs)
+
+    def ready(self) -> bool:
+        return True
+
+    def process(self, items: list[dict], attempt: int) -> list[dict]:
+        return [self._one(ObjectInfo(**item), attempt) for item in items]
+
+    def _one(self, obj: ObjectInfo, attempt: int) -> dict:
+        from pipeline.codec import compress_image
+        from pipeline.small_file import SUFFIX
+
+        row = {
+            "run_id": self.run_id, "source_key": obj.key, "source_uri": obj.uri, "source_etag": obj.etag,
+            "source_size": obj.size, "pipeline_version": PIPELINE_VERSION, "attempts": attempt,
+        }
+        try:
+            data = _with_retries(lambda: self.src_fs.cat_file(_strip(obj.uri)), "read")
+        except Exception as exc:
+            return _finish(row, status="failed_read", error_message=f"{type(exc).__name__}: {exc}")
+        small, record = compress_image(data, self.pair, self.options)
+        row.update(record.model_dump(include=_RECORD_FIELDS))
+        if small is None:
+            return _finish(row)
+        try:
+            out_path = safe_join(self.dest_root, obj.key + SUFFIX[record.output_format])
+        except UnsafeKeyError as exc:
+            return _finish(row, status="skipped_unsafe_key", error_message=str(exc))
+        try:
+            _with_retries(lambda: atomic_write(self.dst_fs, out_path, small), "write")
+            written = self.dst_fs.info(out_path)["size"]
+            if written != len(small):
+                raise OSError(f"wrote {written} of {len(small)} bytes")
+        except Exception as exc:
+            return _finish(row, status="failed_write", error_message=f"{type(exc).__name__}: {exc}")
+        return _finish(row, output_uri=self.dest_prefix + out_path)
+
+
+_RECORD_FIELDS = {
+    "source_sha256", "source_format", "source_mode", "bit_depth", "n_frames", "exif_orientation", "icc_present",
+    "width", "height", "status", "error_message", "output_format", "output_size", "output_sha256", "out_width",
+    "out_height", "scale", "model_id", "model_sha256", "roundtrip_psnr", "notes",
+}
+
+
+def _strip(uri: str) -> str:
+    return uri.split("://", 1)[1] if "://" in uri else uri
+
+
+def _finish(row: dict, **update) -> dict:
+    row.update(update)
+    if row.get("status") != "ok":
+        row["output_uri"] = None
+    row["processed_at"] = datetime.now(timezone.utc)
+    return row
+
+
+def _batches(objects: Iterable[ObjectInfo], size: int) -> Iterator[list[dict]]:
+    batch: list[dict] = []
+    for obj in objects:
+        batch.append(obj.__dict__)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def run_actor_pool(
+    params: CompressArchiveParams,
+    run_id: str,
+    objects: Iterable[ObjectInfo],
+    on_row: Callable[[dict], None],
+) -> dict:
+    """Process `objects` on `params.workers` actors; calls on_row for every row (in completion
+    order). A crashed actor is replaced and its batch re-run, up to max_attempts per object; an
+    object that still fails gets a `failed_worker_crash` row. Returns dispatch counters."""
+    actor_cls = ray.remote(CompressWorker)
+    cfg = params.model_dump()
+
+    def start(i: int):
+        # named, so operators (and the crash test) can find a run's actors; restarts are ours
+        return actor_cls.options(
+            name=f"taid-compress-{run_id}-{i}-{time.monotonic_ns()}", num_cpus=params.cpus_per_worker,
+            num_gpus=params.gpus_per_worker, max_restarts=0, max_task_retries=0,
+        ).remote(cfg, run_id)
+
+    actors = [start(i) for i in range(params.workers)]
+    ray.get([a.ready.remote() for a in actors])
+    pending = _batches(objects, params.batch_size)
+    in_flight: dict = {}  # ref -> (actor index, batch, attempt)
+    idle = list(range(len(actors)))
+    counters = {"actor_restarts": 0, "batches": 0}
+
+    def submit(slot: int, batch: list[dict], attempt: int) -> None:
+        in_flight[actors[slot].process.remote(batch, attempt)] = (slot, batch, attempt)
+
+    retry_queue: list[tuple[list[dict], int]] = []
+    exhausted = False
+    while True:
+        while idle and (retry_queue or not exhausted):
+            if retry_queue:
+                batch, attempt = retry_queue.pop(0)
+            else:
+                batch = next(pending, None)
+                if batch is None:
+                    exhausted = True
+                    break
+                attempt = 1
+            submit(idle.pop(), batch, attempt)
+        if not in_flight:
+            break
+        done, _ = ray.wait(list(in_flight), num_returns=1)
+        ref = done[0]
+        slot, batch, attempt = in_flight.pop(ref)
+        try:
+            rows = ray.get(ref)
+        except (RayActorError, WorkerCrashedError) as exc:
+            counters["actor_restarts"] += 1
+            actors[slot] = start(slot)
+            if attempt < params.max_attempts:
+                retry_queue.append((batch, attempt + 1))
+            else:
+                for item in batch:
+                    on_row(_finish({
+                        "run_id": run_id, "source_key": item["key"], "source_uri": item["uri"],
+                        "source_etag": item["etag"], "source_size": item["size"], "attempts": attempt,
+                        "pipeline_version": PIPELINE_VERSION, "model_id": params.model_id,
+                    }, status="failed_worker_crash", error_message=f"{type(exc).__name__} on {attempt} attempts"))
+            idle.append(slot)
+            continue
+        counters["batches"] += 1
+        for row in rows:
+            on_row(row)
+        idle.append(slot)
+    for a in actors:
+        ray.kill(a)
+    return counters

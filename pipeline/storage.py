@@ -1,0 +1,111 @@
+"""Object storage through fsspec: URIs, streaming listing with ETags, safe keys, atomic writes.
+
+Any fsspec URI works (a local folder, `s3://bucket/prefix`, ...). S3 credentials and endpoints
+come the usual ways (environment: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_ENDPOINT_URL /
+AWS_DEFAULT_REGION, ~/.aws, fsspec config) or from explicit `storage_options`; nothing here
+logs them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import fsspec
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str  # relative to the listed root, '/'-separated
+    uri: str  # full URI with scheme
+    etag: str  # S3 ETag (MD5 for single-part uploads); local files: mtime_ns-size
+    size: int
+
+
+def filesystem(uri: str, storage_options: dict | None = None):
+    """(fsspec filesystem, path without scheme) for a URI."""
+    return fsspec.core.url_to_fs(uri, **(storage_options or {}))
+
+
+def protocol_prefix(fs) -> str:
+    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return "" if proto in ("file", "local") else f"{proto}://"
+
+
+def _etag(info: dict) -> str:
+    for key in ("ETag", "etag", "md5"):
+        if info.get(key):
+            return str(info[key]).strip('"')
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("created") or ""
+    if hasattr(mtime, "timestamp"):
+        mtime = mtime.timestamp()
+    return f"{int(float(mtime) * 1e9) if mtime != '' else 0}-{info.get('size', 0)}"
+
+
+def list_objects(
+    fs, root: str, include: list[str] | None = None, exclude: list[str] | None = None
+) -> Iterator[ObjectInfo]:
+    """Every object under `root`, one directory level at a time (memory bounded by the largest
+    directory, not the bucket), sorted within each directory. Keys matching `include` globs (all
+    when empty) and not `exclude` globs. Keys under `_manifest/` and `_runs/` are never listed."""
+    root = root.rstrip("/")
+    prefix = protocol_prefix(fs)
+    for dirpath, _dirs, files in fs.walk(root, detail=True):
+        for name in sorted(files):
+            info = files[name]
+            if info.get("type", "file") != "file":
+                continue
+            path = info.get("name") or posixpath.join(dirpath, name)
+            key = path[len(root) + 1 :] if path.startswith(root + "/") else posixpath.basename(path)
+            if key.split("/", 1)[0] in ("_manifest", "_runs"):
+                continue
+            if include and not any(fnmatch.fnmatch(key, g) for g in include):
+                continue
+            if exclude and any(fnmatch.fnmatch(key, g) for g in exclude):
+                continue
+            yield ObjectInfo(key=key, uri=prefix + path, etag=_etag(info), size=int(info.get("size") or 0))
+
+
+class UnsafeKeyError(ValueError):
+    """A key that would escape the destination (.., absolute, empty segments, backslashes)."""
+
+
+def safe_join(root: str, key: str) -> str:
+    """root + '/' + key, refusing any key that could land outside root."""
+    if not key or key.startswith("/") or "\\" in key or "\x00" in key:
+        raise UnsafeKeyError(f"refusing key {key!r}: absolute, empty or with a backslash/NUL")
+    parts = key.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise UnsafeKeyError(f"refusing key {key!r}: it contains '', '.' or '..' segments")
+    return root.rstrip("/") + "/" + key
+
+
+def atomic_write(fs, path: str, data: bytes) -> None:
+    """Readers see the old object or the whole new one, never a part.
+
+    Object stores: one PUT of the whole body is atomic. Local and other filesystems: write a
+    temporary sibling, then rename over the target."""
+    if protocol_prefix(fs) in ("s3://", "gs://", "gcs://", "az://", "abfs://"):
+        fs.pipe_file(path, data)
+        return
+    parent = posixpath.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
+    if protocol_prefix(fs) == "":
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(tmp, data)
+        fs.mv(tmp, path)
+
+
+def read_bytes(fs, path: str) -> bytes:
+    return fs.cat_file(path)
