@@ -15,7 +15,13 @@ bottom/right to a multiple of `scale`, downscaled to ceil(W/scale) x ceil(H/scal
 `skipped_<reason>` or `failed_<reason>` and `error_message`. It raises only for caller errors
 (a scale the pair cannot reach). `rehydrate_image` raises `RehydrateError` when the bytes are not a
 TAID small file, when the pair is not the one that made the file (model id or weights sha256
-differ: we refuse rather than guess), or when the requested output cannot hold the image.
+differ: we refuse rather than guess), when a manifest row's `output_sha256` does not match the
+bytes, or when the requested output cannot hold the image (JPEG and alpha).
+
+Exactness: the codec uses the pair exactly as `taid eval` does (eval mode, channels_last weights,
+set in place on the caller's module; 8-bit small image), so on a lossless small file the
+reconstruction is pixel-identical to `models.evaluate.round_trip` (tests/test_codec_set14.py).
+The pair may live on a GPU: tiles are moved to its device one at a time.
 """
 
 from __future__ import annotations
@@ -142,7 +148,6 @@ def _known(info: dict) -> dict:
 
 def _compress_decoded(dec: image_io.Decoded, pair, options: CodecOptions, rec: CompressRecord):
     s = options.scale
-    h, w = dec.rgb.shape[:2]
     small, tiles = tiling.downscale_array(pair, tiling.pad_to_multiple(dec.rgb, s), s, options.tile)
     if dec.info["is_gray"]:
         small_img = _gray(small)
