@@ -117,7 +117,7 @@ def _read_meta(im: Image.Image) -> dict | None:
 def read_small(data: bytes) -> tuple[Image.Image, dict | None, bytes | None, bytes | None, str]:
     """(decoded small image, embedded metadata or None, ICC, EXIF, small format name)."""
     try:
-        im = Image.open(io.BytesIO(data))
+        im = Image.open(io.BytesIO(data), formats=("PNG", "JPEG", "WEBP"))  # no other decoder runs
         im.load()  # Pillow's own bomb guard applies to small files (2 x Image.MAX_IMAGE_PIXELS)
     except Exception as exc:
         raise SmallFileError(f"not a readable image: {type(exc).__name__}: {exc}") from exc

@@ -68,3 +68,21 @@ def test_tile_margin_covers_receptive_field():
         d = (x2.upscale(y)["restored"] - x2.upscale(y2)["restored"]).abs().amax(dim=1)[0]
     ys, xs = torch.nonzero(d > 0, as_tuple=True)
     assert max((ys - 128).abs().max().item(), (xs - 128).abs().max().item()) <= m * 2
+
+
+def test_pad_to_multiple_reflects_and_steps_for():
+    img = np.arange(2 * 5 * 3, dtype=np.uint8).reshape(2, 5, 3)
+    padded = tiling.pad_to_multiple(img, 8)
+    assert padded.shape == (8, 8, 3)
+    assert np.array_equal(padded[:2, :5], img)  # the original stays top-left, cropped back exactly
+    assert np.array_equal(padded[:2, 5], img[:, 3]) and np.array_equal(padded[2, :5], img[0])  # reflect, no edge repeat
+    assert np.array_equal(tiling.pad_to_multiple(np.zeros((1, 1, 3), np.uint8) + 7, 128), np.full((128, 128, 3), 7))
+    assert tiling.pad_to_multiple(img, 1) is img
+    x2, x4 = load_pair("taid-x2"), load_pair("taid-x4")
+    assert [tiling.steps_for(x2, s) for s in (2, 4, 8, 128)] == [1, 2, 3, 7]
+    assert [tiling.steps_for(x4, s) for s in (4, 16, 64)] == [1, 2, 3]
+    for bad in (1, 3, 6, 256):
+        with pytest.raises(ValueError):
+            tiling.steps_for(x2, bad)
+    with pytest.raises(ValueError):
+        tiling.steps_for(x4, 2)
