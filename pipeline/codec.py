@@ -160,7 +160,7 @@ def _compress_decoded(dec: image_io.Decoded, pair, options: CodecOptions, rec: C
         small_img = np.dstack([small_img, _gray(a_small)])
         mode += "A"
     img = Image.fromarray(np.ascontiguousarray(small_img), mode)
-    fmt, q = image_io.default_output(rec.source_format)
+    fmt, q = image_io.default_output(rec.source_format, dec.info.get("lossy_webp", False))
     if options.rehydrate_format:
         fmt, q = options.rehydrate_format, options.rehydrate_quality
     elif options.rehydrate_quality is not None:

@@ -231,6 +231,10 @@ def decode_image(data: bytes, max_pixels: int, multi_frame: str = "skip", high_b
         status = "failed_truncated" if _is_truncation(exc) else "failed_decode"
         raise DecodeFailure(status, f"{type(exc).__name__}: {exc}", info) from None
     info["exif_present"] = "exif" in im.info  # a PNG's eXIf chunk may follow the pixel data
+    if im.format == "WEBP":
+        from pipeline.small_file import is_lossless_webp
+
+        info["lossy_webp"] = not is_lossless_webp(data)
 
     mode = im.mode
     color_conversion = None
@@ -299,10 +303,13 @@ def _cmyk_to_rgb(im: Image.Image, icc: bytes | None, notes: list[str]) -> tuple[
     return im.convert("RGB"), None, "CMYK -> RGB naive (no usable ICC profile)"
 
 
-def default_output(source_format: str | None) -> tuple[str, int | None]:
+def default_output(source_format: str | None, lossy_webp: bool = False) -> tuple[str, int | None]:
     """(rehydrated format, quality) for a source format: JPEG stays JPEG at quality 95, PNG stays
-    PNG, lossless WebP/TIFF stay WebP lossless / TIFF (deflate); everything else (GIF, BMP, ...) -> PNG."""
+    PNG, WebP stays WebP (lossless, or lossy at quality 95 when the source was lossy), TIFF stays
+    TIFF (deflate); everything else (GIF, BMP, AVIF, ...) -> PNG."""
     fmt = REHYDRATE_FORMAT.get(source_format or "", "png")
+    if fmt == "webp" and lossy_webp:
+        return "webp-lossy", DEFAULT_JPEG_QUALITY
     return fmt, (DEFAULT_JPEG_QUALITY if fmt == "jpeg" else None)
 
 

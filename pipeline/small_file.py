@@ -123,13 +123,13 @@ def read_small(data: bytes) -> tuple[Image.Image, dict | None, bytes | None, byt
         raise SmallFileError(f"not a readable image: {type(exc).__name__}: {exc}") from exc
     fmt = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg"}.get(im.format or "")
     if im.format == "WEBP":
-        fmt = "webp" if _is_lossless_webp(data) else "webp-lossy"
+        fmt = "webp" if is_lossless_webp(data) else "webp-lossy"
     if fmt is None:
         raise SmallFileError(f"{im.format} is not a TAID small-file format")
     return im, _read_meta(im), im.info.get("icc_profile") or None, im.info.get("exif") or None, fmt
 
 
-def _is_lossless_webp(data: bytes) -> bool:
+def is_lossless_webp(data: bytes) -> bool:
     """Walk the RIFF chunks: the image chunk is VP8L (lossless) or VP8 (lossy)."""
     pos = 12
     while pos + 8 <= len(data):

@@ -155,6 +155,10 @@ def test_rehydrated_format_follows_source(x2):
     assert len(lo) < len(hi)
     small, rec = compress_image(encode(img, "GIF"), x2, CodecOptions())
     assert rec.status == "ok" and decode_output(rehydrate_image(small, rec, x2)).format == "PNG"
+    small, rec = compress_image(encode(img, "WEBP", quality=80), x2, CodecOptions())
+    assert (rec.rehydrate_format, rec.rehydrate_quality) == ("webp-lossy", 95)
+    small, rec = compress_image(encode(img, "WEBP", lossless=True), x2, CodecOptions())
+    assert (rec.rehydrate_format, rec.rehydrate_quality) == ("webp", None)
     small, rec = compress_image(encode(img), x2, CodecOptions(rehydrate_format="webp"))
     assert decode_output(rehydrate_image(small, None, x2)).format == "WEBP"
 
