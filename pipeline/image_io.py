@@ -184,6 +184,23 @@ def open_header(data: bytes, max_pixels: int) -> tuple[Image.Image, dict]:
 
 
 def decode_image(data: bytes, max_pixels: int, multi_frame: str = "skip", high_bit_depth: str = "skip") -> Decoded:
+    """Decode + normalise (see the module docstring); raises DecodeFailure. Pillow's warnings
+    (corrupt EXIF, TIFF tags past the end of the file, ...) are recorded in the notes instead of
+    being printed once per worker."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is the policy
+        decoded = _decode_image(data, max_pixels, multi_frame, high_bit_depth)
+    seen = []
+    for w in caught:
+        msg = f"decoder warning: {w.message}"
+        if msg not in seen:
+            seen.append(msg)
+    decoded.notes.extend(seen[:5])
+    return decoded
+
+
+def _decode_image(data: bytes, max_pixels: int, multi_frame: str, high_bit_depth: str) -> Decoded:
     avif_depth = _avif_bit_depth(data)
     if avif_depth and avif_depth > 8 and high_bit_depth != "to8bit":  # before libavif touches it
         info = {"source_format": "AVIF", "bit_depth": avif_depth}
