@@ -120,9 +120,15 @@ def _gray(arr: np.ndarray) -> np.ndarray:
     return ((arr.astype(np.uint16).sum(axis=2) * 2 + 3) // 6).astype(np.uint8)
 
 
+def check_options(pair, options: CodecOptions) -> None:
+    """Raise ValueError when `options` cannot work with `pair` (a scale that is not a power of the
+    pair's scale). Call it once when a worker starts; compress_image calls it too."""
+    tiling.steps_for(pair, options.scale)
+
+
 def compress_image(data: bytes, pair, options: CodecOptions | None = None) -> tuple[bytes | None, CompressRecord]:
     options = options or CodecOptions()
-    tiling.steps_for(pair, options.scale)  # caller error -> ValueError, before any file is touched
+    check_options(pair, options)  # caller error -> ValueError, before any file is touched
     rec = CompressRecord(
         source_size=len(data), source_sha256=_sha256(data), scale=options.scale,
         model_id=getattr(pair, "model_id", options.model_id), model_sha256=getattr(pair, "weights_sha256", None),

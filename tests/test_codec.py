@@ -10,7 +10,15 @@ import pytest
 from PIL import Image
 
 from models.zoo import load_pair
-from pipeline.codec import CodecOptions, CompressRecord, RehydrateError, compress_image, decode_output, rehydrate_image
+from pipeline.codec import (
+    CodecOptions,
+    CompressRecord,
+    RehydrateError,
+    check_options,
+    compress_image,
+    decode_output,
+    rehydrate_image,
+)
 from pipeline.small_file import read_small
 
 
@@ -111,6 +119,9 @@ def test_x4_model_scales(x4):
         assert rec.status == "ok" and rec.out_width == 64 // scale
     with pytest.raises(ValueError, match="not reachable"):
         compress_image(encode(img), x4, CodecOptions(model_id="taid-x4", scale=8))
+    with pytest.raises(ValueError, match="not reachable"):
+        check_options(x4, CodecOptions(scale=2))
+    check_options(x4, CodecOptions(scale=64))
     with pytest.raises(ValueError):
         CodecOptions(scale=3)
     with pytest.raises(ValueError):
