@@ -28,14 +28,17 @@ def new_run_id() -> str:
 
 def decide(obj: ObjectInfo, prev: PreviousState | None, params: CompressArchiveParams) -> str:
     """'process', or why not: 'unchanged' (ok row with the same ETag and size for this model),
-    'failed_before' (incremental runs leave failures to retry_failed), 'not_failed' (retry_failed
-    runs touch failures only)."""
+    'failed_before' (incremental runs leave failures to retry_failed), 'skipped_before' (an
+    unchanged object our policy refused: empty, not an image, too large...), 'not_failed'
+    (retry_failed runs touch failed_* rows only: a skip is a decision, not an accident)."""
+    if params.retry_failed:  # whatever the object's version now: its latest row failed
+        return "process" if prev is not None and prev.status.startswith("failed") else "not_failed"
     same = prev is not None and prev.etag == obj.etag and prev.size == obj.size and prev.model_id in (params.model_id, None)
-    if params.retry_failed:
-        return "process" if same and prev.status.startswith("failed") else "not_failed"
     if not params.incremental or not same:
         return "process"
-    return "unchanged" if prev.status == "ok" else "failed_before"
+    if prev.status == "ok":
+        return "unchanged"
+    return "failed_before" if prev.status.startswith("failed") else "skipped_before"
 
 
 def plan_objects(params: CompressArchiveParams, previous: dict[str, PreviousState], counts: dict) -> Iterator[ObjectInfo]:

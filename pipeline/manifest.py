@@ -102,6 +102,7 @@ class ManifestWriter:
 def read_manifest(fs, dest: str, columns: list[str] | None = None, filter=None) -> pa.Table:
     """All manifest rows under DEST (optionally a column subset / pyarrow filter expression)."""
     root = manifest_root(dest)
+    fs.invalidate_cache()  # parts written by other processes since the last listing
     if not fs.exists(root):
         return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
     from pyarrow.fs import FSSpecHandler, PyFileSystem

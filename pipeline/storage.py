@@ -54,6 +54,7 @@ def list_objects(
     when empty) and not `exclude` globs. Keys under `_manifest/` and `_runs/` are never listed."""
     root = root.rstrip("/")
     prefix = protocol_prefix(fs)
+    fs.invalidate_cache()  # fsspec instances are shared and cache listings (s3fs per folder): list afresh
     for dirpath, _dirs, files in fs.walk(root, detail=True):
         for name in sorted(files):
             info = files[name]

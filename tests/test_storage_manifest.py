@@ -88,6 +88,8 @@ def test_decide_incremental_and_retry_modes():
     assert decide(obj, PreviousState("e0", 10, "ok", "taid-x2"), inc) == "process"  # changed object
     assert decide(obj, PreviousState("e1", 10, "ok", "taid-x4"), inc) == "process"  # another model
     assert decide(obj, failed, inc) == "failed_before"
+    assert decide(obj, PreviousState("e1", 10, "skipped_empty", "taid-x2"), inc) == "skipped_before"
+    assert decide(obj, PreviousState("e1", 10, "skipped_empty", "taid-x2"), retry) == "not_failed"
     assert decide(obj, failed, retry) == "process"
     assert decide(obj, ok, retry) == "not_failed"
     assert decide(obj, ok, CompressArchiveParams(source="s", dest="d", incremental=False)) == "process"
