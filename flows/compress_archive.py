@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
+from pipeline.codec import check_options
 from pipeline.config import PIPELINE_VERSION, CompressArchiveParams
 from pipeline.manifest import ManifestWriter, PreviousState, latest_states, write_run_stats
 from pipeline.storage import ObjectInfo, UnsafeKeyError, filesystem, list_objects, safe_join
@@ -96,7 +97,7 @@ def _ray_init(params: CompressArchiveParams) -> None:
 
 @task(name="compress-objects")
 def compress_objects(params: CompressArchiveParams, run_id: str) -> dict:
-    from pipeline.ray_workers import run_actor_pool
+    from pipeline.ray_workers import run_compress_pool
 
     logger = get_run_logger()
     dst_fs, dest_root = filesystem(params.dest, params.storage_options)
@@ -109,6 +110,7 @@ def compress_objects(params: CompressArchiveParams, run_id: str) -> dict:
     # resolve and verify the model here: a missing or modified model fails the run before any work
     pair = load_pair(params.model_id, registry=params.registry)
     params = params.model_copy(update={"scale": params.scale or pair.scale})
+    check_options(pair, params.codec_options(pair.scale))  # e.g. x8 with taid-x4: a caller error, before any work
     if params.dry_run:
         list(plan_objects(params, previous, counts))
         return {"run_id": run_id, "dry_run": True, "to_process": total, "plan": counts}
@@ -149,7 +151,7 @@ def compress_objects(params: CompressArchiveParams, run_id: str) -> dict:
     try:
         if total:
             _ray_init(params)
-            dispatch = run_actor_pool(params, run_id, checked(plan_objects(params, previous, counts)), on_row)
+            dispatch = run_compress_pool(params, run_id, checked(plan_objects(params, previous, counts)), on_row)
         else:  # nothing new: no actors, just the (empty) run record
             list(plan_objects(params, previous, counts))
             dispatch = {"actor_restarts": 0, "batches": 0}

@@ -119,6 +119,31 @@ def _compress_archive(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _rehydrate(args: argparse.Namespace) -> int:
+    if args.key:
+        from pipeline.rehydrate import RehydrateRefused, rehydrate
+
+        try:
+            data = rehydrate(args.key, args.archive, output_format=args.format, quality=args.quality, registry=args.registry)
+        except RehydrateRefused as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            return 2
+        out = args.output or args.key.rsplit("/", 1)[-1]
+        _write_atomic(out, data)
+        print(f"{args.key} -> {out} ({len(data)} B)")
+        return 0
+    if not (args.prefix is not None or args.glob or args.run_id) or not args.to:
+        print("give a KEY, or --prefix/--glob/--run-id with --to", file=sys.stderr)
+        return 2
+    from flows.rehydrate import RehydrateParams, rehydrate as rehydrate_flow
+
+    fields = {k: v for k, v in vars(args).items() if k in RehydrateParams.model_fields and v is not None}
+    fields["output_format"] = args.format
+    result = rehydrate_flow(RehydrateParams(**fields))
+    print(json.dumps(result, indent=2, default=str))
+    return 0 if not any(k != "ok" for k in result.get("by_status", {})) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taid", description="Task-Aware Image Downscaling archive tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -202,6 +227,21 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--verify", action="store_true", default=None, help="record a round-trip PSNR per image")
     a.add_argument("--dry-run", dest="dry_run", action="store_true", default=None)
     a.set_defaults(func=_compress_archive)
+
+    h = sub.add_parser("rehydrate", help="full resolution back from an archive (one key, or many with --to)")
+    h.add_argument("archive", help="the compress-archive destination URI")
+    h.add_argument("key", nargs="?", help="source key (or small-file URI) of one image")
+    h.add_argument("-o", "--output", help="file for the one image (default: its name, here)")
+    h.add_argument("--prefix", help="rehydrate every key under this prefix ('' = all) ...")
+    h.add_argument("--glob", help="... or matching this glob ...")
+    h.add_argument("--run-id", dest="run_id", help="... or written by this compress run")
+    h.add_argument("--to", help="destination URI for many images")
+    h.add_argument("--format", help="png, jpeg, webp, tiff (default: the source's format)")
+    h.add_argument("--quality", type=int)
+    h.add_argument("--registry", help="model registry URI for fine-tuned model ids")
+    h.add_argument("--workers", type=int)
+    h.add_argument("--ray-address", dest="ray_address")
+    h.set_defaults(func=_rehydrate)
     return parser
 
 

@@ -33,7 +33,7 @@ class CompressArchiveParams(BaseModel):
     dry_run: bool = False
     verify: bool = Field(False, description="rehydrate each image once and record roundtrip_psnr")
     registry: str | None = Field(None, description="model registry URI for fine-tuned model ids")
-    rows_per_part: int = Field(1000, ge=1)
+    rows_per_part: int = Field(5000, ge=1, description="manifest rows per Parquet part file")
     storage_options: dict = Field(default_factory=dict, description="fsspec options (never logged)", repr=False)
     show_progress: bool = Field(False, description="a progress bar on stderr (the CLI turns it on)")
 

@@ -24,6 +24,7 @@ from pipeline.storage import atomic_write
 SCHEMA_VERSION = "1"
 MANIFEST_DIR = "_manifest"
 RUNS_DIR = "_runs"
+ROW_GROUP = 2000
 
 SCHEMA = pa.schema(
     [
@@ -66,19 +67,18 @@ def manifest_root(dest: str) -> str:
     return f"{dest.rstrip('/')}/{MANIFEST_DIR}"
 
 
-def to_table(rows: list[dict]) -> pa.Table:
-    return pa.Table.from_pylist([{f.name: r.get(f.name) for f in SCHEMA} for r in rows], schema=SCHEMA)
-
-
 class ManifestWriter:
     """Buffers rows and writes numbered part files atomically; `close()` flushes the rest."""
 
-    def __init__(self, fs, dest: str, run_id: str, rows_per_part: int = 1000):
-        self.fs, self.run_id, self.rows_per_part = fs, run_id, rows_per_part
+    def __init__(self, fs, dest: str, run_id: str, rows_per_part: int = 5000, schema: pa.Schema = SCHEMA):
+        self.fs, self.run_id, self.rows_per_part, self.schema = fs, run_id, rows_per_part, schema
         self.folder = f"{manifest_root(dest)}/run={run_id}"
         self.buffer: list[dict] = []
         self.parts = 0
         self.rows = 0
+
+    def to_table(self, rows: list[dict]) -> pa.Table:
+        return pa.Table.from_pylist([{f.name: r.get(f.name) for f in self.schema} for r in rows], schema=self.schema)
 
     def add(self, row: dict) -> None:
         self.buffer.append(row)
@@ -89,7 +89,9 @@ class ManifestWriter:
         if not self.buffer:
             return
         buf = io.BytesIO()
-        pq.write_table(to_table(self.buffer), buf, compression="zstd")
+        # sorted by key: row-group statistics then let a one-key lookup skip most of the data
+        table = self.to_table(self.buffer).sort_by("source_key")
+        pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP)
         atomic_write(self.fs, f"{self.folder}/part-{self.parts:05d}.parquet", buf.getvalue())
         self.parts += 1
         self.rows += len(self.buffer)
@@ -99,16 +101,25 @@ class ManifestWriter:
         self.flush()
 
 
-def read_manifest(fs, dest: str, columns: list[str] | None = None, filter=None) -> pa.Table:
-    """All manifest rows under DEST (optionally a column subset / pyarrow filter expression)."""
+def manifest_dataset(fs, dest: str, schema: pa.Schema = SCHEMA) -> ds.Dataset | None:
+    """The manifest under DEST as a pyarrow dataset (None when there is none yet)."""
     root = manifest_root(dest)
     fs.invalidate_cache()  # parts written by other processes since the last listing
     if not fs.exists(root):
-        return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
+        return None
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-    dataset = ds.dataset(root, format="parquet", filesystem=PyFileSystem(FSSpecHandler(fs)), schema=SCHEMA,
-                         partitioning="hive", exclude_invalid_files=True)
+    # the run partition column duplicates run_id: keep the file schema only
+    return ds.dataset(root, format="parquet", filesystem=PyFileSystem(FSSpecHandler(fs)), schema=schema,
+                      partitioning=None, exclude_invalid_files=True)
+
+
+def read_manifest(fs, dest: str, columns: list[str] | None = None, filter=None, schema: pa.Schema = SCHEMA) -> pa.Table:
+    """All manifest rows under DEST (optionally a column subset / pyarrow filter expression)."""
+    dataset = manifest_dataset(fs, dest, schema)
+    if dataset is None:
+        empty = schema.empty_table()
+        return empty if columns is None else empty.select(columns)
     return dataset.to_table(columns=columns, filter=filter)
 
 

@@ -109,10 +109,10 @@ def _finish(row: dict, **update) -> dict:
     return row
 
 
-def _batches(objects: Iterable[ObjectInfo], size: int) -> Iterator[list[dict]]:
+def _batches(items: Iterable[dict], size: int) -> Iterator[list[dict]]:
     batch: list[dict] = []
-    for obj in objects:
-        batch.append(obj.__dict__)
+    for item in items:
+        batch.append(item)
         if len(batch) == size:
             yield batch
             batch = []
@@ -120,36 +120,63 @@ def _batches(objects: Iterable[ObjectInfo], size: int) -> Iterator[list[dict]]:
         yield batch
 
 
-def run_actor_pool(
-    params: CompressArchiveParams,
-    run_id: str,
-    objects: Iterable[ObjectInfo],
-    on_row: Callable[[dict], None],
+def compress_crash_row(params: CompressArchiveParams, run_id: str):
+    """The row of an object whose batch crashed its actor on every attempt."""
+
+    def row(item: dict, attempt: int, exc: Exception) -> dict:
+        return _finish({
+            "run_id": run_id, "source_key": item["key"], "source_uri": item["uri"], "source_etag": item["etag"],
+            "source_size": item["size"], "attempts": attempt, "pipeline_version": PIPELINE_VERSION,
+            "model_id": params.model_id,
+        }, status="failed_worker_crash", error_message=f"{type(exc).__name__} on {attempt} attempts")
+
+    return row
+
+
+def run_compress_pool(
+    params: CompressArchiveParams, run_id: str, objects: Iterable[ObjectInfo], on_row: Callable[[dict], None]
 ) -> dict:
-    """Process `objects` on `params.workers` actors; calls on_row for every row (in completion
-    order). A crashed actor is replaced and its batch re-run, up to max_attempts per object; an
-    object that still fails gets a `failed_worker_crash` row. Returns dispatch counters."""
-    actor_cls = ray.remote(CompressWorker)
-    cfg = params.model_dump()
+    return run_actor_pool(
+        CompressWorker, (params.model_dump(), run_id), (o.__dict__ for o in objects), on_row,
+        workers=params.workers, cpus=params.cpus_per_worker, gpus=params.gpus_per_worker,
+        batch_size=params.batch_size, max_attempts=params.max_attempts, name=f"taid-compress-{run_id}",
+        crash_row=compress_crash_row(params, run_id),
+    )
+
+
+def run_actor_pool(
+    worker_cls: type,
+    init_args: tuple,
+    items: Iterable[dict],
+    on_row: Callable[[dict], None],
+    *,
+    workers: int,
+    cpus: float,
+    gpus: float,
+    batch_size: int,
+    max_attempts: int,
+    name: str,
+    crash_row: Callable[[dict, int, Exception], dict],
+) -> dict:
+    """Process `items` on `workers` actors of `worker_cls` (whose `process(batch, attempt)` returns
+    one row per item); calls on_row for every row, in completion order. A crashed actor is
+    replaced and its batch re-run, up to max_attempts per item; an item that still fails gets
+    `crash_row`. Returns dispatch counters."""
+    actor_cls = ray.remote(worker_cls)
 
     def start(i: int):
         # named, so operators (and the crash test) can find a run's actors; restarts are ours
         return actor_cls.options(
-            name=f"taid-compress-{run_id}-{i}-{time.monotonic_ns()}", num_cpus=params.cpus_per_worker,
-            num_gpus=params.gpus_per_worker, max_restarts=0, max_task_retries=0,
-        ).remote(cfg, run_id)
+            name=f"{name}-{i}-{time.monotonic_ns()}", num_cpus=cpus, num_gpus=gpus, max_restarts=0, max_task_retries=0
+        ).remote(*init_args)
 
-    actors = [start(i) for i in range(params.workers)]
+    actors = [start(i) for i in range(workers)]
     ray.get([a.ready.remote() for a in actors])
-    pending = _batches(objects, params.batch_size)
+    pending = _batches(items, batch_size)
     in_flight: dict = {}  # ref -> (actor index, batch, attempt)
     idle = list(range(len(actors)))
-    counters = {"actor_restarts": 0, "batches": 0}
-
-    def submit(slot: int, batch: list[dict], attempt: int) -> None:
-        in_flight[actors[slot].process.remote(batch, attempt)] = (slot, batch, attempt)
-
     retry_queue: list[tuple[list[dict], int]] = []
+    counters = {"actor_restarts": 0, "batches": 0}
     exhausted = False
     while True:
         while idle and (retry_queue or not exhausted):
@@ -161,26 +188,22 @@ def run_actor_pool(
                     exhausted = True
                     break
                 attempt = 1
-            submit(idle.pop(), batch, attempt)
+            slot = idle.pop()
+            in_flight[actors[slot].process.remote(batch, attempt)] = (slot, batch, attempt)
         if not in_flight:
             break
-        done, _ = ray.wait(list(in_flight), num_returns=1)
-        ref = done[0]
+        ref = ray.wait(list(in_flight), num_returns=1)[0][0]
         slot, batch, attempt = in_flight.pop(ref)
         try:
             rows = ray.get(ref)
         except (RayActorError, WorkerCrashedError) as exc:
             counters["actor_restarts"] += 1
             actors[slot] = start(slot)
-            if attempt < params.max_attempts:
+            if attempt < max_attempts:
                 retry_queue.append((batch, attempt + 1))
             else:
                 for item in batch:
-                    on_row(_finish({
-                        "run_id": run_id, "source_key": item["key"], "source_uri": item["uri"],
-                        "source_etag": item["etag"], "source_size": item["size"], "attempts": attempt,
-                        "pipeline_version": PIPELINE_VERSION, "model_id": params.model_id,
-                    }, status="failed_worker_crash", error_message=f"{type(exc).__name__} on {attempt} attempts"))
+                    on_row(crash_row(item, attempt, exc))
             idle.append(slot)
             continue
         counters["batches"] += 1
