@@ -330,7 +330,7 @@ def markdown(r: dict) -> str:
         pv = plain.get(plain_map.get(k, ""), None)
         plain_ms = "" if pv is None else f"{1e3 * pv / r['images']:.1f}"
         md.append(f"| {k} | {1e3 * v / p['images']:.1f} | {100 * p['share'][k]:.1f}% | {plain_ms} |")
-    md += ["", "TAID wall clock not explained by the per-image stages below (Prefect, listing, actor start and "
+    md += ["", "TAID wall clock not explained by the per-image stages above (Prefect, listing, actor start and "
            "model load, dispatch, manifest, run stats): " + ", ".join(
                f"{e['taid']['overhead_seconds_est']:.1f} s with {n} worker(s)" for n, e in r["runs"].items()) + "."]
     md += [
