@@ -27,7 +27,9 @@ class CompressArchiveParams(BaseModel):
     ray_address: str = Field("", description="Ray cluster address; empty = a local Ray")
     workers: int = Field(2, ge=1, description="number of Ray actors")
     cpus_per_worker: float = Field(0.5, gt=0)
-    gpus_per_worker: float = Field(0.0, ge=0, description="0 = CPU; >0 needs GPUs in the cluster")
+    gpus_per_worker: float | None = Field(
+        None, ge=0, description="None = automatic (a GPU share per actor when the cluster has GPUs, else CPU); 0 = CPU"
+    )
     batch_size: int = Field(4, ge=1, description="objects per actor call")
     max_attempts: int = Field(3, ge=1, description="tries per object across actor crashes")
     dry_run: bool = False

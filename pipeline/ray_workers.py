@@ -2,7 +2,7 @@
 streams work to them with a bounded window and survives actor crashes.
 
 Memory stays bounded however large the bucket: the listing is a generator, at most
-`workers * 2` batches are in flight, each actor holds one batch's bytes at a time, and rows go
+`workers * depth` (default 2) batches are in flight, each actor holds one batch's bytes at a time, and rows go
 straight to the manifest writer.
 """
 
@@ -45,7 +45,7 @@ class CompressWorker:
 
         self.params = CompressArchiveParams(**params)
         self.run_id = run_id
-        use_gpu = self.params.gpus_per_worker > 0 and torch.cuda.is_available()
+        use_gpu = (self.params.gpus_per_worker or 0) > 0 and torch.cuda.is_available()
         if not use_gpu:
             torch.set_num_threads(max(1, int(round(self.params.cpus_per_worker))))
         self.pair = load_pair(self.params.model_id, "cuda" if use_gpu else "cpu", registry=self.params.registry)
@@ -133,15 +133,27 @@ def compress_crash_row(params: CompressArchiveParams, run_id: str):
     return row
 
 
+def gpus_per_actor(requested: float | None, workers: int) -> float:
+    """GPUs each actor asks Ray for: `requested` if given, else automatic: a share of the cluster's
+    GPUs (at most one per actor) when it has any, the CPU otherwise."""
+    if requested is not None:
+        return requested
+    total = ray.cluster_resources().get("GPU", 0.0)
+    return min(1.0, total / workers) if total > 0 else 0.0
+
+
 def run_compress_pool(
     params: CompressArchiveParams, run_id: str, objects: Iterable[ObjectInfo], on_row: Callable[[dict], None]
 ) -> dict:
-    return run_actor_pool(
+    gpus = gpus_per_actor(params.gpus_per_worker, params.workers)
+    params = params.model_copy(update={"gpus_per_worker": gpus})
+    counters = run_actor_pool(
         CompressWorker, (params.model_dump(), run_id), (o.__dict__ for o in objects), on_row,
-        workers=params.workers, cpus=params.cpus_per_worker, gpus=params.gpus_per_worker,
+        workers=params.workers, cpus=params.cpus_per_worker, gpus=gpus,
         batch_size=params.batch_size, max_attempts=params.max_attempts, name=f"taid-compress-{run_id}",
         crash_row=compress_crash_row(params, run_id),
     )
+    return {**counters, "gpus_per_worker": gpus}
 
 
 def run_actor_pool(
@@ -152,17 +164,23 @@ def run_actor_pool(
     *,
     workers: int,
     cpus: float,
-    gpus: float,
+    gpus: float | None,
     batch_size: int,
     max_attempts: int,
     name: str,
     crash_row: Callable[[dict, int, Exception], dict],
+    depth: int = 2,
 ) -> dict:
     """Process `items` on `workers` actors of `worker_cls` (whose `process(batch, attempt)` returns
-    one row per item); calls on_row for every row, in completion order. A crashed actor is
-    replaced and its batch re-run, up to max_attempts per item; an item that still fails gets
-    `crash_row`. Returns dispatch counters."""
+    one row per item); calls on_row for every row, in completion order.
+
+    Each actor has up to `depth` batches queued (so it never waits for the driver), which bounds
+    what is in flight to workers * depth batches; `items` is consumed lazily. A crashed actor is
+    replaced once (however many of its batches fail) and the items of its failed batches are re-run
+    one per batch, so a poison object that kills its actor every time fails alone, as `crash_row`,
+    after `max_attempts`. Actors are killed at the end, also when the driver fails."""
     actor_cls = ray.remote(worker_cls)
+    gpus = gpus_per_actor(gpus, workers)
 
     def start(i: int):
         # named, so operators (and the crash test) can find a run's actors; restarts are ours
@@ -171,45 +189,54 @@ def run_actor_pool(
         ).remote(*init_args)
 
     actors = [start(i) for i in range(workers)]
-    ray.get([a.ready.remote() for a in actors])
-    pending = _batches(items, batch_size)
-    in_flight: dict = {}  # ref -> (actor index, batch, attempt)
-    idle = list(range(len(actors)))
+    generation = [0] * workers  # bumped on each restart: failures of an older actor are not counted twice
+    load = [0] * workers  # batches queued on the current actor of each slot
+    in_flight: dict = {}  # ref -> (slot, generation, batch, attempt)
     retry_queue: list[tuple[list[dict], int]] = []
     counters = {"actor_restarts": 0, "batches": 0}
-    exhausted = False
-    while True:
-        while idle and (retry_queue or not exhausted):
-            if retry_queue:
-                batch, attempt = retry_queue.pop(0)
-            else:
-                batch = next(pending, None)
-                if batch is None:
-                    exhausted = True
-                    break
-                attempt = 1
-            slot = idle.pop()
-            in_flight[actors[slot].process.remote(batch, attempt)] = (slot, batch, attempt)
-        if not in_flight:
-            break
-        ref = ray.wait(list(in_flight), num_returns=1)[0][0]
-        slot, batch, attempt = in_flight.pop(ref)
-        try:
-            rows = ray.get(ref)
-        except (RayActorError, WorkerCrashedError) as exc:
-            counters["actor_restarts"] += 1
-            actors[slot] = start(slot)
-            if attempt < max_attempts:
-                retry_queue.append((batch, attempt + 1))
-            else:
-                for item in batch:
-                    on_row(crash_row(item, attempt, exc))
-            idle.append(slot)
-            continue
-        counters["batches"] += 1
-        for row in rows:
-            on_row(row)
-        idle.append(slot)
-    for a in actors:
-        ray.kill(a)
+    try:
+        ray.get([a.ready.remote() for a in actors])
+        pending = _batches(items, batch_size)
+        exhausted = False
+        while True:
+            for slot in sorted(range(workers), key=lambda i: load[i]):
+                while load[slot] < depth and (retry_queue or not exhausted):
+                    if retry_queue:
+                        batch, attempt = retry_queue.pop(0)
+                    else:
+                        batch = next(pending, None)
+                        if batch is None:
+                            exhausted = True
+                            break
+                        attempt = 1
+                    in_flight[actors[slot].process.remote(batch, attempt)] = (slot, generation[slot], batch, attempt)
+                    load[slot] += 1
+            if not in_flight:
+                break
+            ref = ray.wait(list(in_flight), num_returns=1)[0][0]
+            slot, gen, batch, attempt = in_flight.pop(ref)
+            current = gen == generation[slot]
+            try:
+                rows = ray.get(ref)
+            except (RayActorError, WorkerCrashedError) as exc:
+                if current:
+                    counters["actor_restarts"] += 1
+                    ray.kill(actors[slot])
+                    actors[slot] = start(slot)
+                    generation[slot] += 1
+                    load[slot] = 0
+                if attempt < max_attempts:
+                    retry_queue.extend(([item], attempt + 1) for item in batch)
+                else:
+                    for item in batch:
+                        on_row(crash_row(item, attempt, exc))
+                continue
+            if current:
+                load[slot] -= 1
+            counters["batches"] += 1
+            for row in rows:
+                on_row(row)
+    finally:
+        for a in actors:
+            ray.kill(a)
     return counters
