@@ -73,7 +73,7 @@ def select_rows(params: RehydrateParams) -> list[dict]:
     for f in filters:
         expr = expr & f
     latest: dict[str, dict] = {}
-    for batch in dataset.to_batches(filter=expr):
+    for batch in dataset.to_batches(filter=expr, use_threads=False):
         for row in batch.to_pylist():
             if params.glob and not fnmatch.fnmatch(row["source_key"], params.glob):
                 continue

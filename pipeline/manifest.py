@@ -102,7 +102,11 @@ class ManifestWriter:
 
 
 def manifest_dataset(fs, dest: str, schema: pa.Schema = SCHEMA) -> ds.Dataset | None:
-    """The manifest under DEST as a pyarrow dataset (None when there is none yet)."""
+    """The manifest under DEST as a pyarrow dataset (None when there is none yet).
+
+    It reads through fsspec (a Python filesystem): scan it with use_threads=False. Threaded scans
+    over a Python filesystem can abort the interpreter at exit ("terminate called without an
+    active exception", seen with pyarrow 26), and the GIL serialises them anyway."""
     root = manifest_root(dest)
     fs.invalidate_cache()  # parts written by other processes since the last listing
     if not fs.exists(root):
@@ -120,7 +124,7 @@ def read_manifest(fs, dest: str, columns: list[str] | None = None, filter=None, 
     if dataset is None:
         empty = schema.empty_table()
         return empty if columns is None else empty.select(columns)
-    return dataset.to_table(columns=columns, filter=filter)
+    return dataset.to_table(columns=columns, filter=filter, use_threads=False)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ def find_row(archive: str, key_or_uri: str, storage_options: dict | None = None)
     column = "output_uri" if "://" in key_or_uri or key_or_uri.startswith(protocol_prefix(fs) + root) else "source_key"
     if column == "output_uri" and "://" not in key_or_uri:
         key_or_uri = protocol_prefix(fs) + key_or_uri
-    table = dataset.to_table(filter=(ds.field(column) == key_or_uri) & (ds.field("status") == "ok"))
+    table = dataset.to_table(filter=(ds.field(column) == key_or_uri) & (ds.field("status") == "ok"), use_threads=False)
     if table.num_rows == 0:
         raise RehydrateRefused(f"no ok row for {key_or_uri!r} in {archive}'s manifest")
     latest = pc.index(table.column("processed_at"), pc.max(table.column("processed_at")))

@@ -51,7 +51,7 @@ def manifest(fs, dest: str):
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
     return ds.dataset(f"{dest}/_manifest", format="parquet", partitioning="hive",
-                      filesystem=PyFileSystem(FSSpecHandler(fs))).to_table().to_pylist()
+                      filesystem=PyFileSystem(FSSpecHandler(fs))).to_table(use_threads=False).to_pylist()
 
 
 def run(s3_bucket: str, **kw) -> dict:
