@@ -27,5 +27,15 @@ eval: venv
 	$(BIN)/taid eval --model taid-x2 --data tests/data/Set5
 	$(BIN)/taid eval --model taid-x4 --data tests/data/Set5
 
+# every benchmark, each writing JSON + Markdown (+ PNG) under benchmarks/results/ (about an hour on 2 cores)
+bench: venv
+	$(BIN)/python benchmarks/quality.py
+	$(BIN)/python benchmarks/rate_distortion.py
+	$(BIN)/python benchmarks/inference_cost.py
+	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/throughput_archive.py
+	$(BIN)/python benchmarks/rehydrate_latency.py
+	$(BIN)/python benchmarks/finetune_domain.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache runs
