@@ -20,7 +20,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from pipeline.codec import check_options
 from pipeline.config import PIPELINE_VERSION, CompressArchiveParams
 from pipeline.manifest import ManifestWriter, PreviousState, latest_states, write_run_stats
-from pipeline.storage import ObjectInfo, UnsafeKeyError, filesystem, list_objects, safe_join
+from pipeline.storage import ObjectInfo, UnsafeKeyError, list_objects, safe_join
 
 
 def new_run_id() -> str:
@@ -44,7 +44,7 @@ def decide(obj: ObjectInfo, prev: PreviousState | None, params: CompressArchiveP
 
 def plan_objects(params: CompressArchiveParams, previous: dict[str, PreviousState], counts: dict) -> Iterator[ObjectInfo]:
     """Stream the objects to process, counting the others in `counts`."""
-    fs, root = filesystem(params.source, params.storage_options)
+    fs, root = params.fs(params.source)
     taken = 0
     for obj in list_objects(fs, root, params.include, params.exclude):
         counts["listed"] = counts.get("listed", 0) + 1
@@ -100,7 +100,7 @@ def compress_objects(params: CompressArchiveParams, run_id: str) -> dict:
     from pipeline.ray_workers import run_compress_pool
 
     logger = get_run_logger()
-    dst_fs, dest_root = filesystem(params.dest, params.storage_options)
+    dst_fs, dest_root = params.fs(params.dest)
     previous = latest_states(dst_fs, dest_root) if params.incremental else {}
     counts: dict = {}
     total = sum(1 for _ in plan_objects(params, previous, {}))  # a cheap listing pass, for progress

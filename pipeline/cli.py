@@ -113,7 +113,12 @@ def _compress_archive(args: argparse.Namespace) -> int:
     from pipeline.config import CompressArchiveParams
 
     fields = {k: v for k, v in vars(args).items() if k in CompressArchiveParams.model_fields and v is not None}
-    result = compress_archive(CompressArchiveParams(**fields, show_progress=True))
+    try:
+        params = CompressArchiveParams(**fields, show_progress=True)
+    except ValueError as exc:  # pydantic's errors are ValueErrors; they never echo the input
+        print(f"taid compress-archive: {exc}", file=sys.stderr)
+        return 2
+    result = compress_archive(params)
     print(json.dumps(result, indent=2, default=str))
     failed = sum(v for k, v in result.get("by_status", {}).items() if k.startswith("failed"))
     return 1 if failed else 0
@@ -221,8 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--max-images", dest="max_images", type=int)
     a.add_argument("--ray-address", dest="ray_address", help="Ray cluster (default: a local Ray)")
     a.add_argument("--workers", type=int)
-    a.add_argument("--gpus-per-worker", dest="gpus_per_worker", type=float)
+    a.add_argument("--cpus-per-worker", dest="cpus_per_worker", type=float, help="Ray CPUs per actor (default 0.5)")
+    a.add_argument("--gpus-per-worker", dest="gpus_per_worker", type=float,
+                   help="Ray GPUs per actor (default: automatic, a GPU share when the cluster has GPUs; 0 = CPU)")
     a.add_argument("--batch-size", dest="batch_size", type=int)
+    a.add_argument("--endpoint-url", dest="endpoint_url",
+                   help="S3-compatible endpoint for s3:// URIs (credentials: AWS_* environment, ~/.aws, fsspec config)")
     a.add_argument("--registry", help="model registry URI for fine-tuned model ids")
     a.add_argument("--verify", action="store_true", default=None, help="record a round-trip PSNR per image")
     a.add_argument("--dry-run", dest="dry_run", action="store_true", default=None)

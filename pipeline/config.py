@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.codec import DEFAULT_MAX_PIXELS, CodecOptions
+from pipeline.storage import secret_option_keys
 
 PIPELINE_VERSION = "0.1.0"
 
 
 class CompressArchiveParams(BaseModel):
+    # validation errors never echo the input: it may hold storage options
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     source: str = Field(description="URI of the images: a local folder or s3://bucket/prefix")
     dest: str = Field(description="URI where small files, _manifest/ and _runs/ are written")
     model_id: str = "taid-x2"
@@ -36,8 +40,40 @@ class CompressArchiveParams(BaseModel):
     verify: bool = Field(False, description="rehydrate each image once and record roundtrip_psnr")
     registry: str | None = Field(None, description="model registry URI for fine-tuned model ids")
     rows_per_part: int = Field(5000, ge=1, description="manifest rows per Parquet part file")
-    storage_options: dict = Field(default_factory=dict, description="fsspec options (never logged)", repr=False)
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint for s3:// URIs (default: AWS_ENDPOINT_URL, ~/.aws/config, AWS)"
+    )
+    storage_options: dict = Field(
+        default_factory=dict, repr=False,
+        description="extra fsspec options (no credentials: Prefect stores parameters; use the environment, "
+        "~/.aws or fsspec config)",
+    )
     show_progress: bool = Field(False, description="a progress bar on stderr (the CLI turns it on)")
+
+    @field_validator("source", "dest")
+    @classmethod
+    def _absolute_local(cls, v: str) -> str:
+        """Local folders become absolute: Ray actors need not share the caller's working directory."""
+        import os
+
+        return v if "://" in v else os.path.abspath(os.path.expanduser(v))
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, v: dict) -> dict:
+        found = secret_option_keys(v)
+        if found:
+            raise ValueError(
+                f"storage_options must not carry credentials ({', '.join(found)}): flow parameters are stored by "
+                "Prefect and sent to every worker. Use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws or fsspec config"
+            )
+        return v
+
+    def fs(self, uri: str):
+        """(filesystem, path) for the source or dest URI with this run's endpoint and options."""
+        from pipeline.storage import filesystem
+
+        return filesystem(uri, self.storage_options, self.endpoint_url)
 
     @model_validator(mode="after")
     def _modes(self) -> "CompressArchiveParams":

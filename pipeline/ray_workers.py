@@ -16,7 +16,7 @@ import ray
 from ray.exceptions import RayActorError, WorkerCrashedError
 
 from pipeline.config import PIPELINE_VERSION, CompressArchiveParams
-from pipeline.storage import ObjectInfo, UnsafeKeyError, atomic_write, filesystem, protocol_prefix, safe_join
+from pipeline.storage import ObjectInfo, UnsafeKeyError, atomic_write, protocol_prefix, safe_join
 
 RETRIES = 3  # transient storage errors, per read / write
 
@@ -50,8 +50,8 @@ class CompressWorker:
             torch.set_num_threads(max(1, int(round(self.params.cpus_per_worker))))
         self.pair = load_pair(self.params.model_id, "cuda" if use_gpu else "cpu", registry=self.params.registry)
         self.options = self.params.codec_options(self.pair.scale)
-        self.src_fs, _ = filesystem(self.params.source, self.params.storage_options)
-        self.dst_fs, self.dest_root = filesystem(self.params.dest, self.params.storage_options)
+        self.src_fs, _ = self.params.fs(self.params.source)
+        self.dst_fs, self.dest_root = self.params.fs(self.params.dest)
         self.dest_prefix = protocol_prefix(self.dst_fs)
 
     def ready(self) -> bool:

@@ -26,9 +26,33 @@ class ObjectInfo:
     size: int
 
 
-def filesystem(uri: str, storage_options: dict | None = None):
-    """(fsspec filesystem, path without scheme) for a URI."""
-    return fsspec.core.url_to_fs(uri, **(storage_options or {}))
+def filesystem(uri: str, storage_options: dict | None = None, endpoint_url: str | None = None):
+    """(fsspec filesystem, path without scheme) for a URI. `endpoint_url` points s3:// URIs at an
+    S3-compatible store (SeaweedFS, MinIO, ...); without it s3fs/botocore use AWS_ENDPOINT_URL,
+    ~/.aws/config or AWS itself."""
+    options = dict(storage_options or {})
+    if endpoint_url and uri.split("://", 1)[0] in ("s3", "s3a"):
+        options["client_kwargs"] = {**options.get("client_kwargs", {}), "endpoint_url": endpoint_url}
+    return fsspec.core.url_to_fs(uri, **options)
+
+
+# option names that carry credentials in fsspec backends (s3fs, gcsfs, adlfs): never parameters
+SECRET_OPTION_KEYS = frozenset({
+    "key", "secret", "token", "password", "session_token", "aws_access_key_id", "aws_secret_access_key",
+    "aws_session_token", "account_key", "sas_token", "client_secret", "connection_string", "credentials",
+})
+
+
+def secret_option_keys(options: dict, _path: str = "") -> list[str]:
+    """Paths of credential-like keys in (nested) storage options, e.g. ['client_kwargs.aws_secret_access_key']."""
+    found = []
+    for k, v in options.items():
+        path = f"{_path}{k}"
+        if str(k).lower() in SECRET_OPTION_KEYS:
+            found.append(path)
+        elif isinstance(v, dict):
+            found += secret_option_keys(v, path + ".")
+    return found
 
 
 def protocol_prefix(fs) -> str:
