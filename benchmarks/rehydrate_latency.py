@@ -29,29 +29,37 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def synthetic_manifest(dest: str, rows: int, runs: int) -> list[str]:
-    """`rows` manifest rows spread over `runs` runs (one part each), realistic column contents."""
-    from pipeline.manifest import ManifestWriter
+    """`rows` manifest rows spread over `runs` runs (one part file each, written by the real
+    ManifestWriter: key-sorted, same row groups), with realistic column contents."""
+    import pyarrow as pa
+
+    from pipeline.manifest import SCHEMA, ManifestWriter
     from pipeline.storage import filesystem
 
     fs, root = filesystem(dest)
     per_run = rows // runs
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-    keys = []
+    sample = []
     for r in range(runs):
-        w = ManifestWriter(fs, root, f"run{r:03d}", rows_per_part=per_run)
-        for i in range(per_run):
-            key = f"camera{(r * per_run + i) % 97:02d}/2026/{r:03d}/IMG_{r * per_run + i:08d}.jpg"
-            w.add({"run_id": f"run{r:03d}", "source_key": key, "source_uri": f"s3://photos/{key}",
-                   "source_etag": f"{hash(key) & 0xFFFFFFFF:08x}" * 4, "source_size": 3_000_000 + i,
-                   "source_sha256": "ab" * 32, "source_format": "JPEG", "source_mode": "RGB", "width": 4000,
-                   "height": 3000, "status": "ok", "output_uri": f"s3://archive/{key}.png", "output_format": "png",
-                   "output_size": 900_000, "output_sha256": "cd" * 32, "out_width": 2000, "out_height": 1500,
-                   "scale": 2, "model_id": "taid-x2", "model_sha256": "ef" * 32, "pipeline_version": "0.1.0",
-                   "processed_at": t0 + timedelta(seconds=r * per_run + i), "attempts": 1})
-            if i % 997 == 0:
-                keys.append(key)
-        w.close()
-    return keys
+        idx = range(r * per_run, (r + 1) * per_run)
+        keys = [f"camera{i % 97:02d}/2026/{r:03d}/IMG_{i:08d}.jpg" for i in idx]
+        n = len(keys)
+        cols = {
+            "run_id": [f"run{r:03d}"] * n, "source_key": keys, "source_uri": [f"s3://photos/{k}" for k in keys],
+            "source_etag": [f"{i * 2654435761 % 2**32:08x}" * 4 for i in idx], "source_size": [3_000_000 + i for i in idx],
+            "source_sha256": ["ab" * 32] * n, "source_format": ["JPEG"] * n, "source_mode": ["RGB"] * n,
+            "width": [4000] * n, "height": [3000] * n, "status": ["ok"] * n,
+            "output_uri": [f"s3://archive/{k}.png" for k in keys], "output_format": ["png"] * n,
+            "output_size": [900_000] * n, "output_sha256": ["cd" * 32] * n, "out_width": [2000] * n,
+            "out_height": [1500] * n, "scale": [2] * n, "model_id": ["taid-x2"] * n, "model_sha256": ["ef" * 32] * n,
+            "pipeline_version": ["0.1.0"] * n, "attempts": [1] * n,
+            "processed_at": [t0 + timedelta(seconds=i) for i in idx],
+        }
+        table = pa.table({f.name: cols.get(f.name, [None] * n) for f in SCHEMA}, schema=SCHEMA)
+        w = ManifestWriter(fs, root, f"run{r:03d}")
+        w.write_table(table)
+        sample += keys[::997]
+    return sample
 
 
 LOOKUP = r"""

@@ -86,16 +86,18 @@ class ManifestWriter:
             self.flush()
 
     def flush(self) -> None:
-        if not self.buffer:
-            return
+        if self.buffer:
+            self.write_table(self.to_table(self.buffer))
+            self.buffer = []
+
+    def write_table(self, table: pa.Table) -> None:
+        """Write one part file from a table of this writer's schema."""
         buf = io.BytesIO()
         # sorted by key: row-group statistics then let a one-key lookup skip most of the data
-        table = self.to_table(self.buffer).sort_by("source_key")
-        pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP)
+        pq.write_table(table.sort_by("source_key"), buf, compression="zstd", row_group_size=ROW_GROUP)
         atomic_write(self.fs, f"{self.folder}/part-{self.parts:05d}.parquet", buf.getvalue())
         self.parts += 1
-        self.rows += len(self.buffer)
-        self.buffer = []
+        self.rows += table.num_rows
 
     def close(self) -> None:
         self.flush()
