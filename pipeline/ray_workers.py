@@ -176,9 +176,11 @@ def run_actor_pool(
 
     Each actor has up to `depth` batches queued (so it never waits for the driver), which bounds
     what is in flight to workers * depth batches; `items` is consumed lazily. A crashed actor is
-    replaced once (however many of its batches fail) and the items of its failed batches are re-run
-    one per batch, so a poison object that kills its actor every time fails alone, as `crash_row`,
-    after `max_attempts`. Actors are killed at the end, also when the driver fails."""
+    replaced once; the batch it died on costs an attempt and is re-run one item per call with
+    nothing queued behind it, the batches queued behind it are re-run unchanged, so a poison object
+    that kills its actor every time fails alone, as `crash_row`, after `max_attempts`, and nothing
+    else is lost. Actors are
+    killed at the end, also when the driver fails."""
     actor_cls = ray.remote(worker_cls)
     gpus = gpus_per_actor(gpus, workers)
 
@@ -189,53 +191,89 @@ def run_actor_pool(
         ).remote(*init_args)
 
     actors = [start(i) for i in range(workers)]
-    generation = [0] * workers  # bumped on each restart: failures of an older actor are not counted twice
+    generation = [0] * workers  # bumped on each restart
     load = [0] * workers  # batches queued on the current actor of each slot
-    in_flight: dict = {}  # ref -> (slot, generation, batch, attempt)
-    retry_queue: list[tuple[list[dict], int]] = []
+    in_flight: dict = {}  # ref -> (slot, generation, submission number, batch, attempt)
+    requeued: list[tuple[list[dict], int]] = []  # batches that were only queued behind a crash
+    retry_alone: list[tuple[list[dict], int]] = []  # retries: one item, alone on its actor
+    alone = [False] * workers  # the slot runs a retry: nothing else is queued behind it
     counters = {"actor_restarts": 0, "batches": 0}
+    submitted = 0
+
+    def deliver(rows: list[dict]) -> None:
+        counters["batches"] += 1
+        for row in rows:
+            on_row(row)
+
+    def submit(slot: int, batch: list[dict], attempt: int) -> None:
+        nonlocal submitted
+        ref = actors[slot].process.remote(batch, attempt)
+        in_flight[ref] = (slot, generation[slot], submitted, batch, attempt)
+        submitted += 1
+        load[slot] += 1
+
     try:
         ray.get([a.ready.remote() for a in actors])
         pending = _batches(items, batch_size)
         exhausted = False
         while True:
             for slot in sorted(range(workers), key=lambda i: load[i]):
-                while load[slot] < depth and (retry_queue or not exhausted):
-                    if retry_queue:
-                        batch, attempt = retry_queue.pop(0)
-                    else:
-                        batch = next(pending, None)
-                        if batch is None:
-                            exhausted = True
-                            break
-                        attempt = 1
-                    in_flight[actors[slot].process.remote(batch, attempt)] = (slot, generation[slot], batch, attempt)
-                    load[slot] += 1
+                if load[slot] == 0 and retry_alone:
+                    # A retry runs with nothing queued behind it, so if its actor dies the blame is
+                    # certain (a call that finished just before a crash can lose its reply and look
+                    # failed: with two calls queued, the wrong one may be blamed)
+                    submit(slot, *retry_alone.pop(0))
+                    alone[slot] = True
+                    continue
+                while load[slot] < depth and not alone[slot] and (requeued or not exhausted):
+                    if requeued:
+                        submit(slot, *requeued.pop(0))
+                        continue
+                    batch = next(pending, None)
+                    if batch is None:
+                        exhausted = True
+                        break
+                    submit(slot, batch, 1)
             if not in_flight:
                 break
             ref = ray.wait(list(in_flight), num_returns=1)[0][0]
-            slot, gen, batch, attempt = in_flight.pop(ref)
-            current = gen == generation[slot]
+            slot, gen, seq, batch, attempt = in_flight.pop(ref)
             try:
                 rows = ray.get(ref)
             except (RayActorError, WorkerCrashedError) as exc:
-                if current:
+                # The actor is gone. Its other calls finished before it died or never ran: collect
+                # them now. An actor runs its calls in submission order, so the oldest failed call is
+                # (almost always, see above) the one it died on: only that one uses up an attempt and
+                # is retried item by item, alone, so a poison object ends up failing by itself; the
+                # calls queued behind it are re-run as they were.
+                failed = [(seq, batch, attempt)]
+                for other in [r for r, v in in_flight.items() if v[0] == slot and v[1] == gen]:
+                    _, _, o_seq, o_batch, o_attempt = in_flight.pop(other)
+                    try:
+                        deliver(ray.get(other))
+                    except (RayActorError, WorkerCrashedError):
+                        failed.append((o_seq, o_batch, o_attempt))
+                if gen == generation[slot]:
                     counters["actor_restarts"] += 1
                     ray.kill(actors[slot])
                     actors[slot] = start(slot)
                     generation[slot] += 1
                     load[slot] = 0
-                if attempt < max_attempts:
-                    retry_queue.extend(([item], attempt + 1) for item in batch)
+                    alone[slot] = False
+                failed.sort(key=lambda f: f[0])
+                _, culprit, tries = failed[0]
+                if tries < max_attempts:
+                    retry_alone.extend(([item], tries + 1) for item in culprit)
                 else:
-                    for item in batch:
-                        on_row(crash_row(item, attempt, exc))
+                    for item in culprit:
+                        on_row(crash_row(item, tries, exc))
+                for _, b, t in failed[1:]:
+                    (retry_alone if t > 1 else requeued).append((b, t))
                 continue
-            if current:
+            if gen == generation[slot]:
                 load[slot] -= 1
-            counters["batches"] += 1
-            for row in rows:
-                on_row(row)
+                alone[slot] = False
+            deliver(rows)
     finally:
         for a in actors:
             ray.kill(a)

@@ -34,6 +34,7 @@ def crash_row(item: dict, attempt: int, exc: Exception) -> dict:
 def test_poison_object_fails_alone_and_everything_else_is_done_once(ray_local):
     keys = [f"k{i:02d}" for i in range(20)]
     keys.insert(7, "poison-a")
+    keys.insert(13, "poison-b")
     pulled = []
 
     def items():
@@ -48,13 +49,17 @@ def test_poison_object_fails_alone_and_everything_else_is_done_once(ray_local):
     )
     by_key = {r["source_key"]: r for r in rows}
     assert len(rows) == len(keys) == len(by_key)  # every item exactly once
-    assert by_key["poison-a"] == {"source_key": "poison-a", "status": "failed_worker_crash", "attempts": 2}
-    # the poison's batch-mates were retried one by one and succeeded on attempt 2
-    mates = [k for k in keys[4:8] if k != "poison-a"]
+    for poison in ("poison-a", "poison-b"):
+        assert by_key[poison] == {"source_key": poison, "status": "failed_worker_crash", "attempts": 2}
+    # the poisons' batch-mates were retried one by one and succeeded on attempt 2
+    mates = [k for k in keys[4:8] + keys[12:16] if not k.startswith("poison")]
     assert all(by_key[k]["status"] == "ok" and by_key[k]["attempts"] == 2 for k in mates)
-    assert sum(r["status"] == "ok" for r in rows) == len(keys) - 1
-    # one crash on attempt 1 (its batch), one on attempt 2 (alone): two restarts, not one per failed call
-    assert counters["actor_restarts"] == 2
+    # everything else succeeded; at most one extra attempt (a call that finished just before its
+    # actor died can lose its reply and take the blame once, then succeeds alone)
+    assert all(r["status"] == "ok" and r["attempts"] in (1, 2) for r in rows if not r["source_key"].startswith("p"))
+    assert sum(r["status"] == "ok" for r in rows) == len(keys) - 2
+    # each poison crashes an actor at least twice (with its batch, then alone); one restart per crash
+    assert counters["actor_restarts"] >= 4
     assert pulled == keys
     import ray
 
