@@ -45,5 +45,23 @@ def test_cli_filters_limits_and_resumes(tmp_path, ray_local, prefect_harness, ca
         assert small.size == (16, 16) and r["output_uri"].startswith(str(dest))
     assert len(list((dest / "_runs").glob("*.json"))) == 2
 
+    # Prefect artifacts of the last run: the summary table and the progress bar at 100 %
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        def latest(key):
+            return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                         sort=ArtifactSort.CREATED_DESC, limit=1)[0]
+
+        table = latest("compress-archive-summary").data
+        progress = latest("compress-archive-progress").data
+    table = json.loads(table) if isinstance(table, str) else table
+    metrics = {r["metric"]: r["value"] for r in table}
+    assert metrics["images processed"] == 1 and metrics["status ok"] == 1 and metrics["not processed: unchanged"] == 2
+    assert {"bytes in (ok)", "bytes out (ok)", "ratio in/out", "images/s", "megapixels/s"} <= set(metrics)
+    assert float(progress) == 100.0
+
     assert main(args + ["--quality", "500"]) == 2  # a bad option is a usage error, not a traceback
     assert "quality" in capsys.readouterr()[1]
