@@ -421,12 +421,14 @@ def down_state(state_dir: Path, state: dict, quiet: bool = False) -> None:
     # worker before server (it ignores SIGTERM), then the rest
     if pids.get("worker"):
         stop_worker(pids["worker"])
+        if not quiet:
+            print("  stopped worker")
     for part, sig, grace in (("prefect_server", signal.SIGTERM, 10), ("ray_head", signal.SIGKILL, 0),
                              ("s3", signal.SIGKILL, 0)):
         if pids.get(part):
             stop_group(pids[part], sig, grace)
-        if not quiet:
-            print(f"  stopped {part}")
+            if not quiet:
+                print(f"  stopped {part}")
     if state.get("ray_temp"):
         subprocess.run(["rm", "-rf", state["ray_temp"]], check=False)
     subprocess.run(["rm", "-rf", str(state_dir)], check=False)
