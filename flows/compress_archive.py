@@ -87,17 +87,9 @@ class RunStats:
         }
 
 
-def _ray_init(params: CompressArchiveParams) -> None:
-    import ray
-
-    if not ray.is_initialized():
-        # "local" starts a fresh local Ray rather than joining a stale one (INFRA-NOTES)
-        ray.init(address=params.ray_address or "local", include_dashboard=False, log_to_driver=False)
-
-
 @task(name="compress-objects")
 def compress_objects(params: CompressArchiveParams, run_id: str) -> dict:
-    from pipeline.ray_workers import run_compress_pool
+    from pipeline.ray_workers import ensure_ray, run_compress_pool
 
     logger = get_run_logger()
     dst_fs, dest_root = params.fs(params.dest)
@@ -150,7 +142,7 @@ def compress_objects(params: CompressArchiveParams, run_id: str) -> dict:
 
     try:
         if total:
-            _ray_init(params)
+            ensure_ray(params.ray_address)
             dispatch = run_compress_pool(params, run_id, checked(plan_objects(params, previous, counts)), on_row)
         else:  # nothing new: no actors, just the (empty) run record
             list(plan_objects(params, previous, counts))

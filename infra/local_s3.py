@@ -12,7 +12,6 @@ stack) never collide, and none lands on SeaweedFS's fixed defaults inside Ray's 
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import socket

@@ -8,6 +8,7 @@ straight to the manifest writer.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
@@ -17,6 +18,14 @@ from ray.exceptions import RayActorError, WorkerCrashedError
 
 from pipeline.config import PIPELINE_VERSION, CompressArchiveParams
 from pipeline.storage import ObjectInfo, UnsafeKeyError, atomic_write, protocol_prefix, safe_join
+
+def ensure_ray(address: str = "") -> None:
+    """Connect to `address`, else to TAID_RAY_ADDRESS (set it in a worker's environment to send
+    every flow run to a cluster), else start a fresh local Ray ("local" never joins a stale one)."""
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("TAID_RAY_ADDRESS") or "local", include_dashboard=False,
+                 log_to_driver=False)
+
 
 RETRIES = 3  # transient storage errors, per read / write
 
