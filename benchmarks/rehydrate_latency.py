@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8, help="images for the batch throughput")
     args = ap.parse_args()
-    report: dict = {"benchmark": "rehydrate_latency", "cpus": os.cpu_count()}
+    report: dict = {"benchmark": "rehydrate_latency", "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()}
 
     with tempfile.TemporaryDirectory() as tmp:
         # 1. manifest lookup
@@ -195,7 +195,9 @@ def main() -> None:
     (RESULTS / "rehydrate_latency.json").write_text(json.dumps(report, indent=2))
     lk = report["lookup"]
     md = [
-        "# Rehydrate on demand", "", "`python benchmarks/rehydrate_latency.py` (local disk, 2 cores)", "",
+        "# Rehydrate on demand", "",
+        f"`python benchmarks/rehydrate_latency.py` (local disk, 2 cores, load average at start "
+        f"{report['load_average_at_start'][0]:.1f}: other jobs shared the machine, so times are upper bounds)", "",
         f"## Manifest lookup: {lk['rows']:,} rows in {lk['part_files']} key-sorted part files ({lk['manifest_bytes'] / 1e6:.1f} MB)", "",
         "| lookups | p50 | p95 | first | peak RSS | full read of the manifest (for contrast) |", "|---:|---:|---:|---:|---:|---:|",
         f"| {lk['lookups']} | {lk['p50_ms']:.0f} ms | {lk['p95_ms']:.0f} ms | {lk['first_ms']:.0f} ms | {lk['rss_peak_mb']:.0f} MB "
