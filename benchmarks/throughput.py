@@ -52,6 +52,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput_archive import _plain_init, _plain_one  # noqa: E402  (the same Pillow floor)
 RESULTS = Path(__file__).parent / "results"
 
 for _k, _v in {
@@ -275,35 +277,6 @@ def part1(files: list[dict], models: list[str], work: Path) -> dict:
 
 # ------------------------------------------------------------------------------ part 2: S3 to S3
 _fs = None
-
-
-def _plain_init() -> None:
-    global _fs
-    import s3fs
-
-    _fs = s3fs.S3FileSystem()  # endpoint and keys from the AWS_* environment
-
-
-def _plain_one(src: str, dst: str, scale: int, fs=None) -> dict:
-    from PIL import Image
-
-    fs = fs or _fs
-    t0 = time.perf_counter()
-    data = fs.cat_file(src)
-    t1 = time.perf_counter()
-    im = Image.open(io.BytesIO(data)).convert("RGB")
-    t2 = time.perf_counter()
-    w, h = im.size
-    small = im.resize((-(-w // scale), -(-h // scale)), Image.Resampling.BICUBIC)
-    t3 = time.perf_counter()
-    buf = io.BytesIO()
-    small.save(buf, "PNG")
-    out = buf.getvalue()
-    t4 = time.perf_counter()
-    fs.pipe_file(dst, out)
-    t5 = time.perf_counter()
-    return {"t": {"get": t1 - t0, "decode": t2 - t1, "resize": t3 - t2, "encode": t4 - t3, "put": t5 - t4},
-            "pixels": w * h, "bytes_out": len(out)}
 
 
 def _warm(_: int) -> int:

@@ -59,12 +59,14 @@ def _plain_init() -> None:
     _fs = s3fs.S3FileSystem()
 
 
-def _plain_one(src: str, dst: str, scale: int) -> dict:
+def _plain_one(src: str, dst: str, scale: int, fs=None) -> dict:
+    """The floor: GET, Pillow decode, bicubic 1/scale, PNG encode, PUT (also used by throughput.py)."""
     from PIL import Image
 
+    fs = fs or _fs
     t = {}
     t0 = time.perf_counter()
-    data = _fs.cat_file(src)
+    data = fs.cat_file(src)
     t1 = time.perf_counter()
     im = Image.open(io.BytesIO(data))
     im = im.convert("RGB")
@@ -76,7 +78,7 @@ def _plain_one(src: str, dst: str, scale: int) -> dict:
     small.save(buf, "PNG")
     out = buf.getvalue()
     t4 = time.perf_counter()
-    _fs.pipe_file(dst, out)
+    fs.pipe_file(dst, out)
     t5 = time.perf_counter()
     t.update(get=t1 - t0, decode=t2 - t1, resize=t3 - t2, encode=t4 - t3, put=t5 - t4)
     return {"t": t, "pixels": w * h, "bytes_in": len(data), "bytes_out": len(out)}
