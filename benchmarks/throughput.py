@@ -276,9 +276,6 @@ def part1(files: list[dict], models: list[str], work: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------ part 2: S3 to S3
-_fs = None
-
-
 def _warm(_: int) -> int:
     time.sleep(0.05)
     return os.getpid()
