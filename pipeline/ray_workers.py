@@ -19,6 +19,7 @@ from ray.exceptions import RayActorError, WorkerCrashedError
 from pipeline.config import PIPELINE_VERSION, CompressArchiveParams
 from pipeline.storage import ObjectInfo, UnsafeKeyError, atomic_write, protocol_prefix, safe_join
 
+
 def ensure_ray(address: str = "") -> None:
     """Connect to `address`, else to TAID_RAY_ADDRESS (set it in a worker's environment to send
     every flow run to a cluster), else start a fresh local Ray ("local" never joins a stale one)."""
