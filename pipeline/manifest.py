@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -161,10 +160,3 @@ def write_run_stats(fs, dest: str, run_id: str, stats: dict) -> str:
     path = f"{dest.rstrip('/')}/{RUNS_DIR}/{run_id}.json"
     atomic_write(fs, path, json.dumps(stats, indent=2, default=str).encode())
     return path
-
-
-def rows_by_status(rows: Iterable[dict]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    return counts

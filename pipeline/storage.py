@@ -130,7 +130,3 @@ def atomic_write(fs, path: str, data: bytes) -> None:
     else:
         fs.pipe_file(tmp, data)
         fs.mv(tmp, path)
-
-
-def read_bytes(fs, path: str) -> bytes:
-    return fs.cat_file(path)
