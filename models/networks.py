@@ -3,7 +3,7 @@
 Contract (CompressAI-style):
     pair.downscale(x) -> {"small": y}            x: N x 3 x H x W in [0, 1], H and W multiples of scale
     pair.upscale(y)   -> {"restored": x_hat}     y: N x 3 x H/s x W/s on 8-bit levels
-    pair(x)           -> {"small", "small_float", "restored", "guide"}   used for training
+    pair(x, channel)  -> {"small", "small_float", "received", "restored", "guide"}   used for training
 
 Both networks do their heavy work at the *small* resolution (space-to-depth first in the
 downscaler, sub-pixel convolution last in the upscaler) so that a 12-megapixel photo costs
@@ -126,14 +126,19 @@ class TaskAwarePair(nn.Module):
     def upscale(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"restored": self.upscaler(y).clamp(0.0, 1.0)}
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, channel=None) -> dict[str, torch.Tensor]:
+        """`channel` (optional) maps the 8-bit small image to what the upscaler will receive, e.g.
+        a lossy codec round trip (models.codec_channel.CodecChannel); the guidance still sees
+        the small image before the channel: that is what the encoder is given."""
         self._check(x)
         small_float = self.downscaler(x)
         small = quantize_8bit(small_float)
+        received = channel(small) if channel is not None else small
         return {
             "small": small,
             "small_float": small_float,
-            "restored": self.upscaler(small),
+            "received": received,
+            "restored": self.upscaler(received),
             "guide": bicubic_resize(x, 1.0 / self.scale),
         }
 

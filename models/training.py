@@ -11,12 +11,21 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
-from models.data import PatchSampler, list_images, mod_crop, read_rgb, split_holdout, to_tensor
+from models.codec_channel import CodecChannel, real_round_trip
+from models.data import (
+    PatchSampler,
+    list_images,
+    mod_crop,
+    read_rgb,
+    split_holdout,
+    to_tensor,
+)
 from models.losses import taid_loss
 from models.metrics import psnr_y, to_uint8
 from models.networks import TaskAwarePair, bicubic_resize
@@ -44,10 +53,20 @@ class TrainConfig(BaseModel):
     ckpt_every: int = 1000
     minutes: float | None = Field(None, description="wall-clock budget: shrink `steps` to fit it")
     init_from: str | None = Field(None, description="weights (zoo name or .pt) to start from, e.g. for fine-tuning")
+    codec: Literal["jpeg", "webp"] | None = Field(None, description="lossy codec in the loop (None: lossless small image)")
+    codec_quality: tuple[int, int] = Field((30, 90), description="quality band; each image draws one uniformly")
+    codec_gradient: Literal["ste", "proxy"] = Field("ste", description="gradient path around the codec")
 
 
 def build_pair(cfg: TrainConfig) -> TaskAwarePair:
     return TaskAwarePair(cfg.scale, cfg.channels, cfg.down_blocks, cfg.up_blocks)
+
+
+def make_channel(cfg: TrainConfig) -> CodecChannel | None:
+    """The codec round trip between downscaler and upscaler, or None for a lossless pair."""
+    if cfg.codec is None:
+        return None
+    return CodecChannel(cfg.codec, *cfg.codec_quality, gradient=cfg.codec_gradient, seed=cfg.seed)
 
 
 def make_optimizer(pair: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -63,38 +82,67 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 
 
 def train_step(
-    pair: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, cfg: TrainConfig, step: int
+    pair: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, cfg: TrainConfig, step: int,
+    channel: CodecChannel | None = None,
 ) -> dict[str, float]:
     """One optimisation step on a batch of high-resolution patches; `pair` may be DDP-wrapped."""
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(step, cfg)
     pair.train()
-    losses = taid_loss(pair(x), x, cfg.guidance_weight)
+    losses = taid_loss(pair(x, channel) if channel is not None else pair(x), x, cfg.guidance_weight)
     optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
     if cfg.grad_clip:
         torch.nn.utils.clip_grad_norm_(pair.parameters(), cfg.grad_clip)
     optimizer.step()
-    return {k: float(v.detach()) for k, v in losses.items()}
+    out = {k: float(v.detach()) for k, v in losses.items()}
+    if channel is not None:
+        out["small_bpp"] = channel.last_bpp
+    return out
 
 
 @torch.no_grad()
-def validate(pair: TaskAwarePair, images: list[np.ndarray], device: str = "cpu") -> dict[str, float]:
-    """Mean Y-PSNR of the 8-bit reconstruction and of the small image against bicubic (shave = scale)."""
+def validate(
+    pair: TaskAwarePair, images: list[np.ndarray], device: str = "cpu", cfg: TrainConfig | None = None
+) -> dict[str, float]:
+    """Mean Y-PSNR of the 8-bit reconstruction and of the small image against bicubic (shave = scale).
+
+    With a codec in the loop (cfg.codec) the small image goes through the real codec at the low
+    end, middle and top of the quality band; `psnr_y` / `thumb_psnr_y` are then the means over
+    those three (what checkpoints are compared on) and each quality also reports its own numbers
+    and the small file's bits per *original* pixel."""
     pair.eval()
     s = pair.scale
-    rec, thumb = [], []
+    qualities: list[int | None] = [None]
+    if cfg is not None and cfg.codec:
+        lo, hi = cfg.codec_quality
+        qualities = sorted({lo, (lo + hi) // 2, hi})
+    per_q: dict = {q: {"rec": [], "thumb": [], "bpp": []} for q in qualities}
     for img in images:
         img = mod_crop(img, s)
         x = to_tensor(img).to(device).contiguous(memory_format=torch.channels_last)
         small = pair.downscale(x)["small"]
-        restored = pair.upscale(small)["restored"]
-        rec.append(psnr_y(to_uint8(restored), img, shave=s))
-        thumb.append(psnr_y(to_uint8(small), to_uint8(bicubic_resize(x, 1.0 / s)), shave=1))
-    return {"psnr_y": float(np.mean(rec)), "thumb_psnr_y": float(np.mean(thumb))}
+        guide = to_uint8(bicubic_resize(x, 1.0 / s))
+        for q in qualities:
+            received, bpp = (small, 0.0) if q is None else real_round_trip(small, cfg.codec, [q])
+            restored = pair.upscale(received)["restored"]
+            per_q[q]["rec"].append(psnr_y(to_uint8(restored), img, shave=s))
+            per_q[q]["thumb"].append(psnr_y(to_uint8(received), guide, shave=1))
+            per_q[q]["bpp"].append(bpp / (s * s))
+    out = {
+        "psnr_y": float(np.mean([np.mean(v["rec"]) for v in per_q.values()])),
+        "thumb_psnr_y": float(np.mean([np.mean(v["thumb"]) for v in per_q.values()])),
+    }
+    for q, v in per_q.items():
+        if q is not None:
+            out.update({f"psnr_y_q{q}": float(np.mean(v["rec"])), f"thumb_psnr_y_q{q}": float(np.mean(v["thumb"])),
+                        f"bpp_q{q}": float(np.mean(v["bpp"]))})
+    return out
 
 
-def save_training_state(path: Path, pair, optimizer, cfg: TrainConfig, step: int, sampler, history) -> None:
+def save_training_state(
+    path: Path, pair, optimizer, cfg: TrainConfig, step: int, sampler, history, channel: CodecChannel | None = None
+) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(
         {
@@ -105,6 +153,7 @@ def save_training_state(path: Path, pair, optimizer, cfg: TrainConfig, step: int
             "sampler": sampler.state(),
             "torch_rng": torch.get_rng_state(),
             "history": history,
+            **({"channel_rng": channel.rng.bit_generator.state} if channel is not None else {}),
         },
         tmp,
     )
@@ -141,6 +190,7 @@ def train(
 
     pair = build_pair(cfg).to(device).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(pair, cfg)
+    channel = make_channel(cfg)
     step, history = 0, []
     if resume and last.exists():
         state = torch.load(last, map_location=device, weights_only=True)
@@ -152,6 +202,8 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         sampler.load_state(state["sampler"])
         torch.set_rng_state(state["torch_rng"].cpu())
+        if channel is not None and "channel_rng" in state:
+            channel.rng.bit_generator.state = state["channel_rng"]
         step, history = state["step"], state["history"]
         log(f"resumed from {last} at step {step}/{cfg.steps}")
     elif cfg.init_from:
@@ -165,7 +217,7 @@ def train(
     bar = tqdm(total=cfg.steps, initial=step, desc=f"taid x{cfg.scale}", mininterval=5, dynamic_ncols=True)
     with open(out / "history.jsonl", "a") as hist:
         while step < cfg.steps:
-            losses = train_step(pair, optimizer, sampler.sample(), cfg, step)
+            losses = train_step(pair, optimizer, sampler.sample(), cfg, step, channel)
             step += 1
             bar.update(1)
             if step - start_step == 50:
@@ -183,14 +235,14 @@ def train(
                     log(f"time budget: {per_step * 1000:.1f} ms/step, schedule shortened to {fit} steps")
             stopping = (deadline is not None and time.monotonic() > deadline) or step == until
             if step % cfg.val_every == 0 or step == cfg.steps or stopping:
-                metrics = validate(pair, val_images, device) if val_images else {}
+                metrics = validate(pair, val_images, device, cfg) if val_images else {}
                 row = {"step": step, "lr": learning_rate(step - 1, cfg), **losses, **metrics}
                 history.append(row)
                 hist.write(f"{row}\n".replace("'", '"'))
                 hist.flush()
-                bar.set_postfix({k: round(v, 3) for k, v in row.items() if k in ("loss", "psnr_y", "thumb_psnr_y")})
+                bar.set_postfix({k: round(v, 3) for k, v in row.items() if k in ("loss", "psnr_y", "thumb_psnr_y", "small_bpp")})
             if step % cfg.ckpt_every == 0 or step == cfg.steps or stopping:
-                save_training_state(last, pair, optimizer, cfg, step, sampler, history)
+                save_training_state(last, pair, optimizer, cfg, step, sampler, history, channel)
             if stopping:
                 log(f"stopped at step {step} of {cfg.steps}; run again to resume")
                 break

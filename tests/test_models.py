@@ -31,7 +31,8 @@ def test_contract_shapes(scale, hw):
         out = pair(x)
     assert small.shape == (2, 3, h // scale, w // scale)
     assert restored.shape == x.shape
-    assert set(out) == {"small", "small_float", "restored", "guide"}
+    assert set(out) == {"small", "small_float", "received", "restored", "guide"}
+    assert out["received"] is out["small"]  # no channel: the upscaler sees the 8-bit small image itself
     assert out["guide"].shape == small.shape
 
 
