@@ -5,32 +5,48 @@ Conventions (those of the SR papers): each original is cropped to a multiple of 
 with `scale` pixels shaved from every border, and PSNR also on RGB with the same shave.
 `thumb_psnr_y` compares the 8-bit small image with Pillow's bicubic downscale of the same
 original (no shave): is the small image still a faithful thumbnail?
+
+With a lossy small file (`codec`/`quality`, by default a codec-aware model's own, see the zoo's
+"codec" block) the small image goes through that real codec (models.codec_channel) before the
+upscaler, the thumbnail is the *decoded* small image, `bpp` is the coded small image's bits per
+original pixel (image payload only; the archive adds ~0.2 KB of metadata per file), and the
+baselines code Pillow's downscale with the same codec and quality before upscaling it.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from models.codec_channel import SMALL_FORMAT, Codec, pillow_encode, real_round_trip
 from models.data import list_images, mod_crop, read_rgb, to_tensor
 from models.metrics import psnr, psnr_y, ssim_y, to_uint8
 from models.networks import TaskAwarePair
-from models.zoo import load_pair
+from models.zoo import load_pair, zoo_table
 
 BASELINES = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
 
 
-def pil_down_up(img: np.ndarray, scale: int, method: Image.Resampling) -> tuple[np.ndarray, np.ndarray]:
-    """(small, restored) with the same Pillow filter both ways."""
+def pil_down_up(
+    img: np.ndarray, scale: int, method: Image.Resampling, codec: Codec | None = None, q: int = 90
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(small, restored, coded bytes) with the same Pillow filter both ways, the small image
+    optionally through `codec` at quality `q` in between."""
     h, w = img.shape[:2]
     small = Image.fromarray(img).resize((w // scale, h // scale), method)
-    return np.asarray(small), np.asarray(small.resize((w, h), method))
+    nbytes = 0
+    if codec:
+        data = pillow_encode(small, codec, q)
+        nbytes = len(data)
+        small = Image.open(io.BytesIO(data)).convert("RGB")
+    return np.asarray(small), np.asarray(small.resize((w, h), method)), nbytes
 
 
-def quality(restored: np.ndarray, original: np.ndarray, scale: int) -> dict[str, float]:
+def quality_of(restored: np.ndarray, original: np.ndarray, scale: int) -> dict[str, float]:
     return {
         "psnr_y": psnr_y(restored, original, shave=scale),
         "psnr_rgb": psnr(restored, original, shave=scale),
@@ -39,11 +55,27 @@ def quality(restored: np.ndarray, original: np.ndarray, scale: int) -> dict[str,
 
 
 @torch.no_grad()
-def round_trip(pair: TaskAwarePair, img: np.ndarray, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """(8-bit small image, 8-bit reconstruction) of an H x W x 3 uint8 image (multiple of scale)."""
+def round_trip(
+    pair: TaskAwarePair, img: np.ndarray, device: str = "cpu", codec: Codec | None = None, q: int = 90
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(8-bit small image as the upscaler receives it, 8-bit reconstruction, small bits per small
+    pixel) of an H x W x 3 uint8 image (multiple of scale); `codec` codes the small image first."""
     x = to_tensor(img).to(device).contiguous(memory_format=torch.channels_last)
     small = pair.downscale(x)["small"]
-    return to_uint8(small), to_uint8(pair.upscale(small)["restored"])
+    bits = 0.0
+    if codec:
+        small, bits = real_round_trip(small, codec, [q])
+    return to_uint8(small), to_uint8(pair.upscale(small)["restored"]), bits
+
+
+def model_codec(model: str | TaskAwarePair) -> tuple[Codec | None, int | None]:
+    """A codec-aware model's own small-file codec and default quality (zoo "codec" block)."""
+    model_id = model if isinstance(model, str) else getattr(model, "model_id", None)
+    block = zoo_table().get(model_id or "", {}).get("codec")
+    if not block:
+        return None, None
+    codec = {fmt: c for c, fmt in SMALL_FORMAT.items()}[block["small_format"]]
+    return codec, int(block["quality"])
 
 
 def _mean(rows: list[dict], keys: tuple[str, ...]) -> dict[str, float]:
@@ -51,9 +83,16 @@ def _mean(rows: list[dict], keys: tuple[str, ...]) -> dict[str, float]:
 
 
 def evaluate(
-    model: str | TaskAwarePair, data: str | list[str], device: str = "cpu", limit: int | None = None
+    model: str | TaskAwarePair, data: str | list[str], device: str = "cpu", limit: int | None = None,
+    codec: Codec | None = None, quality: int | None = None, lossless: bool = False,
 ) -> dict:
-    """`data` is a folder / URI of images, or an explicit list of image URIs (a held-out split)."""
+    """`data` is a folder / URI of images, or an explicit list of image URIs (a held-out split).
+
+    A codec-aware model is evaluated through its own codec and default quality unless `codec` /
+    `quality` say otherwise or `lossless` is set."""
+    default_codec, default_q = model_codec(model)
+    codec = None if lossless else (codec or default_codec)
+    q = quality or default_q or 90
     pair = load_pair(model, device) if isinstance(model, str) else model.to(device).eval()
     pair = pair.to(memory_format=torch.channels_last)
     s = pair.scale
@@ -64,11 +103,15 @@ def evaluate(
     rows, base_rows = [], {name: [] for name in BASELINES}
     for uri in uris:
         img = mod_crop(read_rgb(uri), s)
-        small, restored = round_trip(pair, img, device)
-        bicubic_small, _ = pil_down_up(img, s, BASELINES["bicubic"])
-        rows.append({"name": Path(uri).stem, **quality(restored, img, s), "thumb_psnr_y": psnr_y(small, bicubic_small)})
+        small, restored, bits = round_trip(pair, img, device, codec, q)
+        bicubic_small, _, _ = pil_down_up(img, s, BASELINES["bicubic"])
+        row = {"name": Path(uri).stem, **quality_of(restored, img, s), "thumb_psnr_y": psnr_y(small, bicubic_small)}
+        if codec:
+            row["bpp"] = bits / (s * s)
+        rows.append(row)
         for name, method in BASELINES.items():
-            base_rows[name].append(quality(pil_down_up(img, s, method)[1], img, s))
+            _, base, nbytes = pil_down_up(img, s, method, codec, q)
+            base_rows[name].append({**quality_of(base, img, s), "bpp": nbytes * 8 / img.shape[0] / img.shape[1]})
     keys = ("psnr_y", "psnr_rgb", "ssim")
     return {
         "model": model if isinstance(model, str) else getattr(model, "model_id", "in-memory"),
@@ -76,15 +119,19 @@ def evaluate(
         "scale": s,
         "data": data,
         "n_images": len(rows),
+        "small_codec": {"codec": codec, "quality": q} if codec else None,
         "conventions": f"mod-crop to {s}, 8-bit outputs, Y = BT.601 luma, shave {s} px (thumb: no shave)",
-        "mean": _mean(rows, (*keys, "thumb_psnr_y")),
+        "mean": _mean(rows, (*keys, "thumb_psnr_y", *(("bpp",) if codec else ()))),
         "images": rows,
-        "baselines": {name: _mean(r, keys) for name, r in base_rows.items()},
+        "baselines": {name: _mean(r, (*keys, *(("bpp",) if codec else ()))) for name, r in base_rows.items()},
     }
 
 
 def format_table(report: dict) -> str:
     lines = [f"{report['model']} x{report['scale']} on {report['data']} ({report['n_images']} images)"]
+    if report.get("small_codec"):
+        c = report["small_codec"]
+        lines[0] += f", small image coded as {c['codec']} q{c['quality']} ({report['mean']['bpp']:.3f} bpp)"
     lines.append(f"{'image':<24}{'PSNR-Y':>9}{'PSNR-RGB':>10}{'SSIM':>8}{'thumb-Y':>9}")
     for r in report["images"]:
         lines.append(f"{r['name']:<24}{r['psnr_y']:9.2f}{r['psnr_rgb']:10.2f}{r['ssim']:8.4f}{r['thumb_psnr_y']:9.2f}")

@@ -26,7 +26,8 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from models.evaluate import evaluate, format_table
 
-    report = evaluate(args.model, args.data, device=args.device, limit=args.limit)
+    report = evaluate(args.model, args.data, device=args.device, limit=args.limit, codec=args.codec,
+                      quality=args.quality, lossless=args.lossless)
     print(format_table(report))
     if args.json:
         with open(args.json, "w") as f:
@@ -74,7 +75,8 @@ def _compress_file(args: argparse.Namespace) -> int:
     _write_atomic(args.output, small)
     print(
         f"{args.input} ({record.width}x{record.height}, {record.source_size} B) -> {args.output} "
-        f"({record.out_width}x{record.out_height} {record.output_format}, {record.output_size} B, x{record.scale} {record.model_id})"
+        f"({record.out_width}x{record.out_height} {record.output_format}"
+        f"{f' q{record.small_quality}' if record.small_quality else ''}, {record.output_size} B, x{record.scale} {record.model_id})"
     )
     if record.notes:
         print(f"notes: {record.notes}")
@@ -189,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="write the report here")
     e.add_argument("--limit", type=int, default=None, help="only the first N images")
     e.add_argument("--device", default="cpu")
+    e.add_argument("--codec", choices=["jpeg", "webp"], help="code the small image with this codec (default: the model's own)")
+    e.add_argument("--quality", type=int, help="quality of that codec (default: the model's default, else 90)")
+    e.add_argument("--lossless", action="store_true", help="evaluate a codec-aware model on its lossless small image")
     e.set_defaults(func=_eval)
 
     c = sub.add_parser("compress-file", help="shrink one image file into a TAID small file")
@@ -196,8 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("output", help="small file to write (atomically)")
     c.add_argument("--model", dest="model_id", help="zoo id or weights file (default taid-x2)")
     c.add_argument("--scale", type=int, help="2, 4, ... 128 (a power of the model's scale; default 2)")
-    c.add_argument("--small-format", dest="small_format", choices=["png", "webp", "webp-lossy", "jpeg"])
-    c.add_argument("--quality", type=int, help="for webp-lossy / jpeg small files (default 90)")
+    c.add_argument("--small-format", dest="small_format", choices=["png", "webp", "webp-lossy", "jpeg"],
+                   help="default: the model's (a codec-aware model's lossy format, else png)")
+    c.add_argument("--quality", type=int, help="for webp-lossy / jpeg small files (default: the model's, else 90)")
     c.add_argument("--max-pixels", dest="max_pixels", type=int, help="decompression-bomb limit (header check)")
     c.add_argument("--tile", type=int, help="tile side in full-resolution pixels")
     c.add_argument("--multi-frame", dest="multi_frame", choices=["skip", "first"])
@@ -221,8 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("dest", help="local folder or s3://bucket/prefix for small files and manifests")
     a.add_argument("--model", dest="model_id", help="zoo or registered model id (default taid-x2)")
     a.add_argument("--scale", type=int)
-    a.add_argument("--small-format", dest="small_format", choices=["png", "webp", "webp-lossy", "jpeg"])
-    a.add_argument("--quality", type=int)
+    a.add_argument("--small-format", dest="small_format", choices=["png", "webp", "webp-lossy", "jpeg"],
+                   help="default: the model's (a codec-aware model's lossy format, else png)")
+    a.add_argument("--quality", type=int, help="for webp-lossy / jpeg small files (default: the model's, else 90)")
     a.add_argument("--no-incremental", dest="incremental", action="store_false", default=None)
     a.add_argument("--retry-failed", dest="retry_failed", action="store_true", default=None)
     a.add_argument("--include", action="append", help="glob on keys (repeatable)")

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from models.data import list_images, mod_crop, read_rgb
-from models.evaluate import evaluate, quality, round_trip
+from models.evaluate import evaluate, quality_of, round_trip
 from models.zoo import load_pair
 from pipeline.codec import CodecOptions, compress_image, decode_output, rehydrate_image
 from pipeline.small_file import read_small
@@ -41,7 +41,7 @@ def test_set14_codec_equals_round_trip(model_id, limit):
     assert len(uris) == 14
     for uri in uris[:limit]:
         img = mod_crop(read_rgb(uri), pair.scale)
-        ref_small, ref_restored = round_trip(pair, img)
+        ref_small, ref_restored, _ = round_trip(pair, img)
         small, restored = codec_round_trip(pair, model_id, img)
         assert np.array_equal(small, ref_small), uri
         assert np.array_equal(restored, ref_restored), uri  # hence identical PSNR / SSIM
@@ -53,6 +53,6 @@ def test_set14_psnr_equals_taid_eval_report():
     rows = {r["name"]: r for r in report["images"]}
     for uri in list_images([SET14])[:3]:
         img = mod_crop(read_rgb(uri), 2)
-        got, want = quality(codec_round_trip(pair, "taid-x2", img)[1], img, 2), rows[Path(uri).stem]
+        got, want = quality_of(codec_round_trip(pair, "taid-x2", img)[1], img, 2), rows[Path(uri).stem]
         for key in ("psnr_y", "psnr_rgb", "ssim"):
             assert got[key] == want[key], (uri, key, got[key], want[key])
