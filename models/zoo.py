@@ -3,6 +3,11 @@
 The table lives in `models/zoo.json` (one entry per model id) so tools can read it without
 Python; weights live in `models/weights/<model_id>-<first 8 hex of sha256>.pt` and are verified
 against the full sha256 before `torch.load(..., weights_only=True)` touches them.
+
+Codec-aware pairs (trained with a lossy codec between downscaler and upscaler) carry a `codec`
+block: {"small_format": "webp-lossy" | "jpeg", "quality": default quality, "quality_band": [lo, hi],
+"gradient": "ste" | "proxy"}; `load_pair` sets it as `pair.codec` (None for lossless pairs), and
+the codec writes such a pair's small files in that format and quality unless told otherwise.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from models.networks import TaskAwarePair
 ZOO_FILE = Path(__file__).with_name("zoo.json")
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 ARCH_KEYS = ("scale", "channels", "down_blocks", "up_blocks")
+# the training codec (TrainConfig.codec) -> the small format that stores what that pair was trained on
+CODEC_SMALL_FORMAT = {"jpeg": "jpeg", "webp": "webp-lossy"}
+DEFAULT_QUALITY_BAND = (30, 90)  # TrainConfig.codec_quality's default
 
 
 class WeightsError(RuntimeError):
@@ -50,6 +58,28 @@ def resolve(model: str) -> tuple[Path, str | None]:
     if path.suffix == ".pt" and path.exists():
         return path, None
     raise WeightsError(f"unknown model {model!r}: not in the zoo ({', '.join(sorted(table)) or 'empty'}) and not a .pt file")
+
+
+def codec_defaults(codec: str | None, quality_band=None, gradient: str | None = None) -> dict | None:
+    """The `codec` block of a pair trained with `codec` ("jpeg", "webp" or None = lossless) over
+    `quality_band` [qmin, qmax]: its small format, and the middle of the band as default quality."""
+    if not codec:
+        return None
+    if codec not in CODEC_SMALL_FORMAT:
+        raise ValueError(f"unknown training codec {codec!r} (known: {', '.join(CODEC_SMALL_FORMAT)})")
+    lo, hi = (int(q) for q in (quality_band or DEFAULT_QUALITY_BAND))
+    return {"small_format": CODEC_SMALL_FORMAT[codec], "quality": (lo + hi) // 2, "quality_band": [lo, hi],
+            "gradient": gradient or "ste"}
+
+
+def _codec_block(model: str, blob: dict) -> dict | None:
+    """A zoo entry's `codec` block when it has the key; else derived from the checkpoint's
+    train_config (weights files and registry models)."""
+    entry = zoo_table().get(model)
+    if entry is not None and "codec" in entry:
+        return entry["codec"]
+    train = blob.get("train_config") or {}
+    return codec_defaults(train.get("codec"), train.get("codec_quality"), train.get("codec_gradient"))
 
 
 def load_pair(
@@ -87,6 +117,10 @@ def load_pair(
         raise WeightsError(f"weights {path} are not a loadable TAID pair: {exc}") from exc
     pair.model_id = blob.get("model_id", model)
     pair.weights_sha256 = actual
+    try:
+        pair.codec = _codec_block(model, blob)
+    except ValueError as exc:
+        raise WeightsError(f"weights {path}: {exc}") from exc
     return pair.to(device).eval()
 
 
