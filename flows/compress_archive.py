@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
-from pipeline.codec import check_options
+from pipeline.codec import check_options, small_file_settings
 from pipeline.config import PIPELINE_VERSION, CompressArchiveParams
 from pipeline.manifest import ManifestWriter, PreviousState, latest_states, write_run_stats
 from pipeline.storage import ObjectInfo, UnsafeKeyError, list_objects, safe_join
@@ -101,7 +101,9 @@ def compress_objects(params: CompressArchiveParams, run_id: str) -> dict:
 
     # resolve and verify the model here: a missing or modified model fails the run before any work
     pair = load_pair(params.model_id, registry=params.registry)
-    params = params.model_copy(update={"scale": params.scale or pair.scale})
+    # the model's defaults, made explicit for the actors (same model, same answer) and the run stats
+    fmt, quality = small_file_settings(pair, params.small_format, params.quality)
+    params = params.model_copy(update={"scale": params.scale or pair.scale, "small_format": fmt, "quality": quality})
     check_options(pair, params.codec_options(pair.scale))  # e.g. x8 with taid-x4: a caller error, before any work
     if params.dry_run:
         list(plan_objects(params, previous, counts))
@@ -164,6 +166,9 @@ def compress_objects(params: CompressArchiveParams, run_id: str) -> dict:
 
 def summary_table(result: dict) -> list[dict]:
     rows = [{"metric": "images processed", "value": result["rows"]}]
+    small = result.get("small_format")
+    if small:
+        rows.append({"metric": "small format", "value": small + (f" q{result['quality']}" if result.get("quality") else "")})
     rows += [{"metric": f"status {k}", "value": v} for k, v in result["by_status"].items()]
     rows += [{"metric": f"not processed: {k}", "value": v} for k, v in result["plan"].items() if k != "listed"]
     rows += [

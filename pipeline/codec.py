@@ -11,12 +11,18 @@ Geometry: the upright image (EXIF orientation applied) of W x H pixels is reflec
 bottom/right to a multiple of `scale`, downscaled to ceil(W/scale) x ceil(H/scale) (`out_width`,
 `out_height`), and on rehydration upscaled and cropped back to exactly W x H.
 
+Small format and quality default to the model's (`small_file_settings`): a codec-aware pair (one
+trained with WebP or JPEG between its two networks, `pair.codec` from models.zoo) writes that
+lossy format at its default quality, any other pair lossless PNG; the record's `output_format`
+and `small_quality` say what was written.
+
 `compress_image` never raises for bad input: it returns (None, record) with `status` set to
 `skipped_<reason>` or `failed_<reason>` and `error_message`. It raises only for caller errors
 (a scale the pair cannot reach). `rehydrate_image` raises `RehydrateError` when the bytes are not a
 TAID small file, when the pair is not the one that made the file (model id or weights sha256
-differ: we refuse rather than guess), when a manifest row's `output_sha256` does not match the
-bytes, or when the requested output cannot hold the image (JPEG and alpha).
+differ, or a record names another model than the file's own metadata: we refuse rather than
+guess), when a manifest row's `output_sha256` does not match the bytes, or when the requested
+output cannot hold the image (JPEG and alpha).
 
 Exactness: the codec uses the pair exactly as `taid eval` does (eval mode, channels_last weights,
 set in place on the caller's module; 8-bit small image), so on a lossless small file the
@@ -38,6 +44,8 @@ from pipeline import image_io, small_file, tiling
 
 CODEC_VERSION = "1"
 DEFAULT_MAX_PIXELS = 120_000_000
+DEFAULT_SMALL_FORMAT = "png"  # for lossless pairs; a codec-aware pair's `codec` block says its own
+DEFAULT_QUALITY = 90  # for a lossy small format the pair was not trained for
 
 
 class RehydrateError(ValueError):
@@ -47,8 +55,12 @@ class RehydrateError(ValueError):
 class CodecOptions(BaseModel):
     model_id: str = "taid-x2"
     scale: int = Field(2, description="power of the model's scale: 2..128 for taid-x2, 4/16/64 for taid-x4")
-    small_format: Literal["png", "webp", "webp-lossy", "jpeg"] = "png"
-    quality: int = Field(90, ge=1, le=100, description="for webp-lossy and jpeg small files")
+    small_format: Literal["png", "webp", "webp-lossy", "jpeg"] | None = Field(
+        None, description="None = the model's: its codec block's format for a codec-aware pair, else png"
+    )
+    quality: int | None = Field(
+        None, ge=1, le=100, description="for webp-lossy and jpeg small files; None = the model's (else 90)"
+    )
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="decompression-bomb limit, checked from the header")
     tile: int = Field(tiling.DEFAULT_TILE, ge=64, description="tile side in full-resolution pixels")
     multi_frame: Literal["skip", "first"] = "skip"
@@ -83,6 +95,7 @@ class CompressRecord(BaseModel):
     status: str = "ok"
     error_message: str | None = None
     output_format: str | None = None
+    small_quality: int | None = None  # quality of a lossy small file (webp-lossy, jpeg); None when lossless
     output_size: int | None = None
     output_sha256: str | None = None
     out_width: int | None = None
@@ -120,6 +133,19 @@ def _gray(arr: np.ndarray) -> np.ndarray:
     return ((arr.astype(np.uint16).sum(axis=2) * 2 + 3) // 6).astype(np.uint8)
 
 
+def small_file_settings(pair, small_format: str | None = None, quality: int | None = None) -> tuple[str, int | None]:
+    """(small format, quality) with the model's defaults filled in: a codec-aware pair's `codec`
+    block (models.zoo), else png. The model's quality goes with the model's format only: another
+    lossy format gets DEFAULT_QUALITY. Quality is None for the lossless formats."""
+    codec = getattr(pair, "codec", None) or {}
+    fmt = small_format or codec.get("small_format") or DEFAULT_SMALL_FORMAT
+    if fmt not in small_file.LOSSY_FORMATS:
+        return fmt, None
+    if quality is None:
+        quality = codec.get("quality") if fmt == codec.get("small_format") else None
+    return fmt, int(quality) if quality is not None else DEFAULT_QUALITY
+
+
 def check_options(pair, options: CodecOptions) -> None:
     """Raise ValueError when `options` cannot work with `pair` (a scale that is not a power of the
     pair's scale). Call it once when a worker starts; compress_image calls it too."""
@@ -129,6 +155,8 @@ def check_options(pair, options: CodecOptions) -> None:
 def compress_image(data: bytes, pair, options: CodecOptions | None = None) -> tuple[bytes | None, CompressRecord]:
     options = options or CodecOptions()
     check_options(pair, options)  # caller error -> ValueError, before any file is touched
+    fmt, quality = small_file_settings(pair, options.small_format, options.quality)
+    options = options.model_copy(update={"small_format": fmt, "quality": quality})  # the one place defaults resolve
     rec = CompressRecord(
         source_size=len(data), source_sha256=_sha256(data), scale=options.scale,
         model_id=getattr(pair, "model_id", options.model_id), model_sha256=getattr(pair, "weights_sha256", None),
@@ -180,6 +208,7 @@ def _compress_decoded(dec: image_io.Decoded, pair, options: CodecOptions, rec: C
     rec = rec.model_copy(
         update={
             "output_format": written, "output_size": len(out), "output_sha256": _sha256(out),
+            "small_quality": options.quality if written in small_file.LOSSY_FORMATS else None,
             "out_width": img.width, "out_height": img.height, "notes": "; ".join(notes) or None,
         }
     )
@@ -215,6 +244,17 @@ def _plain(v):
     return v.item() if isinstance(v, np.generic) else v
 
 
+def _check_same_model(embedded: dict, row: dict) -> None:
+    """A row naming another model than the file's own metadata is refused, not trusted: the wrong
+    upscaler would restore an image that looks plausible and is wrong."""
+    for key in ("model_id", "model_sha256"):
+        if embedded.get(key) is not None and row.get(key) is not None and embedded[key] != row[key]:
+            raise RehydrateError(
+                f"small file was made by {embedded.get('model_id')} (sha256 {embedded.get('model_sha256')}); its record "
+                f"says {row.get('model_id')} (sha256 {row.get('model_sha256')}): refusing to guess"
+            )
+
+
 def _rehydrate_pixels(small: bytes, record: CompressRecord | dict | None, pair, tile: int):
     try:
         im, embedded, icc, exif, _ = small_file.read_small(small)
@@ -231,7 +271,9 @@ def _rehydrate_pixels(small: bytes, record: CompressRecord | dict | None, pair, 
             raise RehydrateError("small file's sha256 differs from its manifest row's output_sha256: wrong or damaged file")
         # a manifest row may hold only DESIGN.md's fields, or nulls read back as NaN / pd.NA:
         # the embedded metadata fills what the row does not say
-        meta.update({k: _plain(rec[k]) for k in small_file.EMBEDDED_KEYS if _present(rec.get(k))})
+        from_row = {k: _plain(rec[k]) for k in small_file.EMBEDDED_KEYS if _present(rec.get(k))}
+        _check_same_model(meta, from_row)
+        meta.update(from_row)
     for key in ("width", "height", "scale", "model_id", "model_sha256"):
         if meta.get(key) is None:
             raise RehydrateError(f"metadata lacks {key!r}: not a TAID small file")

@@ -20,8 +20,12 @@ class CompressArchiveParams(BaseModel):
     dest: str = Field(description="URI where small files, _manifest/ and _runs/ are written")
     model_id: str = "taid-x2"
     scale: int | None = Field(None, description="2..128 (a power of the model's scale); default: the model's")
-    small_format: Literal["png", "webp", "webp-lossy", "jpeg"] = "png"
-    quality: int = Field(90, ge=1, le=100)
+    small_format: Literal["png", "webp", "webp-lossy", "jpeg"] | None = Field(
+        None, description="small-file format; default: the model's (a codec-aware pair's own lossy format, else png)"
+    )
+    quality: int | None = Field(
+        None, ge=1, le=100, description="for webp-lossy / jpeg small files; default: the model's (else 90)"
+    )
     incremental: bool = Field(True, description="skip objects whose ETag+size match an earlier ok row for this model")
     retry_failed: bool = Field(False, description="re-run only the objects whose latest row failed")
     include: list[str] = Field(default_factory=list, description="glob patterns on keys (all when empty)")

@@ -6,6 +6,10 @@
 The schema is versioned (`SCHEMA_VERSION`, also in each file's metadata) and readable by
 pyarrow.dataset, DuckDB and Spark. A row is only ever written after its small file was written
 and verified, so an `ok` row always points at a complete object.
+
+Versions: 2 added `small_quality` (the quality of a lossy small file). Columns are only ever
+added, so older part files stay readable: `manifest_dataset` reads every part with the current
+schema and a column a part lacks reads as null (DuckDB: `union_by_name=true`; Spark: `mergeSchema`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import pyarrow.parquet as pq
 
 from pipeline.storage import atomic_write
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 MANIFEST_DIR = "_manifest"
 RUNS_DIR = "_runs"
 ROW_GROUP = 2000
@@ -45,6 +49,7 @@ SCHEMA = pa.schema(
         ("error_message", pa.string()),
         ("output_uri", pa.string()),
         ("output_format", pa.string()),
+        ("small_quality", pa.int32()),
         ("output_size", pa.int64()),
         ("output_sha256", pa.string()),
         ("out_width", pa.int32()),
@@ -103,7 +108,8 @@ class ManifestWriter:
 
 
 def manifest_dataset(fs, dest: str, schema: pa.Schema = SCHEMA) -> ds.Dataset | None:
-    """The manifest under DEST as a pyarrow dataset (None when there is none yet).
+    """The manifest under DEST as a pyarrow dataset (None when there is none yet), every part read
+    with `schema` (columns a part of an older version lacks read as null).
 
     It reads through fsspec (a Python filesystem): scan it with use_threads=False. Threaded scans
     over a Python filesystem can abort the interpreter at exit ("terminate called without an

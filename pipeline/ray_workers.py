@@ -102,8 +102,8 @@ class CompressWorker:
 
 _RECORD_FIELDS = {
     "source_sha256", "source_format", "source_mode", "bit_depth", "n_frames", "exif_orientation", "icc_present",
-    "width", "height", "status", "error_message", "output_format", "output_size", "output_sha256", "out_width",
-    "out_height", "scale", "model_id", "model_sha256", "roundtrip_psnr", "notes",
+    "width", "height", "status", "error_message", "output_format", "small_quality", "output_size", "output_sha256",
+    "out_width", "out_height", "scale", "model_id", "model_sha256", "roundtrip_psnr", "notes",
 }
 
 

@@ -95,3 +95,40 @@ def test_decide_incremental_and_retry_modes():
     assert decide(obj, ok, CompressArchiveParams(source="s", dest="d", incremental=False)) == "process"
     with pytest.raises(ValueError, match="retry_failed"):
         CompressArchiveParams(source="s", dest="d", incremental=False, retry_failed=True)
+
+
+def test_version_1_part_files_still_read_and_rehydrate(tmp_path):
+    """Parts written before `small_quality` existed (schema version 1) read with nulls there, next
+    to new parts, and their rows still rehydrate."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from models.zoo import load_pair
+    from pipeline.codec import CodecOptions, compress_image, decode_output
+    from pipeline.rehydrate import rehydrate
+
+    v1 = pa.schema([f for f in SCHEMA if f.name != "small_quality"], metadata={"taid_manifest_schema": "1"})
+    pair = load_pair("taid-x2")
+    fs, root = filesystem(str(tmp_path))
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    for run, (key, fmt) in enumerate([("old.png", "png"), ("new.png", "webp-lossy")]):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((24, 32, 3), 40 * (run + 1), np.uint8)).save(buf, "PNG")
+        small, rec = compress_image(buf.getvalue(), pair, CodecOptions(small_format=fmt))
+        (tmp_path / f"{key}.small").write_bytes(small)
+        writer = ManifestWriter(fs, root, f"r{run}", schema=v1 if run == 0 else SCHEMA)
+        writer.add({**rec.model_dump(), "run_id": f"r{run}", "source_key": key, "output_uri": str(tmp_path / f"{key}.small"),
+                    "processed_at": t0 + timedelta(hours=run)})
+        writer.close()
+    assert "small_quality" not in pq.read_schema(tmp_path / "_manifest" / "run=r0" / "part-00000.parquet").names
+
+    table = read_manifest(fs, root)
+    assert table.schema.equals(SCHEMA, check_metadata=False)
+    assert dict(zip(table.column("source_key").to_pylist(), table.column("small_quality").to_pylist())) == {
+        "old.png": None, "new.png": 90}
+    assert set(latest_states(fs, root)) == {"old.png", "new.png"}
+    assert decode_output(rehydrate("old.png", str(tmp_path))).size == (32, 24)
