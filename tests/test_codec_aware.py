@@ -117,7 +117,7 @@ def test_alpha_falls_back_to_webp_at_the_model_quality(codec_zoo):
     rgba = np.dstack([np.asarray(Image.open(io.BytesIO(photo(fmt="PNG")))), np.tile(np.arange(96, dtype=np.uint8), (64, 1))])
     buf = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(buf, "PNG")
-    small, rec = compress_image(buf.getvalue(), pair, CodecOptions())
+    _, rec = compress_image(buf.getvalue(), pair, CodecOptions())
     assert (rec.output_format, rec.small_quality) == ("webp-lossy", 70) and "alpha" in rec.notes
 
 

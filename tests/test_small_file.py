@@ -143,7 +143,8 @@ def _image(kind: str) -> bytes:
     elif kind == "gray":
         im = Image.fromarray(rgb[..., 1], "L")
     else:  # alpha: a ramp (stored) or fully opaque (restored as 255, not stored)
-        a = np.tile(np.linspace(0, 255, 56).astype(np.uint8), (40, 1)) if kind == "alpha" else np.full((40, 56), 255, np.uint8)
+        ramp = np.tile(np.linspace(0, 255, 56).astype(np.uint8), (40, 1))
+        a = ramp if kind == "alpha" else np.full((40, 56), 255, np.uint8)
         im = Image.fromarray(np.dstack([rgb, a]), "RGBA")
     buf = io.BytesIO()
     im.save(buf, "PNG")
@@ -158,7 +159,7 @@ def test_version_1_files_rehydrate_like_new_ones(x2, fmt, kind):
     png, rec = compress_image(_image(kind), x2, CodecOptions(small_format="png"))
     assert rec.status == "ok"
     small_img = read_small(png)[0]
-    new, written = encode_small(small_img, fmt, 80, embedded_meta(rec.model_dump()))
+    new, _ = encode_small(small_img, fmt, 80, embedded_meta(rec.model_dump()))
     old = encode_small_v1(small_img, fmt, 80, rec.model_dump())
     assert read_small(old)[1]["taid_small_file"] == 1 and read_small(new)[1]["taid_small_file"] == 2
     assert np.array_equal(np.asarray(read_small(old)[0]), np.asarray(read_small(new)[0]))
