@@ -44,8 +44,8 @@ from models.zoo import load_pair, zoo_table
 
 RESULTS = Path(__file__).parent / "results"
 SHARED_EVAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eval"
-CODEC_AWARE_QUALITIES = (10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
-LOSSLESS_MODEL_LOSSY = ("webp-lossy", (30, 50, 70, 90))
+CODEC_AWARE_QUALITIES = (10, 20, 30, 45, 60, 75, 90, 95)
+LOSSLESS_MODEL_LOSSY = ("webp-lossy", (30, 60, 90))
 FULL_QUALITIES = {
     "jpeg": (1, 3, 5, 8, 12, 20, 30, 50, 70, 85, 95),
     "webp": (0, 3, 8, 15, 25, 40, 55, 70, 85, 95),
