@@ -69,9 +69,9 @@ def round_trip(
 
 
 def model_codec(model: str | TaskAwarePair) -> tuple[Codec | None, int | None]:
-    """A codec-aware model's own small-file codec and default quality (zoo "codec" block)."""
-    model_id = model if isinstance(model, str) else getattr(model, "model_id", None)
-    block = zoo_table().get(model_id or "", {}).get("codec")
+    """A codec-aware model's own small-file codec and default quality: the loaded pair's `codec`
+    (models.zoo.load_pair sets it from the zoo entry or the checkpoint), else the zoo's block."""
+    block = getattr(model, "codec", None) if not isinstance(model, str) else zoo_table().get(model, {}).get("codec")
     if not block:
         return None, None
     codec = {fmt: c for c, fmt in SMALL_FORMAT.items()}[block["small_format"]]

@@ -19,13 +19,14 @@ from pathlib import Path
 
 import torch
 
+from models.codec_channel import SMALL_FORMAT
 from models.networks import TaskAwarePair
 
 ZOO_FILE = Path(__file__).with_name("zoo.json")
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 ARCH_KEYS = ("scale", "channels", "down_blocks", "up_blocks")
 # the training codec (TrainConfig.codec) -> the small format that stores what that pair was trained on
-CODEC_SMALL_FORMAT = {"jpeg": "jpeg", "webp": "webp-lossy"}
+CODEC_SMALL_FORMAT = SMALL_FORMAT  # training codec -> the small_format its files are written in
 DEFAULT_QUALITY_BAND = (30, 90)  # TrainConfig.codec_quality's default
 
 

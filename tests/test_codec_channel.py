@@ -112,3 +112,21 @@ def test_codec_run_resumes_exactly(tmp_path):
     a = torch.load(straight, weights_only=True)["state_dict"]
     b = torch.load(resumed, weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_finetuning_a_codec_aware_pair_keeps_its_codec_in_the_loop():
+    """pipeline.finetune builds its TrainConfig from the base pair: a codec-aware base is tuned with
+    the same codec, band and gradient (and the stronger guidance), a lossless base without one."""
+    from models.zoo import load_pair
+    from pipeline.finetune import FinetuneConfig
+
+    cfg = FinetuneConfig(data="s3://b/docs/", name="t", out="s3://models/")
+    base = load_pair("taid-x2-webp")
+    tuned = cfg.train_config(base.arch, base.codec)
+    assert tuned.codec == "webp" and list(tuned.codec_quality) == base.codec["quality_band"]
+    assert tuned.codec_gradient == base.codec["gradient"] and tuned.guidance_weight == 1.0
+    assert make_channel(tuned) is not None
+    plain = cfg.train_config(load_pair("taid-x2").arch, None)
+    assert plain.codec is None and plain.guidance_weight == 0.03 and make_channel(plain) is None
+    explicit = FinetuneConfig(data="s3://b/docs/", name="t", out="s3://models/", guidance_weight=0.5)
+    assert explicit.train_config(base.arch, base.codec).guidance_weight == 0.5
