@@ -189,6 +189,22 @@ def bd_table(curves: dict) -> list[dict]:
     return table
 
 
+def settings_table(curves: dict) -> list[dict]:
+    """Per codec-aware setting: its point, and the rate change against each full-image codec at
+    that setting's own Y-PSNR (None where that codec's curve does not reach it): which setting to
+    pick for a target rate or quality."""
+    refs = [m for m in curves if m.endswith("(full image)")]
+    rows = []
+    for method, pts in curves.items():
+        if "best-of-scales" in method or not zoo_table().get(method.split(" ")[0], {}).get("codec"):
+            continue
+        for p in pts:
+            vs = {ref.split(" ")[0]: rate_at_equal_quality([(r["bpp"], r["psnr_y"]) for r in curves[ref]],
+                                                           (p["bpp"], p["psnr_y"])) for ref in refs}
+            rows.append({"method": method, **p, "vs": vs})
+    return sorted(rows, key=lambda r: r["bpp"])
+
+
 def plot(curves: dict, path: Path, title: str) -> None:
     import matplotlib
 
@@ -255,7 +271,7 @@ def main() -> None:
         per_folder[d] = {"n_images": len(us), "curves": fc, "bd_rate": bd_table(fc)}
         start += len(us)
     report = {"data": args.data, "models": models, "limit": args.limit, "n_images": len(images),
-              "wall_s": time.perf_counter() - t0, "rate_range_bpp": RATE_RANGE, "curves": curves, "bd_rate": table,
+              "wall_s": time.perf_counter() - t0, "rate_range_bpp": RATE_RANGE, "curves": curves, "bd_rate": table, "settings": settings_table(curves),
               "per_folder": per_folder}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2))
@@ -287,6 +303,15 @@ def markdown(report: dict, names: str, stem: str) -> str:
           ("Lossless small files give one point each: their column is the rate change at that point's own quality, "
            "n/a where the full-image codec never reaches it. Best-of-scales = the union of the x2 and x4 points "
            "of one small format (pick the scale per target rate)."), "", markdown_bd(report["bd_rate"], report["per_folder"]), "",
+          "## Codec-aware settings: rate change at equal Y-PSNR against each full-image codec", "",
+          ("Each row is one (model, quality) setting of a codec-aware pair; negative = the TAID small file needs fewer "
+           "bytes than that codec needs for the same Y-PSNR (n/a: the codec's tested qualities do not reach that "
+           "quality). Thumbnail = decoded small file vs Pillow bicubic."), "",
+          "| model | quality | bpp | Y-PSNR | SSIM | thumbnail Y-PSNR | vs JPEG | vs WebP | vs AVIF |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+          *[f"| {r['method']} | {r['setting']} | {r['bpp']:.3f} | {r['psnr_y']:.2f} | {r['ssim']:.4f} | "
+            f"{r['thumb_psnr_y']:.2f} | {_fmt(r['vs'].get('jpeg'))} | {_fmt(r['vs'].get('webp'))} | "
+            f"{_fmt(r['vs'].get('avif'))} |" for r in report["settings"]], "",
           "## Curves (mean over all images)", "",
           "| method | setting | bpp | Y-PSNR | SSIM | thumbnail Y-PSNR |", "|---|---|---:|---:|---:|---:|"]
     for method, pts in sorted(curves.items()):
