@@ -26,11 +26,38 @@ PUBLISHED_TAID = {
 }
 
 
+def write_reports(results: list[dict], data: str) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "quality.json").write_text(json.dumps({"data": data, "rows": results}, indent=2))
+    lines = [
+        "# Reconstruction quality (Y-PSNR dB / SSIM on Y, shave = scale; thumbnail = small image vs Pillow bicubic)",
+        "",
+        "Codec-aware models are measured through their own small-file codec at its default quality (column",
+        "'small file'; the thumbnail is then the decoded small image, bpp = coded small image per original",
+        "pixel), and their bicubic / Lanczos baselines code the Pillow downscale with the same codec and quality.",
+        "",
+        "| model | small file | set | images | PSNR-Y | PSNR-RGB | SSIM | thumb PSNR-Y (mean / min) | bicubic PSNR-Y | Lanczos PSNR-Y | gain vs bicubic | TAID paper |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        paper = f"{r['published_taid_psnr_y']:.2f}" if r["published_taid_psnr_y"] else "-"
+        c = r.get("small_codec")
+        small = f"{c['codec']} q{c['quality']}, {r['bpp']:.3f} bpp" if c else "lossless"
+        lines.append(
+            f"| {r['model']} | {small} | {r['set']} | {r['n_images']} | {r['psnr_y']:.2f} | {r['psnr_rgb']:.2f} | {r['ssim']:.4f} | "
+            f"{r['thumb_psnr_y']:.2f} / {r['min_thumb_psnr_y']:.2f} | {r['bicubic']['psnr_y']:.2f} | "
+            f"{r['lanczos']['psnr_y']:.2f} | {r['psnr_y'] - r['bicubic']['psnr_y']:+.2f} | {paper} |"
+        )
+    (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA if DEFAULT_DATA.exists() else "tests/data"))
     parser.add_argument("--models", nargs="+", default=None, help="zoo ids (default: every shipped pair)")
     parser.add_argument("--update-zoo", action="store_true")
+    parser.add_argument("--keep-others", action="store_true", help="keep the rows of models not evaluated this time")
     args = parser.parse_args()
 
     sets = sorted(p for p in Path(args.data).iterdir() if p.is_dir())
@@ -54,29 +81,10 @@ def main() -> None:
             results.append(row)
             print(json.dumps(row))
 
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "quality.json").write_text(json.dumps({"data": args.data, "rows": results}, indent=2))
-    lines = [
-        "# Reconstruction quality (Y-PSNR dB / SSIM on Y, shave = scale; thumbnail = small image vs Pillow bicubic)",
-        "",
-        "Codec-aware models are measured through their own small-file codec at its default quality (column",
-        "'small file'; the thumbnail is then the decoded small image, bpp = coded small image per original",
-        "pixel), and their bicubic / Lanczos baselines code the Pillow downscale with the same codec and quality.",
-        "",
-        "| model | small file | set | images | PSNR-Y | PSNR-RGB | SSIM | thumb PSNR-Y (mean / min) | bicubic PSNR-Y | Lanczos PSNR-Y | gain vs bicubic | TAID paper |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        paper = f"{r['published_taid_psnr_y']:.2f}" if r["published_taid_psnr_y"] else "-"
-        c = r["small_codec"]
-        small = f"{c['codec']} q{c['quality']}, {r['bpp']:.3f} bpp" if c else "lossless"
-        lines.append(
-            f"| {r['model']} | {small} | {r['set']} | {r['n_images']} | {r['psnr_y']:.2f} | {r['psnr_rgb']:.2f} | {r['ssim']:.4f} | "
-            f"{r['thumb_psnr_y']:.2f} / {r['min_thumb_psnr_y']:.2f} | {r['bicubic']['psnr_y']:.2f} | "
-            f"{r['lanczos']['psnr_y']:.2f} | +{r['psnr_y'] - r['bicubic']['psnr_y']:.2f} | {paper} |"
-        )
-    (RESULTS / "quality.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    if args.keep_others and (RESULTS / "quality.json").exists():
+        done = {r["model"] for r in results}
+        results = [r for r in json.loads((RESULTS / "quality.json").read_text())["rows"] if r["model"] not in done] + results
+    write_reports(results, args.data)
 
     if args.update_zoo:
         table = zoo_table()

@@ -44,12 +44,12 @@ from models.zoo import load_pair, zoo_table
 
 RESULTS = Path(__file__).parent / "results"
 SHARED_EVAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eval"
-CODEC_AWARE_QUALITIES = (10, 20, 30, 45, 60, 75, 90, 95)
-LOSSLESS_MODEL_LOSSY = ("webp-lossy", (30, 60, 90))
+CODEC_AWARE_QUALITIES = (10, 20, 35, 50, 65, 80, 95)
+LOSSLESS_MODEL_LOSSY = ("webp-lossy", (30, 70))
 FULL_QUALITIES = {
-    "jpeg": (1, 3, 5, 8, 12, 20, 30, 50, 70, 85, 95),
-    "webp": (0, 3, 8, 15, 25, 40, 55, 70, 85, 95),
-    "avif": (1, 5, 10, 20, 30, 40, 55, 70, 85),
+    "jpeg": (1, 3, 5, 8, 12, 20, 30, 50, 70, 90),
+    "webp": (0, 3, 8, 15, 25, 40, 60, 80, 95),
+    "avif": (1, 5, 12, 25, 40, 55, 70, 85),
 }
 THUMB_QUALITIES = (10, 30, 50, 70, 90)
 RATE_RANGE = (0.1, 0.6)

@@ -34,18 +34,20 @@ def psnr_y(a: np.ndarray, b: np.ndarray, shave: int = 0) -> float:
 
 
 def ssim_y(a: np.ndarray, b: np.ndarray, shave: int = 0) -> float:
-    """SSIM of the luma channels (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, valid region)."""
-    x = torch.from_numpy(_shave(rgb_to_y(a), shave))[None, None]
-    y = torch.from_numpy(_shave(rgb_to_y(b), shave))[None, None]
+    """SSIM of the luma channels (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, valid region).
+
+    The Gaussian window is separable: the five local statistics are filtered in one grouped
+    1-D pass per axis (same values as the 2-D window to float64 rounding, ~10x faster)."""
+    x = torch.from_numpy(_shave(rgb_to_y(a), shave))
+    y = torch.from_numpy(_shave(rgb_to_y(b), shave))
     coords = torch.arange(11, dtype=torch.float64) - 5
     g = torch.exp(-(coords**2) / (2 * 1.5**2))
     g = g / g.sum()
-    window = (g[:, None] * g[None, :])[None, None]
+    stats = torch.stack([x, y, x * x, y * y, x * y])[None]  # 1 x 5 x H x W
+    stats = F.conv2d(stats, g.view(1, 1, 1, 11).repeat(5, 1, 1, 1), groups=5)
+    mu_x, mu_y, exx, eyy, exy = F.conv2d(stats, g.view(1, 1, 11, 1).repeat(5, 1, 1, 1), groups=5)[0]
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mu_x, mu_y = F.conv2d(x, window), F.conv2d(y, window)
-    sxx = F.conv2d(x * x, window) - mu_x**2
-    syy = F.conv2d(y * y, window) - mu_y**2
-    sxy = F.conv2d(x * y, window) - mu_x * mu_y
+    sxx, syy, sxy = exx - mu_x**2, eyy - mu_y**2, exy - mu_x * mu_y
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
     return float(ssim_map.mean())
 
