@@ -29,6 +29,7 @@ from PIL import Image
 Codec = Literal["jpeg", "webp"]
 Gradient = Literal["ste", "proxy"]
 SMALL_FORMAT = {"jpeg": "jpeg", "webp": "webp-lossy"}  # the pipeline's small_format for each codec
+CODEC_OF_FORMAT = {fmt: codec for codec, fmt in SMALL_FORMAT.items()}
 
 
 def pillow_encode(img: Image.Image, codec: Codec, quality: int) -> bytes:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models.codec_channel import SMALL_FORMAT, Codec, pillow_encode, real_round_trip
+from models.codec_channel import CODEC_OF_FORMAT, Codec, pillow_encode, real_round_trip
 from models.data import list_images, mod_crop, read_rgb, to_tensor
 from models.metrics import psnr, psnr_y, ssim_y, to_uint8
 from models.networks import TaskAwarePair
@@ -74,8 +74,7 @@ def model_codec(model: str | TaskAwarePair) -> tuple[Codec | None, int | None]:
     block = getattr(model, "codec", None) if not isinstance(model, str) else zoo_table().get(model, {}).get("codec")
     if not block:
         return None, None
-    codec = {fmt: c for c, fmt in SMALL_FORMAT.items()}[block["small_format"]]
-    return codec, int(block["quality"])
+    return CODEC_OF_FORMAT[block["small_format"]], int(block["quality"])
 
 
 def _mean(rows: list[dict], keys: tuple[str, ...]) -> dict[str, float]:

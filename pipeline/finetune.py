@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
-from models.codec_channel import SMALL_FORMAT
+from models.codec_channel import CODEC_OF_FORMAT
 from models.data import PatchSampler, list_images, read_rgb, split_holdout
 from models.evaluate import evaluate
 from models.training import TrainConfig, make_channel, make_optimizer, train_step
@@ -64,8 +64,8 @@ class FinetuneConfig(BaseModel):
         codec and quality band in the loop, so the tuned pair stays codec-aware."""
         loop = {}
         if codec:
-            fmt = {v: k for k, v in SMALL_FORMAT.items()}[codec["small_format"]]
-            loop = {"codec": fmt, "codec_quality": tuple(codec["quality_band"]), "codec_gradient": codec["gradient"]}
+            loop = {"codec": CODEC_OF_FORMAT[codec["small_format"]], "codec_quality": tuple(codec["quality_band"]),
+                    "codec_gradient": codec["gradient"]}
         guidance = self.guidance_weight if self.guidance_weight is not None else (1.0 if codec else 0.03)
         return TrainConfig(
             **arch, guidance_weight=guidance, data=[self.data], patch=self.patch, batch=self.batch,
