@@ -24,6 +24,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from pipeline.local_env import LOCAL_ENV  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -168,7 +169,7 @@ def main() -> None:
         report["latency_12mp"] = latency
 
         # 3. batch throughput of the rehydrate flow (2 Ray workers)
-        os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+        os.environ.update(LOCAL_ENV)
         import ray
 
         from flows.compress_archive import compress_archive

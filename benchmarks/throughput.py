@@ -56,11 +56,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput_archive import _plain_init, _plain_one  # noqa: E402  (the same Pillow floor)
 RESULTS = Path(__file__).parent / "results"
 
-for _k, _v in {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-    "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
-}.items():
-    os.environ.setdefault(_k, _v)
+from pipeline.local_env import set_local_env_defaults  # noqa: E402
+
+set_local_env_defaults(PREFECT_LOGGING_LEVEL="WARNING")
 
 SIZES = [(1280, 960), (960, 1280), (1440, 1080), (1200, 1200), (1536, 1024), (1024, 1280)]
 JPEG_Q = 95  # image_io.DEFAULT_JPEG_QUALITY: what a JPEG source is rehydrated as

@@ -39,12 +39,9 @@ sys.path.insert(0, str(ROOT))
 RESULTS = Path(__file__).parent / "results"
 DATA = [ROOT / "tests" / "data" / "Set5", ROOT / "tests" / "data" / "Set14"]
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+from pipeline.local_env import set_local_env_defaults  # noqa: E402
+
+set_local_env_defaults(PREFECT_LOGGING_LEVEL="WARNING")
 
 
 # ---------------------------------------------------------------- the plain loop (baseline)

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.local_env import LOCAL_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STATE = ROOT / "runs" / "stack"
@@ -38,10 +40,7 @@ POOL = "taid-process"
 SAMPLE_BUCKET = "taid-samples"
 
 # Ray on loopback without token auth or usage stats; Prefect quiet (../shared/INFRA-NOTES.md)
-QUIET_ENV = {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-    "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_CLI_PROMPT": "false",
-}
+QUIET_ENV = {**LOCAL_ENV, "PREFECT_CLI_PROMPT": "false"}
 
 
 class PortTaken(RuntimeError):

@@ -15,14 +15,12 @@ import io
 import os
 from pathlib import Path
 
+from pipeline.local_env import set_local_env_defaults
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # a local Ray bound to loopback, no token auth, no usage stats; Prefect quiet (INFRA-NOTES)
-for key, value in {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-    "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
-}.items():
-    os.environ.setdefault(key, value)
+set_local_env_defaults(PREFECT_LOGGING_LEVEL="WARNING")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,13 +8,10 @@ import uuid
 
 import pytest
 
+from pipeline.local_env import set_local_env_defaults
+
 # Ray binds loopback only, no token auth, no usage stats (see ../shared/INFRA-NOTES.md).
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "0")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+set_local_env_defaults(RAY_TRAIN_ENABLE_STATE_TRACKING="0")
 
 
 @pytest.fixture(scope="session")
