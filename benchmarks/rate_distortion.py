@@ -23,6 +23,7 @@ each full-image codec over the whole overlap and over 0.1-0.6 bpp.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -71,9 +72,15 @@ def decode(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
+@functools.cache
+def codec_block(model: str) -> dict | None:
+    """The zoo's codec block of `model` (None: a lossless pair or not a zoo model); read once."""
+    return zoo_table().get(model, {}).get("codec")
+
+
 def model_settings(model: str) -> list[tuple[str, int | None]]:
     """(small_format, quality) points for one model: its own codec swept, or PNG + a lossy sweep."""
-    codec = zoo_table().get(model, {}).get("codec")
+    codec = codec_block(model)
     if codec:
         return [(codec["small_format"], q) for q in CODEC_AWARE_QUALITIES]
     fmt, qualities = LOSSLESS_MODEL_LOSSY
@@ -165,7 +172,7 @@ def add_envelopes(curves: dict) -> dict:
     by_format: dict = defaultdict(list)
     for method, pts in curves.items():
         model, _, fmt = method.partition(" ")
-        if zoo_table().get(model, {}).get("codec"):
+        if codec_block(model):
             by_format[fmt].extend({**p, "setting": f"{model} q{p['setting']}"} for p in pts)
     for fmt, pts in by_format.items():
         curves[f"taid best-of-scales {fmt}"] = sorted(pts, key=lambda p: p["bpp"])
@@ -196,7 +203,7 @@ def settings_table(curves: dict) -> list[dict]:
     refs = [m for m in curves if m.endswith("(full image)")]
     rows = []
     for method, pts in curves.items():
-        if "best-of-scales" in method or not zoo_table().get(method.split(" ")[0], {}).get("codec"):
+        if "best-of-scales" in method or not codec_block(method.split(" ")[0]):
             continue
         for p in pts:
             vs = {ref.split(" ")[0]: rate_at_equal_quality([(r["bpp"], r["psnr_y"]) for r in curves[ref]],
@@ -220,7 +227,7 @@ def plot(curves: dict, path: Path, title: str) -> None:
                 style = "-"
             elif method.startswith("bicubic"):
                 style = ":"
-            elif zoo_table().get(method.split(" ")[0], {}).get("codec"):
+            elif codec_block(method.split(" ")[0]):
                 style = "-o"
             else:
                 style = "--x"
