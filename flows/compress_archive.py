@@ -1,7 +1,8 @@
 """Prefect flow `compress-archive`: a compact TAID version of every image under a prefix.
 
-    list (fsspec, ETag + size) -> skip what earlier manifests already hold -> Ray actors
+    list (or an S3 Inventory) -> sorted merge with the manifest index -> Ray actors
     (decode, TAD downscale, encode, atomic write) -> Parquet manifest parts -> run stats (last)
+    -> compaction of the manifest index
 
 The flow is thin: planning is `plan_objects`, the work is `pipeline.ray_workers`, the manifest
 is `pipeline.manifest`. Run it from Python, from `taid compress-archive`, or as a deployment.
@@ -9,6 +10,7 @@ is `pipeline.manifest`. Run it from Python, from `taid compress-archive`, or as 
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,8 +21,9 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 
 from pipeline.codec import check_options, small_file_settings
 from pipeline.config import PIPELINE_VERSION, CompressArchiveParams
-from pipeline.manifest import ManifestWriter, PreviousState, latest_states, write_run_stats
-from pipeline.storage import ObjectInfo, UnsafeKeyError, list_objects, safe_join
+from pipeline.manifest import ManifestWriter, PreviousState, write_run_stats
+from pipeline import s3
+from pipeline.storage import ObjectInfo, UnsafeKeyError, safe_join
 
 
 def new_run_id() -> str:
@@ -42,21 +45,69 @@ def decide(obj: ObjectInfo, prev: PreviousState | None, params: CompressArchiveP
     return "failed_before" if prev.status.startswith("failed") else "skipped_before"
 
 
-def plan_objects(params: CompressArchiveParams, previous: dict[str, PreviousState], counts: dict) -> Iterator[ObjectInfo]:
-    """Stream the objects to process, counting the others in `counts`."""
+def plan_objects(params: CompressArchiveParams, counts: dict) -> tuple[Iterator[ObjectInfo], int | None]:
+    """(the objects to process, streamed in one listing pass; an estimate of how many objects
+    will be listed, None when unknown). The others are counted in `counts` by reason. Memory
+    stays flat in the number of objects: see `pipeline.plan`."""
+    from pipeline.inventory import InventoryListing
+    from pipeline.listing import listing_tables
+    from pipeline.manifest_index import PLAN_COLUMNS, ManifestReader
+    from pipeline.plan import plan
+    from pipeline.storage import protocol_prefix
+
     fs, root = params.fs(params.source)
-    taken = 0
-    for obj in list_objects(fs, root, params.include, params.exclude):
-        counts["listed"] = counts.get("listed", 0) + 1
-        why = decide(obj, previous.get(obj.key), params)
-        if why != "process":
-            counts[why] = counts.get(why, 0) + 1
-            continue
-        if params.max_images is not None and taken >= params.max_images:
-            counts["over_max_images"] = counts.get("over_max_images", 0) + 1
-            continue
-        taken += 1
-        yield obj
+    base = protocol_prefix(fs) + root.rstrip("/") + "/"
+    estimate = None
+    if params.inventory:  # the day's S3 Inventory report instead of listing the bucket
+        inventory = InventoryListing(params.inventory, params.source, fs=params.fs(params.inventory)[0])
+        estimate = inventory.prepare()
+        listing = inventory.tables(params.include, params.exclude)
+    else:
+        listing = listing_tables(fs, root, params.include, params.exclude, params.list_workers)
+    states = None
+    if params.incremental:
+        dst_fs, dest_root = params.fs(params.dest)
+        reader = ManifestReader(params.dest, fs=dst_fs, root=dest_root)
+        estimate = estimate or reader.snapshot().keys or None
+        states = reader.latest(PLAN_COLUMNS)
+    return plan(listing, states, params, base, counts), estimate
+
+
+def check_storage(params: CompressArchiveParams) -> None:
+    """Missing credentials, an unreachable endpoint or a missing bucket: a StorageConfigError
+    whose message is one line saying what to set (the failed flow run's message)."""
+    for uri in filter(None, (params.source, params.dest, params.inventory)):
+        fs, path = params.fs(uri)
+        s3.check_access(fs, path)
+
+
+def s3_counts(before: dict) -> dict:
+    return {k: v - before.get(k, 0) for k, v in s3.STATS.items() if v - before.get(k, 0)}
+
+
+def compact_if_needed(fs, root: str, logger, always: bool = False) -> dict:
+    """Fold run partitions into the manifest index when policy says so. A failure is logged and
+    left to the next run: the run partitions are the source of truth, nothing is lost."""
+    from pipeline.manifest_index import compact, needs_compaction, snapshot
+    from pipeline.s3 import arrow_filesystem
+
+    try:
+        if not (always or needs_compaction(snapshot(fs, root), arrow_filesystem(fs))):
+            return {"compacted": False}
+        result = compact(fs, root)
+    except Exception as exc:  # noqa: BLE001 - compaction is an optimisation; the run itself succeeded
+        logger.warning("manifest compaction failed (the next run retries): %s: %s", type(exc).__name__, exc)
+        return {"compacted": False, "error": f"{type(exc).__name__}: {exc}"}
+    return {k: (len(v) if k == "files" else v) for k, v in result.items() if k != "runs"}
+
+
+@task(name="compact-manifest")
+def compact_manifest(params: CompressArchiveParams) -> dict:
+    """After a run: fold its partition into the manifest index (policy `params.compact`)."""
+    if params.compact == "never":
+        return {"compacted": False}
+    fs, root = params.fs(params.dest)
+    return compact_if_needed(fs, root, get_run_logger(), always=params.compact == "always")
 
 
 class RunStats:
@@ -93,10 +144,21 @@ def compress_objects(params: CompressArchiveParams, run_id: str) -> dict:
 
     logger = get_run_logger()
     dst_fs, dest_root = params.fs(params.dest)
-    previous = latest_states(dst_fs, dest_root) if params.incremental else {}
+    check_storage(params)  # one line saying what to set, before any work
+    s3_before = dict(s3.STATS)
+    if params.incremental and params.compact != "never":
+        compact_if_needed(dst_fs, dest_root, logger)  # e.g. runs that crashed before their compaction
     counts: dict = {}
-    total = sum(1 for _ in plan_objects(params, previous, {}))  # a cheap listing pass, for progress
-    logger.info("run %s: %d objects to process (%d keys known from earlier runs)", run_id, total, len(previous))
+    planned, estimate = plan_objects(params, counts)
+    yielded = [0]
+
+    def counted(objects):
+        for obj in objects:
+            yielded[0] += 1
+            yield obj
+
+    planned = counted(planned)
+    logger.info("run %s: planning over about %s listed objects", run_id, estimate if estimate else "an unknown number of")
     from models.zoo import load_pair
 
     # resolve and verify the model here: a missing or modified model fails the run before any work
@@ -106,8 +168,7 @@ def compress_objects(params: CompressArchiveParams, run_id: str) -> dict:
     params = params.model_copy(update={"scale": params.scale or pair.scale, "small_format": fmt, "quality": quality})
     check_options(pair, params.codec_options(pair.scale))  # e.g. x8 with taid-x4: a caller error, before any work
     if params.dry_run:
-        list(plan_objects(params, previous, counts))
-        return {"run_id": run_id, "dry_run": True, "to_process": total, "plan": counts}
+        return {"run_id": run_id, "dry_run": True, "to_process": sum(1 for _ in planned), "plan": counts}
 
     stats = RunStats()
     writer = ManifestWriter(dst_fs, dest_root, run_id, params.rows_per_part)
@@ -116,17 +177,25 @@ def compress_objects(params: CompressArchiveParams, run_id: str) -> dict:
     if params.show_progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, desc="compress-archive", unit="img")
+        bar = tqdm(total=estimate, desc="compress-archive", unit="obj")
     last_update = [0.0]
+
+    def progress() -> tuple[int, int]:
+        """(objects done, total): listed objects not to process count as done; the total is the
+        estimate (inventory count, or keys in the index) until the listing outgrows it."""
+        listed = counts.get("listed", 0)
+        return listed - yielded[0] + stats.rows, max(estimate or 0, listed, 1)
 
     def on_row(row: dict) -> None:
         writer.add(row)
         stats.add(row)
-        if bar:
-            bar.update(1)
         now = time.monotonic()
-        if total and (now - last_update[0] > 2 or stats.rows == total):
-            update_progress_artifact(progress_id, 100.0 * stats.rows / total)
+        if now - last_update[0] > 2:
+            done, total = progress()
+            update_progress_artifact(progress_id, min(100.0, 100.0 * done / total))
+            if bar:
+                bar.total, bar.n = total, done
+                bar.refresh()
             last_update[0] = now
 
     def checked(objects):
@@ -143,16 +212,19 @@ def compress_objects(params: CompressArchiveParams, run_id: str) -> dict:
             yield obj
 
     try:
-        if total:
+        first = next(planned, None)  # plans until the first object to process, or the end
+        if first is not None:
             ensure_ray(params.ray_address)
-            dispatch = run_compress_pool(params, run_id, checked(plan_objects(params, previous, counts)), on_row)
+            dispatch = run_compress_pool(params, run_id, checked(itertools.chain([first], planned)), on_row)
         else:  # nothing new: no actors, just the (empty) run record
-            list(plan_objects(params, previous, counts))
             dispatch = {"actor_restarts": 0, "batches": 0}
     finally:
         writer.close()  # rows of finished objects are never lost, even if the run dies
         if bar:
+            done, _ = progress()
+            bar.total, bar.n = done, done
             bar.close()
+    update_progress_artifact(progress_id, 100.0)
     result = {
         "run_id": run_id, "source": params.source, "dest": params.dest, "model_id": params.model_id,
         "scale": params.scale, "small_format": params.small_format, "quality": params.quality,
@@ -160,6 +232,7 @@ def compress_objects(params: CompressArchiveParams, run_id: str) -> dict:
         "manifest_parts": writer.parts, **stats.summary(),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    result["s3"] = s3_counts(s3_before)  # throttled answers, retries, list requests (this driver)
     write_run_stats(dst_fs, dest_root, run_id, result)  # written last: marks the run complete
     return result
 
@@ -187,5 +260,6 @@ def compress_archive(params: CompressArchiveParams, run_id: str | None = None) -
     run_id = run_id or new_run_id()
     result = compress_objects(params, run_id)
     if not result.get("dry_run"):
+        result["index"] = compact_manifest(params)
         create_table_artifact(summary_table(result), key="compress-archive-summary", description=f"run {run_id}")
     return result

@@ -53,6 +53,14 @@ class CompressArchiveParams(BaseModel):
         "~/.aws or fsspec config)",
     )
     show_progress: bool = Field(False, description="a progress bar on stderr (the CLI turns it on)")
+    # scale (issue 14): listing source and manifest index
+    inventory: str | None = Field(
+        None, description="URI of an S3 Inventory manifest.json (CSV or Parquet) to use instead of listing the source"
+    )
+    list_workers: int = Field(8, ge=1, description="S3 sub-prefixes listed in parallel")
+    compact: Literal["auto", "always", "never"] = Field(
+        "auto", description="fold the run partitions into the manifest index after the run (auto: when worth it)"
+    )
 
     @field_validator("source", "dest")
     @classmethod

@@ -3,8 +3,8 @@
     data = rehydrate("2024/cat.jpg", archive="s3://bucket/archive")     # by source key
     img = rehydrate_pil("s3://bucket/archive/2024/cat.jpg.png", archive="s3://bucket/archive")
 
-The manifest row is found without reading the whole manifest (a pushed-down filter on the
-key-sorted part files: only row groups whose key range holds the key are read), the small file's
+The manifest row is found without reading the whole manifest (the manifest index: one row
+group of a key-sorted file, plus any runs newer than the index), the small file's
 sha256 is checked against the row, the upscaler of exactly that model id + weights sha256 is
 loaded (zoo or registry), and the codec restores size, mode, alpha, ICC and orientation policy
 in the original's format. Every refusal raises `RehydrateRefused` with the reason; nothing is
@@ -17,14 +17,12 @@ import hashlib
 import io
 from functools import lru_cache
 
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
 from PIL import Image
 
 from models.zoo import WeightsError, load_pair
 from pipeline.codec import RehydrateError, rehydrate_image
-from pipeline.manifest import manifest_dataset
-from pipeline.storage import filesystem, protocol_prefix
+from pipeline.manifest_index import shared_reader
+from pipeline.storage import filesystem
 
 
 class RehydrateRefused(RuntimeError):
@@ -32,19 +30,16 @@ class RehydrateRefused(RuntimeError):
 
 
 def find_row(archive: str, key_or_uri: str, storage_options: dict | None = None) -> dict:
-    """The latest `ok` manifest row of a source key, or of a small file's URI."""
-    fs, root = filesystem(archive, storage_options)
-    dataset = manifest_dataset(fs, root)
-    if dataset is None:
+    """The latest `ok` manifest row of a source key, or of a small file's URI. Served by the
+    manifest index (one row group read) plus the runs newer than it: see
+    `pipeline.manifest_index.ManifestReader`, which a long-lived server can hold itself."""
+    reader = shared_reader(archive, storage_options)
+    if not reader.has_manifest():
         raise RehydrateRefused(f"{archive} has no manifest: not a compress-archive destination")
-    column = "output_uri" if "://" in key_or_uri or key_or_uri.startswith(protocol_prefix(fs) + root) else "source_key"
-    if column == "output_uri" and "://" not in key_or_uri:
-        key_or_uri = protocol_prefix(fs) + key_or_uri
-    table = dataset.to_table(filter=(ds.field(column) == key_or_uri) & (ds.field("status") == "ok"), use_threads=False)
-    if table.num_rows == 0:
+    row = reader.find(key_or_uri)
+    if row is None:
         raise RehydrateRefused(f"no ok row for {key_or_uri!r} in {archive}'s manifest")
-    latest = pc.index(table.column("processed_at"), pc.max(table.column("processed_at")))
-    return table.slice(latest.as_py(), 1).to_pylist()[0]
+    return row
 
 
 @lru_cache(maxsize=8)

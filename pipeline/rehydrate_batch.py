@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from pydantic import BaseModel, Field
 
-from pipeline.manifest import manifest_dataset, read_manifest
+from pipeline.manifest import read_manifest
 from pipeline.storage import UnsafeKeyError, atomic_write, filesystem, protocol_prefix, safe_join
 
 REHYDRATE_SCHEMA = pa.schema([
@@ -47,31 +47,33 @@ class RehydrateParams(BaseModel):
 
 
 def select_rows(params: RehydrateParams) -> list[dict]:
-    """Latest ok row per selected key (only matching rows are read from the manifest)."""
-    fs, root = filesystem(params.archive, params.storage_options)
-    dataset = manifest_dataset(fs, root)
-    if dataset is None:
+    """Latest ok row per selected key, through the shared manifest reader (index + newer runs;
+    a run_id selection reads only that run's partition)."""
+    from pipeline.manifest_index import ManifestReader, keep_latest_ok, run_rows
+
+    reader = ManifestReader(params.archive, params.storage_options)
+    if not reader.has_manifest():
         raise FileNotFoundError(f"{params.archive} has no manifest")
     filters = []
     if params.source_keys:
         filters.append(ds.field("source_key").isin(params.source_keys))
     if params.prefix is not None:
         filters.append(pc.starts_with(ds.field("source_key"), params.prefix))
-    if params.run_id:
-        filters.append(ds.field("run_id") == params.run_id)
-    if not (filters or params.glob):  # never everything by accident: prefix="" asks for all
+    if not (filters or params.glob or params.run_id):  # never everything by accident: prefix="" asks for all
         raise ValueError("select something: source_keys, prefix, glob or run_id")
     expr = ds.field("status") == "ok"
     for f in filters:
         expr = expr & f
-    latest: dict[str, dict] = {}
-    for batch in dataset.to_batches(filter=expr, use_threads=False):
-        for row in batch.to_pylist():
-            if params.glob and not fnmatch.fnmatch(row["source_key"], params.glob):
-                continue
-            if row["source_key"] not in latest or row["processed_at"] > latest[row["source_key"]]["processed_at"]:
-                latest[row["source_key"]] = row
-    return [latest[k] for k in sorted(latest)]
+    if params.run_id:
+        tables = [keep_latest_ok(run_rows(reader, params.run_id, expr))]
+    else:
+        tables = reader.latest(filter=expr, ok_only=True)
+    rows = []
+    for t in tables:
+        for row in t.to_pylist():
+            if not params.glob or fnmatch.fnmatch(row["source_key"], params.glob):
+                rows.append(row)
+    return rows
 
 
 def output_key(row: dict, output_format: str | None) -> str:

@@ -8,7 +8,6 @@ logs them.
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import posixpath
 import uuid
@@ -31,9 +30,17 @@ def filesystem(uri: str, storage_options: dict | None = None, endpoint_url: str 
     S3-compatible store (SeaweedFS, MinIO, ...); without it s3fs/botocore use AWS_ENDPOINT_URL,
     ~/.aws/config or AWS itself."""
     options = dict(storage_options or {})
-    if endpoint_url and uri.split("://", 1)[0] in ("s3", "s3a"):
+    is_s3 = uri.split("://", 1)[0] in ("s3", "s3a")
+    if endpoint_url and is_s3:
         options["client_kwargs"] = {**options.get("client_kwargs", {}), "endpoint_url": endpoint_url}
-    return fsspec.core.url_to_fs(uri, **options)
+    if not is_s3:
+        return fsspec.core.url_to_fs(uri, **options)
+    from pipeline import s3  # adaptive retries with jitter, throttling counted
+
+    fs, path = fsspec.core.url_to_fs(uri, **s3.with_retry_config(options))
+    fs.retries = s3.S3FS_RETRIES
+    s3.watch(fs)
+    return fs, path
 
 
 # option names that carry credentials in fsspec backends (s3fs, gcsfs, adlfs): never parameters
@@ -71,28 +78,17 @@ def _etag(info: dict) -> str:
 
 
 def list_objects(
-    fs, root: str, include: list[str] | None = None, exclude: list[str] | None = None
+    fs, root: str, include: list[str] | None = None, exclude: list[str] | None = None, workers: int = 8
 ) -> Iterator[ObjectInfo]:
-    """Every object under `root`, one directory level at a time (memory bounded by the largest
-    directory, not the bucket), sorted within each directory. Keys matching `include` globs (all
-    when empty) and not `exclude` globs. Keys under `_manifest/` and `_runs/` are never listed."""
-    root = root.rstrip("/")
-    prefix = protocol_prefix(fs)
-    fs.invalidate_cache()  # fsspec instances are shared and cache listings (s3fs per folder): list afresh
-    for dirpath, _dirs, files in fs.walk(root, detail=True):
-        for name in sorted(files):
-            info = files[name]
-            if info.get("type", "file") != "file":
-                continue
-            path = info.get("name") or posixpath.join(dirpath, name)
-            key = path[len(root) + 1 :] if path.startswith(root + "/") else posixpath.basename(path)
-            if key.split("/", 1)[0] in ("_manifest", "_runs"):
-                continue
-            if include and not any(fnmatch.fnmatch(key, g) for g in include):
-                continue
-            if exclude and any(fnmatch.fnmatch(key, g) for g in exclude):
-                continue
-            yield ObjectInfo(key=key, uri=prefix + path, etag=_etag(info), size=int(info.get("size") or 0))
+    """Every object under `root` in key (byte) order, streamed a page at a time (see
+    `pipeline.listing`). Keys matching `include` globs (all when empty) and not `exclude` globs.
+    Keys under `_manifest/`, `_runs/` and `_index/` are never listed."""
+    from pipeline.listing import listing_tables
+
+    base = protocol_prefix(fs) + root.rstrip("/") + "/"
+    for table in listing_tables(fs, root, include, exclude, workers):
+        for key, etag, size in zip(*(table.column(c).to_pylist() for c in ("key", "etag", "size"))):
+            yield ObjectInfo(key=key, uri=base + key, etag=etag, size=size)
 
 
 class UnsafeKeyError(ValueError):

@@ -12,6 +12,8 @@ from pipeline.local_env import set_local_env_defaults
 
 # Ray binds loopback only, no token auth, no usage stats (see ../shared/INFRA-NOTES.md).
 set_local_env_defaults(RAY_TRAIN_ENABLE_STATE_TRACKING="0")
+# botocore's credential chain must never reach the instance-metadata address from a test
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,222 @@
+"""Listings in key (byte) order, streamed page by page: the input of incremental planning.
+
+Sources (see README "Listing sources" for when to use which):
+- S3: ListObjectsV2, 1000 keys a page, never a whole prefix in memory; with `workers > 1` the
+  sub-prefixes directly under the root are listed in parallel (a bounded window of them runs
+  ahead) and their pages are put back in order. S3 general-purpose buckets list in UTF-8 byte
+  order, which is what the planner's sorted merge needs; it checks, and refuses an unsorted one.
+- Any other fsspec filesystem (local folders, memory://): a depth-first walk, each directory's
+  entries sorted with directories as "name/", which yields byte order over whole keys.
+- An S3 Inventory report: `pipeline.inventory`.
+
+Every source yields `LISTING_SCHEMA` tables: key (relative to the root), etag, size.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+import queue
+import threading
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import s3 as s3mod
+from pipeline.storage import _etag, protocol_prefix
+
+LISTING_SCHEMA = pa.schema([("key", pa.string()), ("etag", pa.string()), ("size", pa.int64())])
+OWN_DIRS = ("_manifest", "_runs", "_index")  # what compress-archive writes under DEST: never inputs
+PAGE = 1000
+
+
+def _table(keys: list[str], etags: list[str], sizes: list[int]) -> pa.Table:
+    return pa.table([pa.array(keys, pa.string()), pa.array(etags, pa.string()), pa.array(sizes, pa.int64())],
+                    schema=LISTING_SCHEMA)
+
+
+# ---- S3 -------------------------------------------------------------------------------------
+
+def _pages(fs, bucket: str, prefix: str, delimiter: str | None = None) -> Iterator[dict]:
+    token = None
+    while True:
+        kw = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": PAGE}
+        if delimiter:
+            kw["Delimiter"] = delimiter
+        if token:
+            kw["ContinuationToken"] = token
+        resp = fs.call_s3("list_objects_v2", **kw)
+        s3mod.count("list_requests")
+        yield resp
+        if not resp.get("IsTruncated"):
+            return
+        token = resp["NextContinuationToken"]
+
+
+def _segments(fs, bucket: str, prefix: str) -> Iterator[tuple[str, object]]:
+    """The root listed with a delimiter: ("files", [Contents...]) and ("prefix", p) in key order."""
+    for resp in _pages(fs, bucket, prefix, "/"):
+        entries = [(c["Key"], c) for c in resp.get("Contents", [])]
+        entries += [(p["Prefix"], None) for p in resp.get("CommonPrefixes", [])
+                    if p["Prefix"][len(prefix):].rstrip("/") not in OWN_DIRS]
+        entries.sort(key=lambda e: e[0])
+        files: list[dict] = []
+        for name, content in entries:
+            if content is not None:
+                files.append(content)
+                continue
+            if files:
+                yield "files", files
+                files = []
+            yield "prefix", name
+        if files:
+            yield "files", files
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.2)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _parallel(fs, bucket: str, prefix: str, workers: int) -> Iterator[list[dict]]:
+    """Pages in key order, sub-prefixes listed `workers` at a time ahead of the consumer (each
+    holds at most 4 pages), so memory is bounded by workers x 4 pages."""
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="taid-list")
+
+    def fill(p: str, q: queue.Queue) -> None:
+        try:
+            for resp in _pages(fs, bucket, p):
+                if not _put(q, resp.get("Contents", []), stop):
+                    return
+            _put(q, None, stop)
+        except BaseException as exc:  # handed to the consumer
+            _put(q, exc, stop)
+
+    segments = _segments(fs, bucket, prefix)
+    window: deque = deque()
+    running = 0
+
+    def refill() -> None:
+        nonlocal running
+        while running < workers and len(window) < 4 * workers:
+            seg = next(segments, None)
+            if seg is None:
+                return
+            if seg[0] == "prefix":
+                q: queue.Queue = queue.Queue(maxsize=4)
+                pool.submit(fill, seg[1], q)
+                window.append(("queue", q))
+                running += 1
+            else:
+                window.append(seg)
+
+    try:
+        refill()
+        while window:
+            kind, value = window.popleft()
+            if kind == "files":
+                yield value
+            else:
+                while (item := value.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+                running -= 1
+            refill()
+    finally:
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _s3_tables(fs, root: str, workers: int) -> Iterator[pa.Table]:
+    bucket, _, sub = root.strip("/").partition("/")
+    prefix = sub + "/" if sub else ""
+    pages = _parallel(fs, bucket, prefix, workers) if workers > 1 else (
+        r.get("Contents", []) for r in _pages(fs, bucket, prefix))
+    cut = len(prefix)
+    for contents in pages:
+        keys, etags, sizes = [], [], []
+        for c in contents:
+            if c["Key"].endswith("/"):  # folder marker objects
+                continue
+            keys.append(c["Key"][cut:])
+            etags.append(str(c.get("ETag", "")).strip('"'))
+            sizes.append(int(c.get("Size") or 0))
+        if keys:
+            yield _table(keys, etags, sizes)
+
+
+# ---- other filesystems ----------------------------------------------------------------------
+
+def _walk_sorted(fs, path: str, rel: str = "") -> Iterator[tuple[str, dict]]:
+    try:
+        entries = fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return
+    items = []
+    for e in entries:
+        name = posixpath.basename(e["name"].rstrip("/"))
+        if not name or e["name"].rstrip("/") == path.rstrip("/"):
+            continue
+        if e.get("type") == "directory":
+            if not rel and name in OWN_DIRS:
+                continue
+            items.append((name + "/", e))
+        elif e.get("type", "file") == "file":
+            items.append((name, e))
+    items.sort(key=lambda x: x[0])
+    for name, e in items:
+        if name.endswith("/"):
+            yield from _walk_sorted(fs, e["name"], rel + name)
+        else:
+            yield rel + name, e
+
+
+def _walk_tables(fs, root: str) -> Iterator[pa.Table]:
+    fs.invalidate_cache()  # fsspec instances are shared and cache listings: list afresh
+    keys, etags, sizes = [], [], []
+    for key, info in _walk_sorted(fs, root.rstrip("/") or "/"):
+        keys.append(key)
+        etags.append(_etag(info))
+        sizes.append(int(info.get("size") or 0))
+        if len(keys) == PAGE:
+            yield _table(keys, etags, sizes)
+            keys, etags, sizes = [], [], []
+    if keys:
+        yield _table(keys, etags, sizes)
+
+
+# ---- the listing ----------------------------------------------------------------------------
+
+def select(table: pa.Table, include: list[str] | None, exclude: list[str] | None) -> pa.Table:
+    """Drop our own folders and keys not matching the include / matching the exclude globs."""
+    keys = table.column("key")
+    first = pc.list_element(pc.split_pattern(keys, "/", max_splits=1), 0)
+    mask = pc.invert(pc.is_in(first, value_set=pa.array(OWN_DIRS)))
+    if include or exclude:
+        names = keys.to_pylist()
+        if include:
+            mask = pc.and_(mask, pa.array([any(fnmatch.fnmatch(k, g) for g in include) for k in names]))
+        if exclude:
+            mask = pc.and_(mask, pa.array([not any(fnmatch.fnmatch(k, g) for g in exclude) for k in names]))
+    return table.filter(mask)
+
+
+def listing_tables(fs, root: str, include: list[str] | None = None, exclude: list[str] | None = None,
+                   workers: int = 8) -> Iterator[pa.Table]:
+    """Key-sorted (key, etag, size) tables of every object under `root`."""
+    is_s3 = protocol_prefix(fs) in ("s3://", "s3a://")
+    tables = _s3_tables(fs, root, workers) if is_s3 else _walk_tables(fs, root)
+    for t in tables:
+        t = select(t, include, exclude)
+        if t.num_rows:
+            yield t
