@@ -177,7 +177,7 @@ def compress_objects(params: CompressArchiveParams, run_id: str) -> dict:
     if params.show_progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=estimate, desc="compress-archive", unit="obj")
+        bar = tqdm(total=estimate, desc="compress-archive", unit="img")
     last_update = [0.0]
 
     def progress() -> tuple[int, int]:
@@ -193,7 +193,7 @@ def compress_objects(params: CompressArchiveParams, run_id: str) -> dict:
         if now - last_update[0] > 2:
             done, total = progress()
             update_progress_artifact(progress_id, min(100.0, 100.0 * done / total))
-            if bar:
+            if bar is not None:
                 bar.total, bar.n = total, done
                 bar.refresh()
             last_update[0] = now
@@ -220,7 +220,7 @@ def compress_objects(params: CompressArchiveParams, run_id: str) -> dict:
             dispatch = {"actor_restarts": 0, "batches": 0}
     finally:
         writer.close()  # rows of finished objects are never lost, even if the run dies
-        if bar:
+        if bar is not None:
             done, _ = progress()
             bar.total, bar.n = done, done
             bar.close()
