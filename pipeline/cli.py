@@ -120,10 +120,27 @@ def _compress_archive(args: argparse.Namespace) -> int:
     except ValueError as exc:  # pydantic's errors are ValueErrors; they never echo the input
         print(f"taid compress-archive: {exc}", file=sys.stderr)
         return 2
+    from flows.compress_archive import check_storage
+
+    check_storage(params)  # missing keys / endpoint / bucket: one line from main(), before the flow starts
     result = compress_archive(params)
     print(json.dumps(result, indent=2, default=str))
     failed = sum(v for k, v in result.get("by_status", {}).items() if k.startswith("failed"))
     return 1 if failed else 0
+
+
+def _compact(args: argparse.Namespace) -> int:
+    from pipeline.manifest_index import compact
+    from pipeline.s3 import check_access
+    from pipeline.storage import filesystem
+
+    fs, root = filesystem(args.dest, endpoint_url=args.endpoint_url)
+    check_access(fs, root)
+    result = compact(fs, root)
+    result.pop("runs", None)
+    result["files"] = len(result.get("files", []))
+    print(json.dumps(result, indent=2))
+    return 0
 
 
 def _rehydrate(args: argparse.Namespace) -> int:
@@ -153,6 +170,7 @@ def _rehydrate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taid", description="Task-Aware Image Downscaling archive tools")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train (or resume) a TAD/TAU pair on image folders or fsspec URIs")
@@ -247,7 +265,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--registry", help="model registry URI for fine-tuned model ids")
     a.add_argument("--verify", action="store_true", default=None, help="record a round-trip PSNR per image")
     a.add_argument("--dry-run", dest="dry_run", action="store_true", default=None)
+    a.add_argument("--inventory", help="S3 Inventory manifest.json (CSV or Parquet) to plan from instead of a listing")
+    a.add_argument("--list-workers", dest="list_workers", type=int, help="S3 sub-prefixes listed in parallel (default 8)")
+    a.add_argument("--compact", choices=["auto", "always", "never"], help="manifest index compaction after the run")
     a.set_defaults(func=_compress_archive)
+
+    x = sub.add_parser("compact", help="fold an archive's run partitions into its manifest index (atomic, idempotent)")
+    x.add_argument("dest", help="the compress-archive destination URI")
+    x.add_argument("--endpoint-url", dest="endpoint_url", help="S3-compatible endpoint for s3:// URIs")
+    x.set_defaults(func=_compact)
 
     h = sub.add_parser("rehydrate", help="full resolution back from an archive (one key, or many with --to)")
     h.add_argument("archive", help="the compress-archive destination URI")
@@ -268,7 +294,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as exc:
+        from pipeline.s3 import explain
+
+        line = explain(exc)  # storage misconfiguration: say what to set, in one line
+        if line is None or args.debug:
+            raise
+        print(f"taid {args.command}: {line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -138,16 +138,25 @@ def explain(exc: BaseException, fs=None, bucket: str | None = None) -> str | Non
     return None
 
 
+# the up-front check fails fast: two tries, short timeouts (the run itself retries adaptively)
+PREFLIGHT = {"retries": {"mode": "standard", "max_attempts": 2}, "connect_timeout": 3, "read_timeout": 10}
+
+
 def check_access(fs, path: str) -> None:
     """Fail fast with a one-line StorageConfigError when an s3:// location cannot be used: one
     HeadBucket call (credentials, endpoint and bucket in one request). Other filesystems pass."""
+    import fsspec
+
     from pipeline.storage import protocol_prefix
 
     if protocol_prefix(fs) not in ("s3://", "s3a://"):
         return
     bucket = path.split("/", 1)[0]
+    quick = fsspec.filesystem("s3", **{**fs.storage_options, "config_kwargs": {
+        **(fs.storage_options.get("config_kwargs") or {}), **PREFLIGHT}})
+    quick.retries = 1
     try:
-        fs.call_s3("head_bucket", Bucket=bucket)
+        quick.call_s3("head_bucket", Bucket=bucket)
     except Exception as exc:
         line = explain(exc, fs, bucket)
         if line is None and isinstance(exc, FileNotFoundError):
