@@ -182,3 +182,65 @@ class InventoryListing:
 
 def _first_per_key(t: pa.Table) -> pa.Table:
     return t.filter(pa.array(first_of_group(t.column("key").combine_chunks())))
+
+
+def write_inventory(fs, folder: str, source_bucket: str, rows: pa.Table, fmt: str = "CSV",
+                    rows_per_file: int = 1_000_000, extra_rows: pa.Table | None = None) -> str:
+    """Write an S3 Inventory report (AWS's layout and column names) for `rows` (columns key with
+    the full object key, size, etag): `folder/manifest.json` + `folder/data/*.csv.gz|parquet`.
+    For stores without S3 Inventory (SeaweedFS, MinIO) and for tests and benchmarks. Files are
+    written in the order given (AWS promises no order either). `extra_rows` (is_latest,
+    is_delete_marker columns too) are appended as a versioned inventory would list them."""
+    import gzip
+    import io
+    from urllib.parse import quote_plus
+
+    from pipeline.storage import atomic_write, protocol_prefix
+
+    local = protocol_prefix(fs) == ""
+    dest, _, key_prefix = (folder.rstrip("/"), "", "") if local else folder.strip("/").partition("/")
+    versioned = extra_rows is not None
+    if versioned:
+        rows = rows.append_column("is_latest", pa.array([True] * rows.num_rows)).append_column(
+            "is_delete_marker", pa.array([False] * rows.num_rows))
+        rows = pa.concat_tables([rows, extra_rows.select(rows.column_names)])
+    files = []
+    for i, start in enumerate(range(0, max(rows.num_rows, 1), rows_per_file)):
+        part = rows.slice(start, rows_per_file)
+        name = f"data/{i:05d}-{uuid4_hex()}." + ("csv.gz" if fmt.upper() == "CSV" else "parquet")
+        if fmt.upper() == "CSV":
+            lines = []
+            cols = [part.column(c).to_pylist() for c in part.column_names]
+            for vals in zip(*cols):
+                rec = dict(zip(part.column_names, vals))
+                fields = [source_bucket, quote_plus(rec["key"], safe="/"), str(rec["size"]), rec["etag"]]
+                if versioned:
+                    fields += [str(rec["is_latest"]).lower(), str(rec["is_delete_marker"]).lower()]
+                lines.append(",".join(f'"{f}"' for f in fields))
+            data = gzip.compress(("\n".join(lines) + "\n").encode())
+        else:
+            out = pa.table({"bucket": pa.array([source_bucket] * part.num_rows), "key": part.column("key"),
+                            "size": part.column("size"), "e_tag": part.column("etag"),
+                            **({"is_latest": part.column("is_latest"), "is_delete_marker": part.column("is_delete_marker")}
+                               if versioned else {})})
+            buf = io.BytesIO()
+            pq.write_table(out, buf, compression="snappy")
+            data = buf.getvalue()
+        atomic_write(fs, f"{folder.rstrip('/')}/{name}", data)
+        files.append({"key": f"{key_prefix + '/' if key_prefix else ''}{name}", "size": len(data)})
+    schema = "Bucket, Key, Size, ETag" + (", IsLatest, IsDeleteMarker" if versioned else "")
+    if fmt.upper() != "CSV":
+        schema = "message s3.inventory { required binary bucket (STRING); required binary key (STRING); " \
+                 "optional int64 size; optional binary e_tag (STRING); }"
+    manifest = {"sourceBucket": source_bucket, "destinationBucket": f"arn:aws:s3:::{dest}", "version": "2016-11-30",
+                "creationTimestamp": "0", "fileFormat": "CSV" if fmt.upper() == "CSV" else "Parquet",
+                "fileSchema": schema, "files": files}
+    path = f"{folder.rstrip('/')}/manifest.json"
+    atomic_write(fs, path, json.dumps(manifest, indent=1).encode())
+    return path
+
+
+def uuid4_hex() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:12]

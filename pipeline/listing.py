@@ -1,10 +1,12 @@
 """Listings in key (byte) order, streamed page by page: the input of incremental planning.
 
 Sources (see README "Listing sources" for when to use which):
-- S3: ListObjectsV2, 1000 keys a page, never a whole prefix in memory; with `workers > 1` the
-  sub-prefixes directly under the root are listed in parallel (a bounded window of them runs
-  ahead) and their pages are put back in order. S3 general-purpose buckets list in UTF-8 byte
-  order, which is what the planner's sorted merge needs; it checks, and refuses an unsorted one.
+- S3: ListObjectsV2 with a "/" delimiter, folder by folder, 1000 keys a page, never a whole
+  prefix in memory; with `workers > 1` the sub-prefixes directly under the root are walked in
+  parallel (a bounded window of them runs ahead) and their pages are put back in order. The
+  output is in UTF-8 byte order of whole keys (what the planner's sorted merge needs, and how the
+  index is sorted) whether the store lists in byte order (AWS) or in folder order (SeaweedFS):
+  see `_level`. The planner checks the order and refuses an unsorted listing.
 - Any other fsspec filesystem (local folders, memory://): a depth-first walk, each directory's
   entries sorted with directories as "name/", which yields byte order over whole keys.
 - An S3 Inventory report: `pipeline.inventory`.
@@ -15,6 +17,7 @@ Every source yields `LISTING_SCHEMA` tables: key (relative to the root), etag, s
 from __future__ import annotations
 
 import fnmatch
+import heapq
 import posixpath
 import queue
 import threading
@@ -56,24 +59,73 @@ def _pages(fs, bucket: str, prefix: str, delimiter: str | None = None) -> Iterat
         token = resp["NextContinuationToken"]
 
 
-def _segments(fs, bucket: str, prefix: str) -> Iterator[tuple[str, object]]:
-    """The root listed with a delimiter: ("files", [Contents...]) and ("prefix", p) in key order."""
+def _level(fs, bucket: str, prefix: str, top: bool = False) -> Iterator[tuple[str, object]]:
+    """The entries directly under `prefix` in byte order: ("file", Contents) and ("dir", prefix).
+
+    AWS returns a delimiter listing in byte order of whole keys; SeaweedFS (and other stores
+    backed by a directory tree) return it in name order, where folder "a" comes before file
+    "a.png" although every key under "a/" sorts after it. A small heap repairs both: an entry
+    is released once the listing has moved past it (every later entry's name, even a folder's
+    without its "/", sorts at or after the last name of the page), so memory is one page plus
+    held folders."""
+    heap: list = []
+    seq = 0
     for resp in _pages(fs, bucket, prefix, "/"):
-        entries = [(c["Key"], c) for c in resp.get("Contents", [])]
-        entries += [(p["Prefix"], None) for p in resp.get("CommonPrefixes", [])
-                    if p["Prefix"][len(prefix):].rstrip("/") not in OWN_DIRS]
-        entries.sort(key=lambda e: e[0])
-        files: list[dict] = []
-        for name, content in entries:
-            if content is not None:
-                files.append(content)
-                continue
-            if files:
+        names = []
+        for c in resp.get("Contents", []):
+            names.append(c["Key"])
+            if not c["Key"].endswith("/"):  # folder marker objects
+                heapq.heappush(heap, (c["Key"], seq, "file", c))
+                seq += 1
+        for p in resp.get("CommonPrefixes", []):
+            names.append(p["Prefix"].rstrip("/"))
+            if not (top and p["Prefix"][len(prefix):].rstrip("/") in OWN_DIRS):
+                heapq.heappush(heap, (p["Prefix"], seq, "dir", p["Prefix"]))
+                seq += 1
+        position = max(names, default="")
+        while heap and heap[0][0] <= position:
+            _, _, kind, value = heapq.heappop(heap)
+            yield kind, value
+    while heap:
+        _, _, kind, value = heapq.heappop(heap)
+        yield kind, value
+
+
+def _walk(fs, bucket: str, prefix: str, top: bool = False) -> Iterator[list[dict]]:
+    """Pages of Contents under `prefix`, in byte order: folders walked depth-first, one
+    delimiter listing per folder (a flat prefix costs one request per 1000 keys, as usual)."""
+    files: list[dict] = []
+    for kind, value in _level(fs, bucket, prefix, top):
+        if kind == "file":
+            files.append(value)
+            if len(files) >= PAGE:
+                yield files
+                files = []
+            continue
+        if files:
+            yield files
+            files = []
+        yield from _walk(fs, bucket, value)
+    if files:
+        yield files
+
+
+def _segments(fs, bucket: str, prefix: str) -> Iterator[tuple[str, object]]:
+    """The root's entries in byte order: ("files", [Contents...]) runs and ("prefix", p)."""
+    files: list[dict] = []
+    for kind, value in _level(fs, bucket, prefix, top=True):
+        if kind == "file":
+            files.append(value)
+            if len(files) >= PAGE:
                 yield "files", files
                 files = []
-            yield "prefix", name
+            continue
         if files:
             yield "files", files
+            files = []
+        yield "prefix", value
+    if files:
+        yield "files", files
 
 
 def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
@@ -94,8 +146,8 @@ def _parallel(fs, bucket: str, prefix: str, workers: int) -> Iterator[list[dict]
 
     def fill(p: str, q: queue.Queue) -> None:
         try:
-            for resp in _pages(fs, bucket, p):
-                if not _put(q, resp.get("Contents", []), stop):
+            for page in _walk(fs, bucket, p):
+                if not _put(q, page, stop):
                     return
             _put(q, None, stop)
         except BaseException as exc:  # handed to the consumer
@@ -140,8 +192,7 @@ def _parallel(fs, bucket: str, prefix: str, workers: int) -> Iterator[list[dict]
 def _s3_tables(fs, root: str, workers: int) -> Iterator[pa.Table]:
     bucket, _, sub = root.strip("/").partition("/")
     prefix = sub + "/" if sub else ""
-    pages = _parallel(fs, bucket, prefix, workers) if workers > 1 else (
-        r.get("Contents", []) for r in _pages(fs, bucket, prefix))
+    pages = _parallel(fs, bucket, prefix, workers) if workers > 1 else _walk(fs, bucket, prefix, top=True)
     cut = len(prefix)
     for contents in pages:
         keys, etags, sizes = [], [], []

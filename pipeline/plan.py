@@ -42,7 +42,7 @@ def decide_codes(listing: pa.Table, prev: pa.Table, params: CompressArchiveParam
     same = pc.and_(
         pc.and_(pc.equal(prev.column("source_etag"), listing.column("etag")),
                 pc.equal(prev.column("source_size"), listing.column("size"))),
-        pc.or_(pc.is_null(model), pc.equal(model, params.model_id)),
+        pc.or_kleene(pc.is_null(model), pc.equal(model, params.model_id)),
     )
     same = pc.fill_null(same, False).to_numpy(zero_copy_only=False)
     ok = pc.fill_null(pc.equal(status, "ok"), False).to_numpy(zero_copy_only=False)
