@@ -49,10 +49,11 @@ POINTER = "CURRENT.json"
 KEY = "source_key"
 ORDER = [(KEY, "ascending", "at_end"), ("processed_at", "descending", "at_end"), ("run_id", "descending", "at_end")]  # nulls oldest
 PLAN_COLUMNS = [KEY, "processed_at", "run_id", "source_etag", "source_size", "status", "model_id"]
-ROW_GROUP = 16_384  # rows per row group: a lookup reads one (about 1-2 MB with every column)
-FILE_ROWS = 2_000_000  # rows per index file
+ROW_GROUP = 4096  # rows per row group: a lookup reads one (about 0.5 MB with every column)
+FILE_ROWS = 1_000_000  # rows per index file (its footer is read once per reader)
 FAN_IN = 64  # parts merged at once; more are merged in rounds through temporary files
 BATCH = 65_536
+MERGE_BATCH = 8192  # rows per source when up to FAN_IN sources are merged at once (bounds compaction memory)
 _PART = re.compile(r"part-(\d+)\.parquet$")
 
 
@@ -385,8 +386,8 @@ def _merge_parts_to_runs(afs, tmp: str, parts: list[str], schema: pa.Schema) -> 
         merged = []
         for g in range(0, len(parts), FAN_IN):
             group = parts[g:g + FAN_IN]
-            sources = [[_read_parts(afs, [p], schema, None)] if level == 0 else _file_batches(afs, p, schema, None)
-                       for p in group]
+            sources = [[_read_parts(afs, [p], schema, None)] if level == 0 else
+                       _file_batches(afs, p, schema, None, MERGE_BATCH) for p in group]
             out = _write_sorted(afs, f"{tmp}/l{level}-{g // FAN_IN:05d}", merge_sorted(sources, KEY, ORDER, keep_state),
                                 schema, 1 << 62, ROW_GROUP)
             merged += [f.path for f in out]
@@ -416,7 +417,7 @@ def compact(fs, dest: str, *, schema: pa.Schema = SCHEMA, file_rows: int = FILE_
     if len(snap.delta) <= FAN_IN:
         sources += [[_read_parts(afs, [p], schema, None)] for p in parts]
     else:
-        sources += [_file_batches(afs, p, schema, None) for p in parts]
+        sources += [_file_batches(afs, p, schema, None, MERGE_BATCH) for p in parts]
     counter = {"keys": 0}
     merged = _counting_keys(merge_sorted(sources, KEY, ORDER, keep_state), counter)
     files = _write_sorted(afs, folder, merged, schema, file_rows, row_group)
