@@ -37,12 +37,21 @@ def decide(obj: ObjectInfo, prev: PreviousState | None, params: CompressArchiveP
     (retry_failed runs touch failed_* rows only: a skip is a decision, not an accident)."""
     if params.retry_failed:  # whatever the object's version now: its latest row failed
         return "process" if prev is not None and prev.status.startswith("failed") else "not_failed"
-    same = prev is not None and prev.etag == obj.etag and prev.size == obj.size and prev.model_id in (params.model_id, None)
+    same = prev is not None and prev.etag == obj.etag and prev.size == obj.size and same_settings(prev, params)
     if not params.incremental or not same:
         return "process"
     if prev.status == "ok":
         return "unchanged"
     return "failed_before" if prev.status.startswith("failed") else "skipped_before"
+
+
+def same_settings(prev: PreviousState, params: CompressArchiveParams) -> bool:
+    """Was the latest row made with what this run asks for? The same fidelity (preset or target)
+    by one of its pairs, or, for a fixed single layer, the same model and no fidelity."""
+    spec = params.fidelity_spec()
+    if spec is None:
+        return prev.fidelity is None and prev.model_id in (params.single_model, None)
+    return prev.fidelity == spec.label and prev.target_psnr == spec.target_psnr and prev.model_id in (*spec.models, None)
 
 
 def plan_objects(params: CompressArchiveParams, counts: dict) -> tuple[Iterator[ObjectInfo], int | None]:
@@ -116,14 +125,22 @@ class RunStats:
     def __init__(self) -> None:
         self.started = time.time()
         self.by_status: dict[str, int] = {}
-        self.bytes_in = self.bytes_out = self.pixels = 0
+        self.bytes_in = self.bytes_out = self.bytes_layer = self.pixels = 0
+        self.psnr_sum, self.psnr_n, self.psnr_min, self.layers = 0.0, 0, None, 0
 
     def add(self, row: dict) -> None:
         self.by_status[row["status"]] = self.by_status.get(row["status"], 0) + 1
         if row["status"] == "ok":
             self.bytes_in += row.get("source_size") or 0
-            self.bytes_out += row.get("output_size") or 0
+            self.bytes_out += (row.get("output_size") or 0) + (row.get("enhancement_size") or 0)
+            self.bytes_layer += row.get("enhancement_size") or 0
+            self.layers += 1 if row.get("enhancement_size") else 0
             self.pixels += (row.get("width") or 0) * (row.get("height") or 0)
+            p = row.get("psnr_y")
+            if p is not None:
+                p = min(p, 99.0)  # an exact (lossless) image counts as 99 dB in the mean
+                self.psnr_sum, self.psnr_n = self.psnr_sum + p, self.psnr_n + 1
+                self.psnr_min = p if self.psnr_min is None else min(self.psnr_min, p)
 
     @property
     def rows(self) -> int:
@@ -134,6 +151,10 @@ class RunStats:
         return {
             "rows": self.rows, "by_status": dict(sorted(self.by_status.items())), "bytes_in_ok": self.bytes_in,
             "bytes_out_ok": self.bytes_out, "ratio_ok": (self.bytes_in / self.bytes_out) if self.bytes_out else None,
+            "bytes_saved_ok": self.bytes_in - self.bytes_out, "enhancement_bytes_ok": self.bytes_layer,
+            "images_with_layer": self.layers,
+            "stored_fraction_ok": (self.bytes_out / self.bytes_in) if self.bytes_in else None,
+            "psnr_y_mean": (self.psnr_sum / self.psnr_n) if self.psnr_n else None, "psnr_y_min": self.psnr_min,
             "seconds": elapsed, "images_per_s": self.rows / elapsed, "megapixels_per_s": self.pixels / 1e6 / elapsed,
         }
 
@@ -161,12 +182,20 @@ def compress_objects(params: CompressArchiveParams, run_id: str) -> dict:
     logger.info("run %s: planning over about %s listed objects", run_id, estimate if estimate else "an unknown number of")
     from models.zoo import load_pair
 
-    # resolve and verify the model here: a missing or modified model fails the run before any work
-    pair = load_pair(params.model_id, registry=params.registry)
-    # the model's defaults, made explicit for the actors (same model, same answer) and the run stats
-    fmt, quality = small_file_settings(pair, params.small_format, params.quality)
-    params = params.model_copy(update={"scale": params.scale or pair.scale, "small_format": fmt, "quality": quality})
-    check_options(pair, params.codec_options(pair.scale))  # e.g. x8 with taid-x4: a caller error, before any work
+    spec = params.fidelity_spec()
+    if spec is not None:  # resolve and verify every pair of the fidelity now: a bad model fails before any work
+        for model_id in spec.models:
+            load_pair(model_id, registry=params.registry)
+        # made explicit for the actors and the run stats (the default preset becomes its name)
+        params = params.model_copy(update={"fidelity": None if params.target_psnr else spec.name})
+    else:
+        # resolve and verify the model here: a missing or modified model fails the run before any work
+        pair = load_pair(params.single_model, registry=params.registry)
+        # the model's defaults, made explicit for the actors (same model, same answer) and the run stats
+        fmt, quality = small_file_settings(pair, params.small_format, params.quality)
+        params = params.model_copy(update={"model_id": params.single_model, "scale": params.scale or pair.scale,
+                                           "small_format": fmt, "quality": quality})
+        check_options(pair, params.codec_options(pair.scale))  # e.g. x8 with taid-x4: a caller error, before any work
     if params.dry_run:
         return {"run_id": run_id, "dry_run": True, "to_process": sum(1 for _ in planned), "plan": counts}
 
@@ -206,7 +235,7 @@ def compress_objects(params: CompressArchiveParams, run_id: str) -> dict:
             except UnsafeKeyError as exc:
                 on_row({"run_id": run_id, "source_key": obj.key, "source_uri": obj.uri, "source_etag": obj.etag,
                         "source_size": obj.size, "status": "skipped_unsafe_key", "error_message": str(exc),
-                        "model_id": params.model_id, "pipeline_version": PIPELINE_VERSION,
+                        "model_id": params.model_id, "pipeline_version": PIPELINE_VERSION, **params.fidelity_columns(),
                         "processed_at": datetime.now(timezone.utc), "attempts": 0})
                 continue
             yield obj
@@ -228,6 +257,7 @@ def compress_objects(params: CompressArchiveParams, run_id: str) -> dict:
     result = {
         "run_id": run_id, "source": params.source, "dest": params.dest, "model_id": params.model_id,
         "scale": params.scale, "small_format": params.small_format, "quality": params.quality,
+        **params.fidelity_columns(),
         "pipeline_version": PIPELINE_VERSION, "plan": counts, "dispatch": dispatch,
         "manifest_parts": writer.parts, **stats.summary(),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -237,8 +267,14 @@ def compress_objects(params: CompressArchiveParams, run_id: str) -> dict:
     return result
 
 
+def _db(v) -> str | None:
+    return None if v is None else ("exact" if v >= 99 else f"{v:.2f} dB")
+
+
 def summary_table(result: dict) -> list[dict]:
     rows = [{"metric": "images processed", "value": result["rows"]}]
+    if result.get("fidelity"):
+        rows.append({"metric": "fidelity", "value": f"{result['fidelity']} (Y-PSNR >= {_db(result['target_psnr'])})"})
     small = result.get("small_format")
     if small:
         rows.append({"metric": "small format", "value": small + (f" q{result['quality']}" if result.get("quality") else "")})
@@ -248,6 +284,12 @@ def summary_table(result: dict) -> list[dict]:
         {"metric": "bytes in (ok)", "value": result["bytes_in_ok"]},
         {"metric": "bytes out (ok)", "value": result["bytes_out_ok"]},
         {"metric": "ratio in/out", "value": round(result["ratio_ok"], 3) if result["ratio_ok"] else None},
+        {"metric": "bytes saved (ok)", "value": result["bytes_saved_ok"]},
+        {"metric": "stored / source bytes (ok)",
+         "value": round(result["stored_fraction_ok"], 4) if result["stored_fraction_ok"] is not None else None},
+        {"metric": "images with an enhancement layer", "value": result["images_with_layer"]},
+        {"metric": "Y-PSNR vs source: mean", "value": _db(result["psnr_y_mean"])},
+        {"metric": "Y-PSNR vs source: minimum", "value": _db(result["psnr_y_min"])},
         {"metric": "images/s", "value": round(result["images_per_s"], 3)},
         {"metric": "megapixels/s", "value": round(result["megapixels_per_s"], 3)},
         {"metric": "actor restarts", "value": result["dispatch"]["actor_restarts"]},

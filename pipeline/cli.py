@@ -53,17 +53,39 @@ def _write_atomic(path: str, data: bytes) -> None:
         raise
 
 
+def _fidelity_spec(args: argparse.Namespace):
+    """The fidelity a compress command asks for, or None for one fixed small file (an explicit
+    --model / --small-format / --quality / --scale without --fidelity or --target-psnr)."""
+    from pipeline.fidelity import resolve_fidelity
+
+    if args.fidelity is None and args.target_psnr is None and any(
+            getattr(args, k, None) is not None for k in ("model_id", "small_format", "quality", "scale")):
+        return None
+    if any(getattr(args, k, None) is not None for k in ("small_format", "quality", "scale")):
+        raise ValueError("a fidelity target picks the small file's format, quality and scale per image: drop "
+                         "--small-format/--quality/--scale, or drop --fidelity/--target-psnr to write one fixed layer")
+    return resolve_fidelity(args.fidelity, args.target_psnr, args.model_id)
+
+
 def _compress_file(args: argparse.Namespace) -> int:
     from models.zoo import WeightsError, load_pair
     from pipeline.codec import CodecOptions, compress_image
+    from pipeline.enhancement import layer_name
+    from pipeline.fidelity import compress_to_target
 
     fields = {k: v for k, v in vars(args).items() if k in CodecOptions.model_fields and v is not None}
+    layer = None
     try:
-        options = CodecOptions(**fields)
-        pair = load_pair(options.model_id)
+        spec = _fidelity_spec(args)
         with open(args.input, "rb") as f:
             data = f.read()
-        small, record = compress_image(data, pair, options)
+        if spec is not None:
+            pairs = {m: load_pair(m) for m in spec.models}
+            small, layer, record = compress_to_target(data, pairs, spec, CodecOptions(**fields))
+        else:
+            pair = load_pair(fields.get("model_id", "taid-x2"))
+            fields.setdefault("scale", pair.scale)  # --model X implies X's scale
+            small, record = compress_image(data, pair, CodecOptions(**fields))
     except (ValueError, OSError, WeightsError) as exc:  # bad options / model / unreadable path (pydantic errors are ValueErrors)
         print(f"taid compress-file: {exc}", file=sys.stderr)
         return 2
@@ -72,12 +94,22 @@ def _compress_file(args: argparse.Namespace) -> int:
     if small is None:
         print(f"{args.input}: {record.status}: {record.error_message}", file=sys.stderr)
         return 2
+    if layer is not None:  # first: a small file naming a layer is never there without it
+        _write_atomic(layer_name(args.output), layer)
     _write_atomic(args.output, small)
     print(
         f"{args.input} ({record.width}x{record.height}, {record.source_size} B) -> {args.output} "
         f"({record.out_width}x{record.out_height} {record.output_format}"
         f"{f' q{record.small_quality}' if record.small_quality else ''}, {record.output_size} B, x{record.scale} {record.model_id})"
     )
+    if layer is not None:
+        print(f"enhancement layer: {layer_name(args.output)} ({record.enhancement_format}"
+              f"{f' q{record.enhancement_quality}' if record.enhancement_quality else ''}, {len(layer)} B)")
+    if record.psnr_y is not None:
+        total = record.output_size + len(layer or b"")
+        print(f"fidelity {record.fidelity}: Y-PSNR {record.psnr_y:.2f} dB (target {record.target_psnr:g}), "
+              f"RGB {record.psnr_rgb:.2f} dB, thumbnail {record.thumbnail_psnr:.2f} dB; "
+              f"{total} B stored = {total / record.source_size:.3f} of the source")
     if record.notes:
         print(f"notes: {record.notes}")
     if record.roundtrip_psnr is not None:
@@ -85,9 +117,16 @@ def _compress_file(args: argparse.Namespace) -> int:
     return 0
 
 
+def _format_of_name(path: str) -> str | None:
+    """The output format a file name asks for (RESTORED.png is PNG), None for other names."""
+    ext = path.rsplit(".", 1)[-1].lower() if "." in path else ""
+    return {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "webp": "webp", "tif": "tiff", "tiff": "tiff"}.get(ext)
+
+
 def _rehydrate_file(args: argparse.Namespace) -> int:
     from models.zoo import WeightsError, load_pair
     from pipeline.codec import RehydrateError, rehydrate_image
+    from pipeline.enhancement import layer_name
     from pipeline.small_file import SmallFileError, read_small
 
     try:
@@ -100,8 +139,21 @@ def _rehydrate_file(args: argparse.Namespace) -> int:
         meta = record if record and record.get("model_id") else read_small(small)[1]
         if not meta:
             raise RehydrateError(f"{args.input} carries no TAID metadata and no --record was given")
+        layer = None
+        embedded = read_small(small)[1] or {}
+        if (meta.get("enhancement_sha256") or embedded.get("enhancement_sha256")) and not args.preview:
+            try:  # the layer lives beside the small file (pipeline.enhancement.layer_name)
+                with open(layer_name(args.input), "rb") as f:
+                    layer = f.read()
+            except FileNotFoundError:
+                raise RehydrateError(f"its enhancement layer {layer_name(args.input)} is missing "
+                                     "(--preview rehydrates without it, at the small file's fidelity)") from None
         pair = load_pair(args.model or meta["model_id"])
-        out = rehydrate_image(small, record, pair, output_format=args.format, quality=args.quality)
+        fmt = args.format or _format_of_name(args.output)
+        if fmt and fmt == (meta.get("rehydrate_format") or embedded.get("rehydrate_format") or "png"):
+            fmt = None  # the recorded format: keep its recorded quality too
+        out = rehydrate_image(small, record, pair, output_format=fmt, quality=args.quality, layer=layer,
+                              skip_layer=args.preview)
     except (RehydrateError, SmallFileError, WeightsError, OSError, ValueError) as exc:
         print(f"{args.input}: cannot rehydrate: {exc}", file=sys.stderr)
         return 2
@@ -148,7 +200,8 @@ def _rehydrate(args: argparse.Namespace) -> int:
         from pipeline.rehydrate import RehydrateRefused, rehydrate
 
         try:
-            data = rehydrate(args.key, args.archive, output_format=args.format, quality=args.quality, registry=args.registry)
+            data = rehydrate(args.key, args.archive, output_format=args.format, quality=args.quality, registry=args.registry,
+                             skip_enhancement=args.preview)
         except RehydrateRefused as exc:
             print(f"refused: {exc}", file=sys.stderr)
             return 2
@@ -163,9 +216,19 @@ def _rehydrate(args: argparse.Namespace) -> int:
 
     fields = {k: v for k, v in vars(args).items() if k in RehydrateParams.model_fields and v is not None}
     fields["output_format"] = args.format
+    fields["skip_enhancement"] = args.preview
     result = rehydrate_flow(RehydrateParams(**fields))
     print(json.dumps(result, indent=2, default=str))
     return 0 if not any(k != "ok" for k in result.get("by_status", {})) else 1
+
+
+def _fidelity_args(p: argparse.ArgumentParser) -> None:
+    from pipeline.fidelity import PRESETS
+
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--fidelity", choices=list(PRESETS), help="preset (default standard: Y-PSNR >= 36 dB, see "
+                   "docs/fidelity.md); each image gets the cheapest verified representation reaching it")
+    g.add_argument("--target-psnr", dest="target_psnr", type=float, metavar="DB", help="explicit Y-PSNR floor instead")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,8 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compress-file", help="shrink one image file into a TAID small file")
     c.add_argument("input", help="image file")
     c.add_argument("output", help="small file to write (atomically)")
-    c.add_argument("--model", dest="model_id", help="zoo id or weights file (default taid-x2)")
-    c.add_argument("--scale", type=int, help="2, 4, ... 128 (a power of the model's scale; default 2)")
+    _fidelity_args(c)
+    c.add_argument("--model", dest="model_id", help="zoo id or weights file: with a fidelity, the only base pair; "
+                   "without, exactly this pair's single small file (default taid-x2)")
+    c.add_argument("--scale", type=int, help="2, 4, ... 128 (a power of the model's scale; default: the model's)")
     c.add_argument("--small-format", dest="small_format", choices=["png", "webp", "webp-lossy", "jpeg"],
                    help="default: the model's (a codec-aware model's lossy format, else png)")
     c.add_argument("--quality", type=int, help="for webp-lossy / jpeg small files (default: the model's, else 90)")
@@ -236,14 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("output", help="image file to write (atomically)")
     r.add_argument("--record", help="manifest record JSON (default: the metadata embedded in the small file)")
     r.add_argument("--model", help="model to load (default: the one recorded; a mismatch is refused)")
-    r.add_argument("--format", help="png, jpeg, webp, webp-lossy, tiff (default: the source's format)")
+    r.add_argument("--format", help="png, jpeg, webp, webp-lossy, tiff (default: the output name's extension, "
+                   "else the source's format)")
     r.add_argument("--quality", type=int, help="for jpeg / lossy webp output")
+    r.add_argument("--preview", action="store_true", help="leave out the enhancement layer (the small file's fidelity)")
     r.set_defaults(func=_rehydrate_file)
 
     a = sub.add_parser("compress-archive", help="the compress-archive flow over a folder or S3 prefix")
     a.add_argument("source", help="local folder or s3://bucket/prefix")
     a.add_argument("dest", help="local folder or s3://bucket/prefix for small files and manifests")
-    a.add_argument("--model", dest="model_id", help="zoo or registered model id (default taid-x2)")
+    _fidelity_args(a)
+    a.add_argument("--model", dest="model_id", help="zoo or registered model id: with a fidelity, the only base pair; "
+                   "without, exactly this pair's single small files (default taid-x2)")
     a.add_argument("--scale", type=int)
     a.add_argument("--small-format", dest="small_format", choices=["png", "webp", "webp-lossy", "jpeg"],
                    help="default: the model's (a codec-aware model's lossy format, else png)")
@@ -285,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--to", help="destination URI for many images")
     h.add_argument("--format", help="png, jpeg, webp, tiff (default: the source's format)")
     h.add_argument("--quality", type=int)
+    h.add_argument("--preview", action="store_true", help="leave out enhancement layers (the small files' fidelity)")
     h.add_argument("--registry", help="model registry URI for fine-tuned model ids")
     h.add_argument("--workers", type=int)
     h.add_argument("--ray-address", dest="ray_address")

@@ -34,13 +34,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field, field_validator
 
-from pipeline import image_io, small_file, tiling
+from pipeline import enhancement, image_io, small_file, tiling
 
 CODEC_VERSION = "1"
 DEFAULT_MAX_PIXELS = 120_000_000
@@ -117,6 +117,16 @@ class CompressRecord(BaseModel):
     rehydrate_quality: int | None = None
     tiles: int | None = None
     notes: str | None = None
+    # fidelity (pipeline.fidelity): what was asked, what the verified rehydration reached, the layer
+    fidelity: str | None = None  # preset name, or "target" for an explicit --target-psnr
+    target_psnr: float | None = None
+    psnr_y: float | None = None  # the lower of whole-image and border-shaved Y-PSNR against the decoded source
+    psnr_rgb: float | None = None
+    thumbnail_psnr: float | None = None  # small image vs Pillow's bicubic downscale, Y
+    enhancement_format: str | None = None
+    enhancement_quality: int | None = None
+    enhancement_size: int | None = None
+    enhancement_sha256: str | None = None
     codec_version: str = CODEC_VERSION
 
     @property
@@ -180,45 +190,63 @@ def _known(info: dict) -> dict:
     return {k: v for k, v in info.items() if k in CompressRecord.model_fields}
 
 
-def _compress_decoded(dec: image_io.Decoded, pair, options: CodecOptions, rec: CompressRecord):
-    s = options.scale
-    small, tiles = tiling.downscale_array(pair, tiling.pad_to_multiple(dec.rgb, s), s, options.tile)
+def _downscale(dec: image_io.Decoded, pair, scale: int, tile: int) -> tuple[Image.Image, int]:
+    """TAD of the decoded image (and of its alpha): the 8-bit small image, before any codec."""
+    small, tiles = tiling.downscale_array(pair, tiling.pad_to_multiple(dec.rgb, scale), scale, tile)
     if dec.info["is_gray"]:
         small_img = _gray(small)
         mode = "L"
     else:
         small_img, mode = small, "RGB"
     if dec.alpha is not None:
-        a_small, n = tiling.downscale_array(pair, np.repeat(tiling.pad_to_multiple(dec.alpha, s)[..., None], 3, axis=2), s, options.tile)
+        a_small, n = tiling.downscale_array(pair, np.repeat(tiling.pad_to_multiple(dec.alpha, scale)[..., None], 3, axis=2),
+                                            scale, tile)
         tiles += n
         small_img = np.dstack([small_img, _gray(a_small)])
         mode += "A"
-    img = Image.fromarray(np.ascontiguousarray(small_img), mode)
+    return Image.fromarray(np.ascontiguousarray(small_img), mode), tiles
+
+
+def _rehydrate_settings(dec: image_io.Decoded, rec: CompressRecord, options: CodecOptions) -> tuple[str, int | None]:
     fmt, q = image_io.default_output(rec.source_format, dec.info.get("lossy_webp", False))
     if options.rehydrate_format:
-        fmt, q = options.rehydrate_format, options.rehydrate_quality
-    elif options.rehydrate_quality is not None:
-        q = options.rehydrate_quality
-    notes = list(dec.notes)
-    rec = rec.model_copy(update={"rehydrate_format": fmt, "rehydrate_quality": q, "tiles": tiles, "status": "ok"})
+        return options.rehydrate_format, options.rehydrate_quality
+    return fmt, (options.rehydrate_quality if options.rehydrate_quality is not None else q)
+
+
+def _encode_small(img: Image.Image, dec: image_io.Decoded, options: CodecOptions, rec: CompressRecord):
+    """The small file of `img` at options' format and quality, and the record that describes it."""
     meta = small_file.embedded_meta(rec.model_dump())
     out, written = small_file.encode_small(img, options.small_format, options.quality, meta, dec.icc, dec.exif)
+    notes = list(dec.notes)
     if written != options.small_format:
         notes.append(f"{options.small_format} cannot hold alpha: small file written as {written}")
-    rec = rec.model_copy(
+    return out, rec.model_copy(
         update={
             "output_format": written, "output_size": len(out), "output_sha256": _sha256(out),
             "small_quality": options.quality if written in small_file.LOSSY_FORMATS else None,
             "out_width": img.width, "out_height": img.height, "notes": "; ".join(notes) or None,
         }
     )
+
+
+def _compress_decoded(dec: image_io.Decoded, pair, options: CodecOptions, rec: CompressRecord):
+    img, tiles = _downscale(dec, pair, options.scale, options.tile)
+    fmt, q = _rehydrate_settings(dec, rec, options)
+    rec = rec.model_copy(update={"rehydrate_format": fmt, "rehydrate_quality": q, "tiles": tiles, "status": "ok"})
+    out, rec = _encode_small(img, dec, options, rec)
     if options.verify:
         restored = _rehydrate_pixels(out, rec.model_dump(), pair, options.tile)[0]
-        ref = np.asarray(_to_pil(dec.rgb, dec.alpha, dec.info["is_gray"], dec.info["has_alpha"]).convert("RGB"))
         from models.metrics import psnr
 
-        rec = rec.model_copy(update={"roundtrip_psnr": psnr(np.asarray(restored.convert("RGB")), ref)})
+        rec = rec.model_copy(update={"roundtrip_psnr": psnr(np.asarray(restored.convert("RGB")), reference_rgb(dec))})
     return out, rec
+
+
+def reference_rgb(dec: image_io.Decoded) -> np.ndarray:
+    """The decoded source as the user sees it after rehydration (grey stays grey), H x W x 3 uint8:
+    what fidelity is measured against."""
+    return np.asarray(_to_pil(dec.rgb, dec.alpha, dec.info["is_gray"], dec.info["has_alpha"]).convert("RGB"))
 
 
 def _to_pil(rgb: np.ndarray, alpha: np.ndarray | None, is_gray: bool, has_alpha: bool) -> Image.Image:
@@ -247,7 +275,7 @@ def _plain(v):
 def _check_same_model(embedded: dict, row: dict) -> None:
     """A row naming another model than the file's own metadata is refused, not trusted: the wrong
     upscaler would restore an image that looks plausible and is wrong."""
-    for key in ("model_id", "model_sha256"):
+    for key in ("model_id", "model_sha256", "enhancement_sha256"):
         if embedded.get(key) is not None and row.get(key) is not None and embedded[key] != row[key]:
             raise RehydrateError(
                 f"small file was made by {embedded.get('model_id')} (sha256 {embedded.get('model_sha256')}); its record "
@@ -255,7 +283,19 @@ def _check_same_model(embedded: dict, row: dict) -> None:
             )
 
 
-def _rehydrate_pixels(small: bytes, record: CompressRecord | dict | None, pair, tile: int):
+class Prediction(NamedTuple):
+    """TAU(small) cropped to the original size, before any enhancement layer."""
+
+    color: np.ndarray  # H x W x 3 uint8 (grey images: three equal channels)
+    alpha: np.ndarray | None
+    is_gray: bool
+    has_alpha: bool
+    meta: dict
+    icc: bytes | None
+    exif: bytes | None
+
+
+def predict(small: bytes, record: CompressRecord | dict | None, pair, tile: int = tiling.DEFAULT_TILE) -> Prediction:
     try:
         im, embedded, icc, exif, _ = small_file.read_small(small)
     except small_file.SmallFileError as exc:
@@ -303,8 +343,35 @@ def _rehydrate_pixels(small: bytes, record: CompressRecord | dict | None, pair, 
     if alpha_stored:
         a_up, _ = tiling.upscale_array(pair, np.repeat(arr[..., 3:4], 3, axis=2), s, tile)
         alpha = _gray(a_up[:h, :w])
-    out = _to_pil(up[:h, :w], alpha, is_gray, has_alpha)
-    return out, meta, icc, exif
+    return Prediction(up[:h, :w], alpha, is_gray, has_alpha, meta, icc, exif)
+
+
+def enhance(pred: Prediction, layer: bytes | None, skip_layer: bool = False) -> np.ndarray:
+    """The restored colour pixels: the prediction, plus the enhancement layer its metadata names.
+    A layer is checked against the sha256 the small file (or its row) carries; a missing one is
+    refused unless `skip_layer` (a fast preview at the small file's own fidelity)."""
+    want = pred.meta.get("enhancement_sha256")
+    if skip_layer or (want is None and layer is None):
+        return pred.color
+    if want is None:
+        raise RehydrateError("an enhancement layer was given, but the small file names none: refusing to guess")
+    if layer is None:
+        raise RehydrateError("this small file needs its enhancement layer (or ask for the preview without it)")
+    if enhancement.sha256(layer) != want:
+        raise RehydrateError("enhancement layer's sha256 differs from the one its small file names: wrong or damaged layer")
+    try:
+        if pred.is_gray:
+            return np.repeat(enhancement.apply_layer(pred.color[..., 0], layer)[..., None], 3, axis=2)
+        return enhancement.apply_layer(pred.color, layer)
+    except enhancement.LayerError as exc:
+        raise RehydrateError(str(exc)) from exc
+
+
+def _rehydrate_pixels(small: bytes, record: CompressRecord | dict | None, pair, tile: int, layer: bytes | None = None,
+                      skip_layer: bool = False):
+    pred = predict(small, record, pair, tile)
+    color = enhance(pred, layer, skip_layer)
+    return _to_pil(color, pred.alpha, pred.is_gray, pred.has_alpha), pred.meta, pred.icc, pred.exif
 
 
 def rehydrate_image(
@@ -314,12 +381,21 @@ def rehydrate_image(
     output_format: str | None = None,
     quality: int | None = None,
     tile: int = tiling.DEFAULT_TILE,
+    layer: bytes | None = None,
+    skip_layer: bool = False,
 ) -> bytes:
     """Full-resolution image bytes, upright, with the original's ICC profile and EXIF (Orientation=1).
 
     Format: `output_format` if given, else the record's `rehydrate_format` (the source's format
-    where it makes sense: JPEG stays JPEG at quality 95, PNG stays PNG; see image_io.default_output)."""
-    img, meta, icc, exif = _rehydrate_pixels(small, record, pair, tile)
+    where it makes sense: JPEG stays JPEG at quality 95, PNG stays PNG; see image_io.default_output).
+    `layer`: the enhancement layer the small file names (pipeline.enhancement), if it has one;
+    `skip_layer` rehydrates without it (preview fidelity)."""
+    img, meta, icc, exif = _rehydrate_pixels(small, record, pair, tile, layer, skip_layer)
+    return encode_restored(img, meta, icc, exif, output_format, quality)
+
+
+def encode_restored(img: Image.Image, meta: dict, icc: bytes | None, exif: bytes | None,
+                    output_format: str | None = None, quality: int | None = None) -> bytes:
     fmt = output_format or meta.get("rehydrate_format") or "png"
     q = quality if quality is not None else (meta.get("rehydrate_quality") if output_format is None else None)
     if fmt.lower() in ("jpeg", "jpg") and q is None:

@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pipeline.codec import DEFAULT_MAX_PIXELS, CodecOptions
 from pipeline.storage import secret_option_keys
 
-PIPELINE_VERSION = "0.1.0"
+PIPELINE_VERSION = "0.2.0"
+DEFAULT_MODEL = "taid-x2"  # of a fixed single-layer run
 
 
 class CompressArchiveParams(BaseModel):
@@ -18,7 +19,13 @@ class CompressArchiveParams(BaseModel):
 
     source: str = Field(description="URI of the images: a local folder or s3://bucket/prefix")
     dest: str = Field(description="URI where small files, _manifest/ and _runs/ are written")
-    model_id: str = "taid-x2"
+    fidelity: str | None = Field(
+        None, description="fidelity preset: preview, standard, high or lossless (pipeline.fidelity); the default "
+        "(standard) unless a target PSNR, or an explicit model / small format / quality without one, is given")
+    target_psnr: float | None = Field(None, gt=0, description="explicit Y-PSNR floor in dB instead of a preset")
+    model_id: str | None = Field(
+        None, description="with a fidelity: the only base pair; without: write exactly this pair's single small "
+        "file (no target). Default: the preset's pairs, or taid-x2 for a single layer")
     scale: int | None = Field(None, description="2..128 (a power of the model's scale); default: the model's")
     small_format: Literal["png", "webp", "webp-lossy", "jpeg"] | None = Field(
         None, description="small-file format; default: the model's (a codec-aware pair's own lossy format, else png)"
@@ -91,10 +98,35 @@ class CompressArchiveParams(BaseModel):
     def _modes(self) -> "CompressArchiveParams":
         if self.retry_failed and not self.incremental:
             raise ValueError("retry_failed needs the earlier manifests: keep incremental on")
+        if self.fidelity is not None and self.target_psnr is not None:
+            raise ValueError("give a fidelity preset or a target PSNR, not both")
+        if self.fidelity_spec() is not None and (self.small_format or self.quality or self.scale):
+            raise ValueError("a fidelity target picks the small file's format, quality and scale per image: "
+                             "drop --small-format/--quality/--scale, or drop the fidelity to write one fixed layer")
         return self
+
+    def fidelity_spec(self):
+        """The fidelity this run guarantees (pipeline.fidelity.Fidelity), or None for a fixed single
+        layer: an explicit model, small format or quality without a fidelity asks for exactly that."""
+        from pipeline.fidelity import resolve_fidelity
+
+        explicit_layer = self.model_id is not None or self.small_format is not None or self.quality is not None
+        if self.fidelity is None and self.target_psnr is None and explicit_layer:
+            return None
+        return resolve_fidelity(self.fidelity, self.target_psnr, self.model_id)
+
+    def fidelity_columns(self) -> dict:
+        """What a row of this run was asked for (the manifest's `fidelity` and `target_psnr`)."""
+        spec = self.fidelity_spec()
+        return {"fidelity": spec.label, "target_psnr": spec.target_psnr} if spec else {"fidelity": None, "target_psnr": None}
+
+    @property
+    def single_model(self) -> str:
+        """The model of a fixed single-layer run."""
+        return self.model_id or DEFAULT_MODEL
 
     def codec_options(self, model_scale: int) -> CodecOptions:
         return CodecOptions(
-            model_id=self.model_id, scale=self.scale or model_scale, small_format=self.small_format,
+            model_id=self.single_model, scale=self.scale or model_scale, small_format=self.small_format,
             quality=self.quality, max_pixels=self.max_pixels, verify=self.verify,
         )

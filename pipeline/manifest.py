@@ -7,7 +7,9 @@ The schema is versioned (`SCHEMA_VERSION`, also in each file's metadata) and rea
 pyarrow.dataset, DuckDB and Spark. A row is only ever written after its small file was written
 and verified, so an `ok` row always points at a complete object.
 
-Versions: 2 added `small_quality` (the quality of a lossy small file). Columns are only ever
+Versions: 2 added `small_quality` (the quality of a lossy small file); 3 added the fidelity columns
+(`fidelity`, `target_psnr`, the verified `psnr_y` / `psnr_rgb`, `thumbnail_psnr`) and the
+enhancement layer's (`enhancement_uri`, `_format`, `_quality`, `_size`, `_sha256`; null without one). Columns are only ever
 added, so older part files stay readable: `manifest_dataset` reads every part with the current
 schema and a column a part lacks reads as null (DuckDB: `union_by_name=true`; Spark: `mergeSchema`).
 """
@@ -24,7 +26,7 @@ import pyarrow.parquet as pq
 
 from pipeline.storage import atomic_write
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 MANIFEST_DIR = "_manifest"
 RUNS_DIR = "_runs"
 ROW_GROUP = 2000
@@ -58,6 +60,16 @@ SCHEMA = pa.schema(
         ("model_id", pa.string()),
         ("model_sha256", pa.string()),
         ("roundtrip_psnr", pa.float64()),
+        ("fidelity", pa.string()),
+        ("target_psnr", pa.float64()),
+        ("psnr_y", pa.float64()),
+        ("psnr_rgb", pa.float64()),
+        ("thumbnail_psnr", pa.float64()),
+        ("enhancement_uri", pa.string()),
+        ("enhancement_format", pa.string()),
+        ("enhancement_quality", pa.int32()),
+        ("enhancement_size", pa.int64()),
+        ("enhancement_sha256", pa.string()),
         ("notes", pa.string()),
         ("attempts", pa.int32()),
         ("pipeline_version", pa.string()),
@@ -140,6 +152,8 @@ class PreviousState:
     size: int
     status: str
     model_id: str | None
+    fidelity: str | None = None  # preset name or "target"; None for a fixed single layer
+    target_psnr: float | None = None
 
 
 def latest_states(fs, dest: str) -> dict[str, PreviousState]:
@@ -148,10 +162,10 @@ def latest_states(fs, dest: str) -> dict[str, PreviousState]:
     from pipeline.manifest_index import PLAN_COLUMNS, ManifestReader
 
     states: dict[str, PreviousState] = {}
+    names = ("source_key", "source_etag", "source_size", "status", "model_id", "fidelity", "target_psnr")
     for t in ManifestReader(dest, fs=fs, root=dest).latest(PLAN_COLUMNS):
-        cols = [t.column(c).to_pylist() for c in ("source_key", "source_etag", "source_size", "status", "model_id")]
-        for key, etag, size, status, model in zip(*cols):
-            states[key] = PreviousState(etag, size, status, model)
+        for key, etag, size, status, model, fid, target in zip(*(t.column(c).to_pylist() for c in names)):
+            states[key] = PreviousState(etag, size, status, model, fid, target)
     return states
 
 

@@ -21,11 +21,27 @@ from pipeline.storage import ObjectInfo
 
 # the reasons of `flows.compress_archive.decide`, by code
 REASONS = ("process", "unchanged", "failed_before", "skipped_before", "not_failed")
-STATE_COLUMNS = ["source_key", "source_etag", "source_size", "status", "model_id"]
 
 
 class ListingOrderError(RuntimeError):
     """The listing is not in key order (e.g. an S3 directory bucket): the merge would be wrong."""
+
+
+def _mask(arr) -> np.ndarray:
+    return pc.fill_null(arr, False).to_numpy(zero_copy_only=False)
+
+
+def same_settings_mask(prev: pa.Table, params: CompressArchiveParams) -> np.ndarray:
+    """`flows.compress_archive.same_settings` for a whole page: the same fidelity (label and
+    target) by one of its pairs, or for a fixed single layer the same model and no fidelity."""
+    model, fidelity, target = (prev.column(c) for c in ("model_id", "fidelity", "target_psnr"))
+    spec = params.fidelity_spec()
+    if spec is None:
+        models, settings = [params.single_model], _mask(pc.is_null(fidelity))
+    else:
+        models = list(spec.models)
+        settings = _mask(pc.equal(fidelity, spec.label)) & _mask(pc.equal(target, float(spec.target_psnr)))
+    return settings & _mask(pc.or_kleene(pc.is_null(model), pc.is_in(model, value_set=pa.array(models, pa.string()))))
 
 
 def decide_codes(listing: pa.Table, prev: pa.Table, params: CompressArchiveParams) -> np.ndarray:
@@ -38,13 +54,9 @@ def decide_codes(listing: pa.Table, prev: pa.Table, params: CompressArchiveParam
         return np.where(failed, 0, 4)
     if not params.incremental:
         return np.zeros(n, dtype=np.int64)
-    model = prev.column("model_id")
-    same = pc.and_(
-        pc.and_(pc.equal(prev.column("source_etag"), listing.column("etag")),
-                pc.equal(prev.column("source_size"), listing.column("size"))),
-        pc.or_kleene(pc.is_null(model), pc.equal(model, params.model_id)),
-    )
-    same = pc.fill_null(same, False).to_numpy(zero_copy_only=False)
+    same = pc.and_(pc.equal(prev.column("source_etag"), listing.column("etag")),
+                   pc.equal(prev.column("source_size"), listing.column("size")))
+    same = pc.fill_null(same, False).to_numpy(zero_copy_only=False) & same_settings_mask(prev, params)
     ok = pc.fill_null(pc.equal(status, "ok"), False).to_numpy(zero_copy_only=False)
     return np.where(~same, 0, np.where(ok, 1, np.where(failed, 2, 3)))
 
@@ -85,7 +97,8 @@ def aligned(listing: Iterable[pa.Table], states: Iterable[pa.Table]) -> Iterator
         else:
             yield page, pa.table({c: pa.nulls(len(keys), t) for c, t in (
                 ("source_key", pa.string()), ("source_etag", pa.string()), ("source_size", pa.int64()),
-                ("status", pa.string()), ("model_id", pa.string()))})
+                ("status", pa.string()), ("model_id", pa.string()), ("fidelity", pa.string()),
+                ("target_psnr", pa.float64()))})
 
 
 def plan(listing: Iterable[pa.Table], states: Iterable[pa.Table] | None, params: CompressArchiveParams,

@@ -58,8 +58,14 @@ class CompressWorker:
         use_gpu = (self.params.gpus_per_worker or 0) > 0 and torch.cuda.is_available()
         if not use_gpu:
             torch.set_num_threads(max(1, int(round(self.params.cpus_per_worker))))
-        self.pair = load_pair(self.params.model_id, "cuda" if use_gpu else "cpu", registry=self.params.registry)
-        self.options = self.params.codec_options(self.pair.scale)
+        device = "cuda" if use_gpu else "cpu"
+        self.fidelity = self.params.fidelity_spec()
+        if self.fidelity is not None:  # every pair the fidelity may pick, loaded once
+            self.pairs = {m: load_pair(m, device, registry=self.params.registry) for m in self.fidelity.models}
+            self.options = self.params.codec_options(2)
+        else:
+            self.pair = load_pair(self.params.single_model, device, registry=self.params.registry)
+            self.options = self.params.codec_options(self.pair.scale)
         self.src_fs, _ = self.params.fs(self.params.source)
         self.dst_fs, self.dest_root = self.params.fs(self.params.dest)
         self.dest_prefix = protocol_prefix(self.dst_fs)
@@ -70,19 +76,30 @@ class CompressWorker:
     def process(self, items: list[dict], attempt: int) -> list[dict]:
         return [self._one(ObjectInfo(**item), attempt) for item in items]
 
-    def _one(self, obj: ObjectInfo, attempt: int) -> dict:
+    def _compress(self, data: bytes):
+        """(small file, enhancement layer or None, record)."""
         from pipeline.codec import compress_image
+        from pipeline.fidelity import compress_to_target
+
+        if self.fidelity is not None:
+            return compress_to_target(data, self.pairs, self.fidelity, self.options)
+        small, record = compress_image(data, self.pair, self.options)
+        return small, None, record
+
+    def _one(self, obj: ObjectInfo, attempt: int) -> dict:
+        from pipeline.enhancement import layer_name
         from pipeline.small_file import SUFFIX
 
         row = {
             "run_id": self.run_id, "source_key": obj.key, "source_uri": obj.uri, "source_etag": obj.etag,
             "source_size": obj.size, "pipeline_version": PIPELINE_VERSION, "attempts": attempt,
+            **self.params.fidelity_columns(),
         }
         try:
             data = _with_retries(lambda: self.src_fs.cat_file(_strip(obj.uri)), "read")
         except Exception as exc:
             return _finish(row, status="failed_read", error_message=f"{type(exc).__name__}: {exc}")
-        small, record = compress_image(data, self.pair, self.options)
+        small, layer, record = self._compress(data)
         row.update(record.model_dump(include=_RECORD_FIELDS))
         if small is None:
             return _finish(row)
@@ -91,19 +108,28 @@ class CompressWorker:
         except UnsafeKeyError as exc:
             return _finish(row, status="skipped_unsafe_key", error_message=str(exc))
         try:
-            _with_retries(lambda: atomic_write(self.dst_fs, out_path, small), "write")
-            written = self.dst_fs.info(out_path)["size"]
-            if written != len(small):
-                raise OSError(f"wrote {written} of {len(small)} bytes")
+            # the layer first: a small file that names a layer is never visible without it
+            files = ([(layer_name(out_path), layer)] if layer is not None else []) + [(out_path, small)]
+            for path, blob in files:
+                self._write(path, blob)
         except Exception as exc:
             return _finish(row, status="failed_write", error_message=f"{type(exc).__name__}: {exc}")
-        return _finish(row, output_uri=self.dest_prefix + out_path)
+        return _finish(row, output_uri=self.dest_prefix + out_path,
+                       enhancement_uri=self.dest_prefix + layer_name(out_path) if layer is not None else None)
+
+    def _write(self, path: str, blob: bytes) -> None:
+        _with_retries(lambda: atomic_write(self.dst_fs, path, blob), "write")
+        written = self.dst_fs.info(path)["size"]
+        if written != len(blob):
+            raise OSError(f"wrote {written} of {len(blob)} bytes")
 
 
 _RECORD_FIELDS = {
     "source_sha256", "source_format", "source_mode", "bit_depth", "n_frames", "exif_orientation", "icc_present",
     "width", "height", "status", "error_message", "output_format", "small_quality", "output_size", "output_sha256",
     "out_width", "out_height", "scale", "model_id", "model_sha256", "roundtrip_psnr", "notes",
+    "fidelity", "target_psnr", "psnr_y", "psnr_rgb", "thumbnail_psnr", "enhancement_format", "enhancement_quality",
+    "enhancement_size", "enhancement_sha256",
 }
 
 
@@ -114,7 +140,7 @@ def _strip(uri: str) -> str:
 def _finish(row: dict, **update) -> dict:
     row.update(update)
     if row.get("status") != "ok":
-        row["output_uri"] = None
+        row["output_uri"] = row["enhancement_uri"] = None
     row["processed_at"] = datetime.now(timezone.utc)
     return row
 
@@ -137,7 +163,7 @@ def compress_crash_row(params: CompressArchiveParams, run_id: str):
         return _finish({
             "run_id": run_id, "source_key": item["key"], "source_uri": item["uri"], "source_etag": item["etag"],
             "source_size": item["size"], "attempts": attempt, "pipeline_version": PIPELINE_VERSION,
-            "model_id": params.model_id,
+            "model_id": params.model_id, **params.fidelity_columns(),
         }, status="failed_worker_crash", error_message=f"{type(exc).__name__} on {attempt} attempts")
 
     return row

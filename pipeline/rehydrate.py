@@ -47,19 +47,34 @@ def _pair(model_id: str, sha256: str, registry: str | None, device: str):
     return load_pair(model_id, device, expected_sha256=sha256, registry=registry)
 
 
-def read_small_verified(row: dict, storage_options: dict | None = None) -> bytes:
-    fs, path = filesystem(row["output_uri"], storage_options)
+def _read_verified(uri: str, sha256: str, what: str, storage_options: dict | None) -> bytes:
+    fs, path = filesystem(uri, storage_options)
     try:
         data = fs.cat_file(path)
     except FileNotFoundError:
-        raise RehydrateRefused(f"small file {row['output_uri']} is missing") from None
+        raise RehydrateRefused(f"{what} {uri} is missing") from None
     actual = hashlib.sha256(data).hexdigest()
-    if actual != row["output_sha256"]:
+    if actual != sha256:
         raise RehydrateRefused(
-            f"small file {row['output_uri']} has sha256 {actual[:16]}..., the manifest says "
-            f"{row['output_sha256'][:16]}...: modified or corrupt, refusing"
+            f"{what} {uri} has sha256 {actual[:16]}..., the manifest says {sha256[:16]}...: modified or corrupt, refusing"
         )
     return data
+
+
+def read_small_verified(row: dict, storage_options: dict | None = None) -> bytes:
+    return _read_verified(row["output_uri"], row["output_sha256"], "small file", storage_options)
+
+
+def has_layer(row: dict) -> bool:
+    uri = row.get("enhancement_uri")
+    return isinstance(uri, str) and bool(uri)
+
+
+def read_layer_verified(row: dict, storage_options: dict | None = None) -> bytes | None:
+    """The row's enhancement layer (pipeline.enhancement), sha256-checked; None when it has none."""
+    if not has_layer(row):
+        return None
+    return _read_verified(row["enhancement_uri"], row["enhancement_sha256"], "enhancement layer", storage_options)
 
 
 def rehydrate_row(
@@ -69,14 +84,19 @@ def rehydrate_row(
     registry: str | None = None,
     device: str = "cpu",
     storage_options: dict | None = None,
+    skip_enhancement: bool = False,
 ) -> bytes:
+    """The full image of a manifest row; `skip_enhancement` leaves out its enhancement layer (a
+    fast preview at the small file's own fidelity; the layer is then not even read)."""
     small = read_small_verified(row, storage_options)
+    layer = None if skip_enhancement else read_layer_verified(row, storage_options)
     try:
         pair = _pair(row["model_id"], row["model_sha256"], registry, device)
     except WeightsError as exc:
         raise RehydrateRefused(f"model for {row['source_key']}: {exc}") from exc
     try:
-        return rehydrate_image(small, row, pair, output_format=output_format, quality=quality)
+        return rehydrate_image(small, row, pair, output_format=output_format, quality=quality, layer=layer,
+                               skip_layer=skip_enhancement)
     except RehydrateError as exc:
         raise RehydrateRefused(str(exc)) from exc
 
@@ -88,10 +108,12 @@ def rehydrate(
     quality: int | None = None,
     registry: str | None = None,
     storage_options: dict | None = None,
+    skip_enhancement: bool = False,
 ) -> bytes:
     """Image bytes of one archived image at full resolution (the original's format by default)."""
     row = find_row(archive, key_or_uri, storage_options)
-    return rehydrate_row(row, output_format, quality, registry, storage_options=storage_options)
+    return rehydrate_row(row, output_format, quality, registry, storage_options=storage_options,
+                         skip_enhancement=skip_enhancement)
 
 
 def rehydrate_pil(key_or_uri: str, archive: str, **kwargs) -> Image.Image:

@@ -35,6 +35,8 @@ class RehydrateParams(BaseModel):
     run_id: str | None = Field(None, description="every ok row of this compress run")
     output_format: str | None = Field(None, description="png, jpeg, webp, tiff; default: the source's format")
     quality: int | None = Field(None, ge=1, le=100)
+    skip_enhancement: bool = Field(False, description="preview: leave out enhancement layers (the small files' own "
+                                   "fidelity, faster)")
     registry: str | None = None
     ray_address: str = ""
     workers: int = Field(2, ge=1)
@@ -112,7 +114,8 @@ class RehydrateWorker:
         try:
             path = safe_join(self.root, output_key(row, self.params.output_format))
             data = rehydrate_row(row, self.params.output_format, self.params.quality, self.params.registry,
-                                 storage_options=self.params.storage_options)
+                                 storage_options=self.params.storage_options,
+                                 skip_enhancement=self.params.skip_enhancement)
             atomic_write(self.fs, path, data)
             if self.fs.info(path)["size"] != len(data):
                 raise OSError("short write")

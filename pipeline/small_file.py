@@ -15,11 +15,12 @@ id and full weights sha256, the alpha/grey flags and the rehydrated format, so a
 separated from its manifest can still be rehydrated. It is written compactly, because at low
 rates it is a real share of the file (a 480x320 image at 0.2 bits per pixel is a 4 KB small file):
 
-    taid=2;w=480;h=320;s=2;m=taid-x2;k=<sha256 hex>;r=jpeg;q=80;f=at
+    taid=2;w=480;h=320;s=2;m=taid-x2;k=<sha256 hex>;r=jpeg;q=80;f=at;e=<sha256 hex>
 
 `;`-separated `key=value` pairs, values percent-encoded (`urllib.parse.quote`), no quotes and no
 XML, so nothing needs escaping. Omitted: flags that are false (`f` lists the true ones: `a`
-has_alpha, `t` alpha_stored, `g` is_gray), `r` when it is png, `q` when it is what rehydration
+has_alpha, `t` alpha_stored, `g` is_gray), `e` (the sha256 of the enhancement layer, see
+pipeline/enhancement.py) when there is none, `r` when it is png, `q` when it is what rehydration
 picks anyway (95 for jpeg). 115-140 bytes per file in all (`tests/test_small_file.py`); the
 format's own metadata containers cost 4 (JPEG COM) to 26 bytes (WebP VP8X + chunk header).
 
@@ -46,7 +47,7 @@ SUFFIX = {"png": ".png", "webp": ".webp", "webp-lossy": ".webp", "jpeg": ".jpg"}
 EMBED_VERSION = 2
 # record key -> short key in the compact encoding (values)
 _SHORT = {"width": "w", "height": "h", "scale": "s", "model_id": "m", "model_sha256": "k",
-          "rehydrate_format": "r", "rehydrate_quality": "q"}
+          "rehydrate_format": "r", "rehydrate_quality": "q", "enhancement_sha256": "e"}
 _INTS = ("width", "height", "scale", "rehydrate_quality")
 # record key -> its letter in the `f` field (true flags only)
 _FLAGS = {"has_alpha": "a", "alpha_stored": "t", "is_gray": "g"}

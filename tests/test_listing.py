@@ -95,20 +95,30 @@ def test_planner_refuses_an_unsorted_listing():
 
 
 def test_vectorised_decisions_match_decide():
+    from pipeline.fidelity import resolve_fidelity
+
+    std = resolve_fidelity("standard")
     obj = ObjectInfo("a.png", "s3://b/a.png", "e1", 10)
-    prevs = [None] + [PreviousState(e, s, st, m) for e in ("e1", "e0") for s in (10, 11)
-                      for st in ("ok", "failed_decode", "skipped_empty") for m in ("taid-x2", "taid-x4", None)]
-    modes = [CompressArchiveParams(source="s", dest="d"), CompressArchiveParams(source="s", dest="d", retry_failed=True),
+    prevs = [None] + [PreviousState(e, s, st, m, f, t) for e in ("e1", "e0") for s in (10, 11)
+                      for st in ("ok", "failed_decode", "skipped_empty") for m in ("taid-x2", "taid-x4", std.models[0], None)
+                      for f, t in ((None, None), (std.label, std.target_psnr), (std.label, 30.0), ("target", 30.0))]
+    modes = [CompressArchiveParams(source="s", dest="d"), CompressArchiveParams(source="s", dest="d", model_id="taid-x2"),
+             CompressArchiveParams(source="s", dest="d", target_psnr=30.0),
+             CompressArchiveParams(source="s", dest="d", retry_failed=True),
              CompressArchiveParams(source="s", dest="d", incremental=False)]
+    listing = pa.table({"key": [f"k{i:04d}" for i in range(len(prevs))], "etag": [obj.etag] * len(prevs),
+                        "size": [obj.size] * len(prevs)})
+    prev = pa.table({"source_etag": [p.etag if p else None for p in prevs],
+                     "source_size": pa.array([p.size if p else None for p in prevs], pa.int64()),
+                     "status": [p.status if p else None for p in prevs],
+                     "model_id": pa.array([p.model_id if p else None for p in prevs], pa.string()),
+                     "fidelity": pa.array([p.fidelity if p else None for p in prevs], pa.string()),
+                     "target_psnr": pa.array([p.target_psnr if p else None for p in prevs], pa.float64())})
     for params in modes:
-        listing = pa.table({"key": [f"k{i:03d}" for i in range(len(prevs))], "etag": [obj.etag] * len(prevs),
-                            "size": [obj.size] * len(prevs)})
-        prev = pa.table({"source_etag": [p.etag if p else None for p in prevs],
-                         "source_size": pa.array([p.size if p else None for p in prevs], pa.int64()),
-                         "status": [p.status if p else None for p in prevs],
-                         "model_id": [p.model_id if p else None for p in prevs]})
         got = [REASONS[c] for c in decide_codes(listing, prev, params)]
-        assert got == [decide(obj, p, params) for p in prevs]
+        want = [decide(obj, p, params) for p in prevs]
+        assert got == want
+        assert "unchanged" in want or params.retry_failed or not params.incremental  # the grid covers a match
 
 
 def test_nightly_run_over_an_unchanged_bucket_starts_no_ray(s3, seeded, prefect_harness, tmp_path):
@@ -134,7 +144,7 @@ def test_nightly_run_over_an_unchanged_bucket_starts_no_ray(s3, seeded, prefect_
                                          "etag": [e for _, e, _ in listed]}), fmt="Parquet")
     ray_was_up = ray.is_initialized()
     for extra in ({}, {"inventory": f"s3://{manifest}"}):
-        result = compress_archive(CompressArchiveParams(source=f"s3://{seeded}/src", dest=dest, **extra))
+        result = compress_archive(CompressArchiveParams(source=f"s3://{seeded}/src", dest=dest, model_id="taid-x2", **extra))
         assert result["rows"] == 0 and result["plan"] == {"listed": len(listed), "unchanged": len(listed)}
         assert result["dispatch"] == {"actor_restarts": 0, "batches": 0}  # the actor pool never ran
     assert ray.is_initialized() == ray_was_up
