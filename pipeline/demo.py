@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="compress-archive on the bundled images")
     ap.add_argument("--source", default=str(ROOT / "tests" / "data"))
     ap.add_argument("--dest", default=str(ROOT / "runs" / "demo-archive"))
-    ap.add_argument("--model", default="taid-x2")
+    ap.add_argument("--fidelity", default=None, help="preset (default: standard, Y-PSNR >= 36 dB)")
+    ap.add_argument("--model", default=None, help="with no --fidelity: one fixed single layer of this pair")
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
 
@@ -37,13 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from flows.compress_archive import compress_archive, summary_table
-    from models.zoo import load_pair
-    from pipeline.codec import rehydrate_image
     from pipeline.config import CompressArchiveParams
+    from pipeline.rehydrate import rehydrate_row
 
     source, dest = os.path.abspath(args.source), os.path.abspath(args.dest)  # Ray workers get absolute paths
     params = CompressArchiveParams(
-        source=source, dest=dest, model_id=args.model, include=["Set5/*", "Set14/*"], workers=args.workers,
+        source=source, dest=dest, model_id=args.model, fidelity=args.fidelity, include=["Set5/*", "Set14/*"], workers=args.workers,
         show_progress=True,
     )
     ray.init(address="local", num_cpus=min(2, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
@@ -65,16 +65,15 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = manifest.to_table().to_pylist()
     row = next(r for r in rows if r["status"] == "ok" and r["source_key"].endswith("butterfly.png"))
-    pair = load_pair(row["model_id"])
-    small = Path(row["output_uri"]).read_bytes()
-    restored = Image.open(io.BytesIO(rehydrate_image(small, row, pair))).convert("RGB")
+    restored = Image.open(io.BytesIO(rehydrate_row(row))).convert("RGB")  # small file + its layer, verified
     original = Image.open(os.path.join(source, row["source_key"])).convert("RGB")
     out = Path(dest).parent / "demo-restored" / row["source_key"]
     out.parent.mkdir(parents=True, exist_ok=True)
     restored.save(out)
     mse = np.mean((np.asarray(restored, np.float64) - np.asarray(original, np.float64)) ** 2)
     psnr = 10 * np.log10(255**2 / mse) if mse else float("inf")
-    print(f"rehydrated {row['source_key']}: {row['source_size']} B -> small {row['output_size']} B "
+    layer = f" + layer {row['enhancement_size']} B" if row.get("enhancement_size") else ""
+    print(f"rehydrated {row['source_key']}: {row['source_size']} B -> small {row['output_size']} B{layer} "
           f"({row['out_width']}x{row['out_height']}) -> {out} ({restored.width}x{restored.height}, RGB PSNR {psnr:.2f} dB)")
     return 0
 

@@ -80,8 +80,8 @@ def test_manifest_parts_schema_and_latest_state(tmp_path):
 
 def test_decide_incremental_and_retry_modes():
     obj = ObjectInfo("a.png", "s3://b/a.png", "e1", 10)
-    inc = CompressArchiveParams(source="s", dest="d")
-    retry = CompressArchiveParams(source="s", dest="d", retry_failed=True)
+    inc = CompressArchiveParams(source="s", dest="d", model_id="taid-x2")  # one fixed layer (the default is a fidelity)
+    retry = CompressArchiveParams(source="s", dest="d", model_id="taid-x2", retry_failed=True)
     ok, failed = PreviousState("e1", 10, "ok", "taid-x2"), PreviousState("e1", 10, "failed_decode", "taid-x2")
     assert decide(obj, None, inc) == "process"
     assert decide(obj, ok, inc) == "unchanged"
@@ -92,7 +92,15 @@ def test_decide_incremental_and_retry_modes():
     assert decide(obj, PreviousState("e1", 10, "skipped_empty", "taid-x2"), retry) == "not_failed"
     assert decide(obj, failed, retry) == "process"
     assert decide(obj, ok, retry) == "not_failed"
-    assert decide(obj, ok, CompressArchiveParams(source="s", dest="d", incremental=False)) == "process"
+    assert decide(obj, ok, CompressArchiveParams(source="s", dest="d", model_id="taid-x2", incremental=False)) == "process"
+    # fidelity runs: the same preset (or target) by one of its pairs is unchanged; anything else is redone
+    std = CompressArchiveParams(source="s", dest="d")
+    assert decide(obj, ok, std) == "process"  # a fixed-layer row does not meet a fidelity
+    done = PreviousState("e1", 10, "ok", "taid-x4-webp", "standard", 36.0)
+    assert decide(obj, done, std) == "unchanged"
+    assert decide(obj, done, CompressArchiveParams(source="s", dest="d", fidelity="high")) == "process"
+    assert decide(obj, done, CompressArchiveParams(source="s", dest="d", target_psnr=36)) == "process"  # "target" != preset
+    assert decide(obj, done, inc) == "process"
     with pytest.raises(ValueError, match="retry_failed"):
         CompressArchiveParams(source="s", dest="d", incremental=False, retry_failed=True)
 
