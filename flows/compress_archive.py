@@ -169,17 +169,6 @@ def compress_objects(params: CompressArchiveParams, run_id: str) -> dict:
     s3_before = dict(s3.STATS)
     if params.incremental and params.compact != "never":
         compact_if_needed(dst_fs, dest_root, logger)  # e.g. runs that crashed before their compaction
-    counts: dict = {}
-    planned, estimate = plan_objects(params, counts)
-    yielded = [0]
-
-    def counted(objects):
-        for obj in objects:
-            yielded[0] += 1
-            yield obj
-
-    planned = counted(planned)
-    logger.info("run %s: planning over about %s listed objects", run_id, estimate if estimate else "an unknown number of")
     from models.zoo import load_pair
 
     spec = params.fidelity_spec()
@@ -196,6 +185,17 @@ def compress_objects(params: CompressArchiveParams, run_id: str) -> dict:
         params = params.model_copy(update={"model_id": params.single_model, "scale": params.scale or pair.scale,
                                            "small_format": fmt, "quality": quality})
         check_options(pair, params.codec_options(pair.scale))  # e.g. x8 with taid-x4: a caller error, before any work
+    counts: dict = {}  # the plan streams: one listing pass, decided as the work goes
+    planned, estimate = plan_objects(params, counts)
+    yielded = [0]
+
+    def counted(objects):
+        for obj in objects:
+            yielded[0] += 1
+            yield obj
+
+    planned = counted(planned)
+    logger.info("run %s: planning over about %s listed objects", run_id, estimate if estimate else "an unknown number of")
     if params.dry_run:
         return {"run_id": run_id, "dry_run": True, "to_process": sum(1 for _ in planned), "plan": counts}
 
