@@ -36,6 +36,7 @@ bench: venv
 	$(BIN)/python benchmarks/throughput_archive.py
 	$(BIN)/python benchmarks/rehydrate_latency.py
 	$(BIN)/python benchmarks/finetune_domain.py
+	$(BIN)/python benchmarks/scale.py --keys 1000000 --keys 10000000 --seaweedfs 100000
 
 clean:
 	rm -rf $(VENV) .pytest_cache runs

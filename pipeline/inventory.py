@@ -27,7 +27,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from pyarrow.fs import LocalFileSystem
+
 from pipeline.listing import LISTING_SCHEMA, select
+from pipeline.manifest_index import open_streaming
 from pipeline.s3 import arrow_filesystem
 from pipeline.sorted_merge import first_of_group, merge_sorted
 from pipeline.storage import filesystem
@@ -85,7 +88,7 @@ def _read_file(afs, path: str, manifest: dict) -> Iterator[pa.Table]:
                 t = t.set_column(t.column_names.index("key"), "key", pa.array([unquote_plus(k) for k in keys.to_pylist()], pa.string()))
             yield t
     else:
-        pf = pq.ParquetFile(afs.open_input_file(path))
+        pf = open_streaming(afs, path)
         names = pf.schema_arrow.names
         wanted = {ours: theirs[1] for ours, theirs in NAMES.items() if theirs[1] in names}
         for b in pf.iter_batches(batch_size=65_536, columns=list(wanted.values()), use_threads=False):
@@ -165,7 +168,8 @@ class InventoryListing:
         if self.total is None:
             self.prepare()
         try:
-            sources = [(pa.Table.from_batches([b]) for b in pq.ParquetFile(p).iter_batches(65_536))
+            local = LocalFileSystem()
+            sources = [(pa.Table.from_batches([b]) for b in open_streaming(local, p).iter_batches(65_536))
                        for p in self._chunks]
             for t in merge_sorted(sources, "key", [("key", "ascending")], _first_per_key):
                 t = select(t, include, exclude)

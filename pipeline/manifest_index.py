@@ -170,9 +170,15 @@ def _read_parts(afs, paths: list[str], schema: pa.Schema, columns: list[str] | N
     return conform(table, sub).sort_by(ORDER)
 
 
+def open_streaming(afs, path: str) -> pq.ParquetFile:
+    """A Parquet file read a row group at a time. pyarrow's default pre-buffering fetches every
+    column chunk of the file up front: with tens of files merged at once that was gigabytes."""
+    return pq.ParquetFile(afs.open_input_file(path), pre_buffer=False, buffer_size=1 << 20)
+
+
 def _file_batches(afs, path: str, schema: pa.Schema, columns: list[str] | None, batch: int = BATCH):
     sub = pa.schema([schema.field(c) for c in columns]) if columns else schema
-    pf = pq.ParquetFile(afs.open_input_file(path))
+    pf = open_streaming(afs, path)
     present = [c for c in sub.names if c in pf.schema_arrow.names]
     for b in pf.iter_batches(batch_size=batch, columns=present, use_threads=False):
         yield conform(b, sub)
@@ -210,8 +216,8 @@ class ManifestReader:
             self._snap = snapshot(self.fs, self.root)
         return self._snap
 
-    def has_manifest(self) -> bool:
-        snap = self.snapshot()
+    def has_manifest(self, snap: Snapshot | None = None) -> bool:
+        snap = snap or self.snapshot()
         return bool(snap.files or snap.delta or self.fs.exists(manifest_root(self.root)))
 
     # -- streaming: planning, selection, compaction
@@ -269,10 +275,10 @@ class ManifestReader:
         t = conform(pf.read_row_groups(groups, use_threads=False), self.schema)
         return t.filter(pc.equal(t.column(KEY), key))
 
-    def rows_for_key(self, key: str) -> pa.Table:
+    def rows_for_key(self, key: str, snap: Snapshot | None = None) -> pa.Table:
         """Every candidate row of one key (index rows + unfolded parts), sorted newest first."""
         for attempt in range(2):
-            snap = self.snapshot(refresh=attempt > 0)
+            snap = snap if snap is not None and attempt == 0 else self.snapshot(refresh=attempt > 0)
             try:
                 rows = [self._index_rows(snap, key)] if snap.files else []
                 if snap.delta:
@@ -284,13 +290,13 @@ class ManifestReader:
                     raise
         raise AssertionError("unreachable")
 
-    def lookup(self, key: str, ok_only: bool = True) -> dict | None:
+    def lookup(self, key: str, ok_only: bool = True, snap: Snapshot | None = None) -> dict | None:
         """The latest ok row (or latest row) of a source key, as a dict; None when there is none."""
-        rows = self.rows_for_key(key)
+        rows = self.rows_for_key(key, snap)
         rows = keep_latest_ok(rows) if ok_only else keep_latest(rows)
         return rows.slice(0, 1).to_pylist()[0] if rows.num_rows else None
 
-    def find(self, key_or_uri: str) -> dict | None:
+    def find(self, key_or_uri: str, snap: Snapshot | None = None) -> dict | None:
         """The latest ok row of a source key, or of a small file's URI (with or without scheme)."""
         from pipeline.small_file import SUFFIX
         from pipeline.storage import protocol_prefix
@@ -298,10 +304,10 @@ class ManifestReader:
         prefix = protocol_prefix(self.fs)
         if "://" in key_or_uri or key_or_uri.startswith(prefix + self.root):
             uri = key_or_uri if "://" in key_or_uri else prefix + key_or_uri
-            return self.lookup_output_uri(uri, tuple(sorted(set(SUFFIX.values()), key=len, reverse=True)))
-        return self.lookup(key_or_uri)
+            return self.lookup_output_uri(uri, tuple(sorted(set(SUFFIX.values()), key=len, reverse=True)), snap)
+        return self.lookup(key_or_uri, snap=snap)
 
-    def lookup_output_uri(self, uri: str, suffixes: tuple[str, ...]) -> dict | None:
+    def lookup_output_uri(self, uri: str, suffixes: tuple[str, ...], snap: Snapshot | None = None) -> dict | None:
         """The latest ok row whose small file is `uri`: the key is the URI's path under the
         archive minus the small-file suffix, checked against the row."""
         from pipeline.storage import protocol_prefix
@@ -311,7 +317,7 @@ class ManifestReader:
             rel = uri[len(base):]
             for suffix in suffixes:
                 if rel.endswith(suffix):
-                    row = self.lookup(rel[: -len(suffix)])
+                    row = self.lookup(rel[: -len(suffix)], snap=snap)
                     if row is not None and row.get("output_uri") == uri:
                         return row
         # not derivable (another layout): a filtered scan, slow but correct

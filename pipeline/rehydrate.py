@@ -34,9 +34,10 @@ def find_row(archive: str, key_or_uri: str, storage_options: dict | None = None)
     manifest index (one row group read) plus the runs newer than it: see
     `pipeline.manifest_index.ManifestReader`, which a long-lived server can hold itself."""
     reader = shared_reader(archive, storage_options)
-    if not reader.has_manifest():
+    snap = reader.snapshot(refresh=True)  # one pointer read + one listing of _manifest/ per call
+    if not reader.has_manifest(snap):
         raise RehydrateRefused(f"{archive} has no manifest: not a compress-archive destination")
-    row = reader.find(key_or_uri)
+    row = reader.find(key_or_uri, snap)
     if row is None:
         raise RehydrateRefused(f"no ok row for {key_or_uri!r} in {archive}'s manifest")
     return row

@@ -121,10 +121,10 @@ def test_many_parts_are_merged_in_rounds(tmp_path, monkeypatch):
 
 def test_a_crash_mid_compaction_loses_nothing(tmp_path):
     root = str(tmp_path / "archive")
-    write_runs(root, runs=2, keys=40000, per_run=20000, rows_per_part=5000)
+    write_runs(root, runs=2, keys=20000, per_run=10000, rows_per_part=5000)
     fs, _ = filesystem(root)
     before = mi.compact(fs, root)
-    write_runs(root, runs=3, keys=60000, per_run=30000, seed=3, first_run=2, rows_per_part=5000)
+    write_runs(root, runs=3, keys=30000, per_run=15000, seed=3, first_run=2, rows_per_part=5000)
     latest, latest_ok = brute_force(root)
     rows = read_manifest(fs, root).num_rows
 
