@@ -402,6 +402,8 @@ def write_report(report: dict, out: Path) -> None:
                   "serially (each page needs the previous page's token), so past ~10M objects under one prefix "
                   "use the daily Inventory; folders (`2024/01/...`) list in parallel (`list_workers`)."]
     (out / "scale.md").write_text("\n".join(lines) + "\n")
+    if not runs:
+        return
     try:
         import matplotlib
 
@@ -442,8 +444,8 @@ def main() -> None:
         print(json.dumps(run), flush=True)
     if args.seaweedfs:
         report["seaweedfs"] = run_seaweedfs(args.seaweedfs, args.workdir)
-        write_report(report, args.out)
         print(json.dumps(report["seaweedfs"]), flush=True)
+        write_report(report, args.out)
 
 
 if __name__ == "__main__":

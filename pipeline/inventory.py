@@ -9,8 +9,8 @@ Data files live at `<destinationBucket>/<files[].key>` (for a manifest outside S
 destination "bucket" is a folder). CSV keys are URL-encoded; Parquet keys are not. Versioned
 inventories are reduced to current objects (IsLatest, no delete markers). Inventory files come
 in no guaranteed order, so each is cut into sorted chunks (at most CHUNK rows in memory) spilled to
-local Parquet, then streamed through the same sorted merge as everything else: memory is bounded
-by CHUNK plus one batch per chunk file, not by the bucket.
+local Parquet, then streamed through the same sorted merge as everything else (at most FAN_IN
+files at once, MERGE_ROWS rows buffered across them): memory is bounded by CHUNK, not by the bucket.
 """
 
 from __future__ import annotations
@@ -32,10 +32,12 @@ from pyarrow.fs import LocalFileSystem
 from pipeline.listing import LISTING_SCHEMA, select
 from pipeline.manifest_index import open_streaming
 from pipeline.s3 import arrow_filesystem
-from pipeline.sorted_merge import first_of_group, merge_sorted
+from pipeline.sorted_merge import first_of_group, merge_sorted, rebatch
 from pipeline.storage import filesystem
 
-CHUNK = 1_000_000
+CHUNK = 1_000_000  # rows sorted in memory at a time (the peak of `prepare`)
+MERGE_ROWS = 65_536  # rows buffered across all chunk files while merging them
+FAN_IN = 64  # chunk files merged at once
 # the columns we read, by their CSV (fileSchema) and Parquet names
 NAMES = {"key": ("Key", "key"), "size": ("Size", "size"), "etag": ("ETag", "e_tag"),
          "is_latest": ("IsLatest", "is_latest"), "is_delete_marker": ("IsDeleteMarker", "is_delete_marker")}
@@ -164,14 +166,28 @@ class InventoryListing:
         pq.write_table(t, path, row_group_size=65_536, compression="lz4")
         self._chunks.append(path)
 
+    def _merged(self, paths: list[str]) -> Iterator[pa.Table]:
+        """Key-sorted tables of sorted chunk files, MERGE_ROWS buffered across all of them."""
+        local = LocalFileSystem()
+        rows = max(1024, MERGE_ROWS // max(1, len(paths)))
+        sources = [(pa.Table.from_batches([b]) for b in open_streaming(local, p).iter_batches(rows)) for p in paths]
+        return merge_sorted(sources, "key", [("key", "ascending")], _first_per_key)
+
     def tables(self, include: list[str] | None = None, exclude: list[str] | None = None) -> Iterator[pa.Table]:
         if self.total is None:
             self.prepare()
         try:
-            local = LocalFileSystem()
-            sources = [(pa.Table.from_batches([b]) for b in open_streaming(local, p).iter_batches(65_536))
-                       for p in self._chunks]
-            for t in merge_sorted(sources, "key", [("key", "ascending")], _first_per_key):
+            chunks = self._chunks
+            while len(chunks) > FAN_IN:  # a bucket of more than FAN_IN x CHUNK objects: merge in rounds
+                merged = []
+                for g in range(0, len(chunks), FAN_IN):
+                    path = os.path.join(self._tmp, f"merged-{len(merged):05d}-{uuid4_hex()}.parquet")
+                    with pq.ParquetWriter(path, LISTING_SCHEMA, compression="lz4") as writer:
+                        for t in rebatch(self._merged(chunks[g:g + FAN_IN]), 65_536):
+                            writer.write_table(t)
+                    merged.append(path)
+                chunks = merged
+            for t in self._merged(chunks):
                 t = select(t, include, exclude)
                 if t.num_rows:
                     yield t
