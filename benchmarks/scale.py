@@ -317,15 +317,15 @@ def run_seaweedfs(n: int, workdir: str | None) -> dict:
         print(f"[seaweedfs] {n} objects uploaded in {upload_s:.0f} s", flush=True)
         dfs, droot = filesystem("s3://photos/archive")
         w = ManifestWriter(dfs, droot, "seed")
-        for k in sorted(keys):
-            w.add({"run_id": "seed", "source_key": k, "source_etag": hashlib.md5(k.encode()).hexdigest(),
+        for k in sorted(keys):  # source s3://photos/images: keys relative to it
+            w.add({"run_id": "seed", "source_key": k.removeprefix("images/"), "source_etag": hashlib.md5(k.encode()).hexdigest(),
                    "source_size": len(k), "status": "ok", "model_id": "taid-x2", "output_uri": f"s3://photos/archive/{k}.png",
                    "processed_at": T0})
         w.close()
         compact(dfs, droot)
         inv = pa.table({"key": keys, "size": [len(k) for k in keys], "etag": [hashlib.md5(k.encode()).hexdigest() for k in keys]})
         manifest = write_inventory(fs, "photos/inventory/today", "photos", inv, fmt="CSV", rows_per_file=50_000)
-        out = in_subprocess(NIGHTLY, "s3://photos", "s3://photos/archive", f"s3://{manifest}")
+        out = in_subprocess(NIGHTLY, "s3://photos/images", "s3://photos/archive", f"s3://{manifest}")
         return {"objects": n, "flat_prefix": "images/", "upload_seconds": round(upload_s, 1),
                 **{f"nightly_{k}": v for k, v in out.items()}}
 

@@ -71,7 +71,10 @@ def test_s3_listing_pages_in_byte_order_serial_and_parallel(s3, seeded, tmp_path
 
 
 @pytest.mark.parametrize("fmt", ["CSV", "Parquet"])
-def test_inventory_report_in_seaweedfs_lists_like_the_bucket(s3, seeded, fmt):
+def test_inventory_report_in_seaweedfs_lists_like_the_bucket(s3, seeded, fmt, monkeypatch):
+    import pipeline.inventory
+
+    monkeypatch.setattr(pipeline.inventory, "FAN_IN", 2)  # 5 sorted chunks: merged in rounds of two
     fs, root = filesystem(f"s3://{seeded}/src")
     listed = flatten(listing_tables(fs, root))
     full = [(f"src/{k}", e, s) for k, e, s in listed]
