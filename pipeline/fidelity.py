@@ -250,6 +250,9 @@ def _search(dec, pairs: dict, spec: Fidelity, options: codec.CodecOptions, rec: 
         if found is None:
             q = base.layer_quality if base.layer_quality is not None else b.options.quality
             size, pred = b.prediction(q)
+        if found is None and fidelity_psnr(pred, ref, b.pair.scale) >= target:  # smooth images: no layer needed
+            found = (_Candidate(total=size, base=base, small_quality=q), None)
+        if found is None:
             layer, lcodec, lq = _layer_search(ref, pred, grey, target, b.pair.scale, spec.layer_codec)
             if lcodec == "avif-full" and b.lossy:  # the small file is then only the preview: the cheapest faithful one
                 q, size = _cheapest_thumbnail(b, ref, q, size)
