@@ -110,7 +110,7 @@ class CompressArchiveParams(BaseModel):
     def fidelity_columns(self) -> dict:
         """What a row of this run was asked for (the manifest's `fidelity` and `target_psnr`)."""
         spec = self.fidelity_spec()
-        return {"fidelity": spec.label, "target_psnr": spec.target_psnr} if spec else {"fidelity": None, "target_psnr": None}
+        return {"fidelity": spec.name, "target_psnr": spec.target_psnr} if spec else {"fidelity": None, "target_psnr": None}
 
     @property
     def single_model(self) -> str:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -58,10 +58,6 @@ class Fidelity(BaseModel):
     target_psnr: float = Field(gt=0, description="Y-PSNR floor in dB; inf = exact")
     bases: list[Base]
     layer_codec: Literal["avif", "webp-lossless"] = "avif"
-
-    @property
-    def label(self) -> str:
-        return self.name
 
     @property
     def models(self) -> list[str]:
@@ -107,8 +103,8 @@ def fidelity_psnr(out: np.ndarray, ref: np.ndarray, scale: int) -> float:
     return min(psnr(yo, yr), shaved)
 
 
-class _Candidate(BaseModel):
-    total: int
+class _Candidate(NamedTuple):
+    total: int  # bytes stored: small file + layer
     base: Base
     small_quality: int | None
     layer_codec: str | None = None
@@ -124,7 +120,7 @@ def compress_to_target(data: bytes, pairs: dict, spec: Fidelity, options: codec.
     spec's model ids to its loaded pair. Bad input gives (None, None, record with a status), as
     codec.compress_image does; an image whose verified fidelity misses the target is `failed_fidelity`."""
     options = options or codec.CodecOptions()
-    rec = codec.CompressRecord(source_size=len(data), source_sha256=codec._sha256(data), fidelity=spec.label,
+    rec = codec.CompressRecord(source_size=len(data), source_sha256=codec._sha256(data), fidelity=spec.name,
                                target_psnr=spec.target_psnr)
     try:
         dec = image_io.decode_image(data, options.max_pixels, options.multi_frame, options.high_bit_depth)
