@@ -265,7 +265,10 @@ class ArchiveServer:
 
     @api.get("/api/stats")
     def stats(self):
+        import resource
+
         return {"cache": self.responses.stats(), "storage_reads": self.storage_reads, "rss_bytes": rss_bytes(),
+                "rss_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                 "device": self.device, "pairs": self.pairs, "pid": os.getpid(),
                 "preview_supported": self.can_skip_enhancement}
 
