@@ -221,6 +221,23 @@ def test_rows_listing_shows_failed_and_skipped(open_client, archive):
     assert woman["bytes_saved"] == woman["source_bytes"] - woman["stored_bytes"] > 0 and woman["roundtrip_psnr"] > 20
 
 
+def test_byte_lru_stays_within_its_budget():
+    from pipeline.serving.cache import ByteLRU
+
+    cache = ByteLRU(100)
+    cache.put("a", b"x" * 40, {})
+    cache.put("b", b"y" * 40, {})
+    assert cache.get("a")[0] == b"x" * 40  # "a" is now the most recently used
+    cache.put("c", b"z" * 40, {})  # over budget: the least recently used ("b") goes
+    assert cache.get("b") is None and cache.get("a") and cache.get("c")
+    cache.put("huge", b"h" * 101, {})  # larger than the whole budget: never stored
+    assert cache.get("huge") is None
+    assert cache.stats()["bytes"] == 80 and cache.stats()["evictions"] == 1
+    off = ByteLRU(0)
+    off.put("a", b"x", {})
+    assert off.get("a") is None
+
+
 def test_serve_config_file_and_cli_guard(archive, ray_local, monkeypatch):
     from ray.serve.schema import ServeDeploySchema
 
@@ -257,7 +274,7 @@ def test_token_required_everywhere_but_healthz(token_client):
     basic = {"Authorization": "Basic " + base64.b64encode(f"anyone:{TOKEN}".encode()).decode()}
     answers = set()
     for path in ["/", "/browser.js", "/thumb/set5/woman.png", "/thumb/set5/nosuch.png", "/image/set5/woman.png",
-                 "/meta/nosuch.png", "/api/rows", "/api/stats", "/nonexistent", "/image/%2e%2e/x"]:
+                 "/meta/nosuch.png", "/api/rows", "/api/stats", "/nonexistent", "/image/%2e%2e/x", "/healthz/x"]:
         for headers in [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {TOKEN}x"},
                         {"Authorization": TOKEN}, {"Authorization": "Basic !!"}]:
             status, h, body = token_client.get(path, headers)

@@ -6,8 +6,8 @@ configured; keys are validated before anything touches storage; refusals are nev
 """
 
 import inspect
-import logging
 import io
+import logging
 import os
 import threading
 import time
@@ -44,9 +44,12 @@ api = FastAPI(title="taid-archive", docs_url=None, redoc_url=None, openapi_url=N
 
 
 def _route(request: Request) -> str:
-    path = request.scope["path"][len(request.scope.get("root_path", "")):] or "/"
+    path, root = request.scope["path"], request.scope.get("root_path", "")
+    path = (path[len(root):] if root and path.startswith(root) else path) or "/"
+    if path == "/healthz":  # exactly this path is open: /healthz/anything is not
+        return "healthz"
     first = path.lstrip("/").split("/", 1)[0]
-    return first if first in ROUTES else ("page" if path == "/" else "other")
+    return first if first in ROUTES and first != "healthz" else ("page" if path == "/" else "other")
 
 
 @api.middleware("http")
