@@ -36,6 +36,7 @@ bench: venv
 	$(BIN)/python benchmarks/throughput_archive.py
 	$(BIN)/python benchmarks/rehydrate_latency.py
 	$(BIN)/python benchmarks/finetune_domain.py
+	$(BIN)/python benchmarks/serve_latency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache runs

@@ -214,6 +214,51 @@ def _fidelity_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-psnr", dest="target_psnr", type=float, metavar="DB", help="explicit Y-PSNR floor instead")
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import hashlib
+    import os
+    import signal
+    import threading
+
+    token = args.token or os.environ.get("TAID_SERVE_TOKEN")
+    if not token and args.host not in LOOPBACK and not args.insecure_open:
+        print(f"taid serve: refusing to serve {args.host} without a token (--token or TAID_SERVE_TOKEN)", file=sys.stderr)
+        return 2
+    from pipeline.local_env import set_local_env_defaults
+
+    set_local_env_defaults()
+    from pipeline.serving.config import ServeParams
+
+    try:
+        # only the token's sha256 goes into the deployment: Serve keeps deployment arguments in the cluster
+        params = ServeParams(archive=args.archive, token_sha256=hashlib.sha256(token.encode()).hexdigest() if token else None,
+                             allow_anonymous=not token, cache_bytes=args.cache_mb * 2**20, registry=args.registry,
+                             endpoint_url=args.endpoint_url)
+    except ValueError as exc:
+        print(f"taid serve: {exc}", file=sys.stderr)
+        return 2
+    import ray
+    from ray import serve
+
+    from pipeline.serving.app import deploy
+
+    ray.init(address=args.ray_address or "local", include_dashboard=False if not args.ray_address else None,
+             log_to_driver=False)
+    url = deploy(params, host=args.host, port=args.port, num_replicas=args.replicas)
+    print(f"serving {args.archive} at {url} ({'token required' if token else 'no token: loopback only'}); Ctrl-C stops")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    serve.shutdown()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taid", description="Task-Aware Image Downscaling archive tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -333,6 +378,21 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--workers", type=int)
     h.add_argument("--ray-address", dest="ray_address")
     h.set_defaults(func=_rehydrate)
+
+    v = sub.add_parser("serve", help="HTTP server (Ray Serve) over one archive: thumbnails, rehydrated images, a browser")
+    v.add_argument("archive", help="the compress-archive destination URI")
+    v.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; anything else needs a token)")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--token", help="bearer token for every route but /healthz (default: TAID_SERVE_TOKEN; "
+                   "prefer the variable: arguments show in `ps`)")
+    v.add_argument("--insecure-open", dest="insecure_open", action="store_true",
+                   help="allow a non-loopback host without a token")
+    v.add_argument("--replicas", type=int, help="fixed number of replicas (default 1; autoscaling: infra/serve/taid-serve.yaml)")
+    v.add_argument("--cache-mb", dest="cache_mb", type=int, default=256, help="response cache per replica (MiB)")
+    v.add_argument("--registry", help="model registry URI for fine-tuned model ids")
+    v.add_argument("--endpoint-url", dest="endpoint_url", help="S3-compatible endpoint for s3:// URIs")
+    v.add_argument("--ray-address", dest="ray_address", help="Ray cluster to deploy into (default: a local Ray)")
+    v.set_defaults(func=_serve)
     return parser
 
 
