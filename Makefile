@@ -31,6 +31,8 @@ eval: venv
 bench: venv
 	$(BIN)/python benchmarks/quality.py
 	$(BIN)/python benchmarks/rate_distortion.py
+	$(BIN)/python benchmarks/fidelity.py
+	$(BIN)/python benchmarks/residual_coders.py
 	$(BIN)/python benchmarks/inference_cost.py
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/throughput_archive.py

@@ -158,6 +158,40 @@ def rd_curves(per_image: list[dict], specs: dict, targets: list[float]) -> dict:
     return {"taid": taid, "avif": mean_curve("avif_curve"), "webp": mean_curve("webp_curve")}
 
 
+def per_image_bd(per_image: list[dict], targets: list[float]) -> dict:
+    """BD-rate of each image's TAID points (one per target) against its own AVIF / WebP sweep,
+    then the mean: the mean curves above mix images of very different rates at one quality."""
+    out = {}
+    for key, name in (("avif_curve", "avif"), ("webp_curve", "webp")):
+        values = []
+        for p in per_image:
+            runs = [p["runs"][f"target {t:g}"] for t in targets]
+            pts = [(r["stored_bytes"] * 8 / p["pixels"], r["psnr_y"]) for r in runs if r["status"] == "ok"]
+            ref = [(b * 8 / p["pixels"], q) for b, q in p[key]]
+            v = bd_rate(ref, pts)
+            if v is not None:
+                values.append(v)
+        out[name] = {"mean": float(np.mean(values)) if values else None, "images": len(values)}
+    return out
+
+
+def by_source_quality(per_image: list[dict], specs: dict) -> dict:
+    """Stored / source bytes per source JPEG quality and setting; AVIF alone at the same fidelity beside it."""
+    out = {}
+    for q in SOURCE_QUALITIES:
+        group = [p for p in per_image if p["source_quality"] == q]
+        src = sum(p["source_bytes"] for p in group)
+        row = {}
+        for label in specs:
+            ok = [(p, p["runs"][label]) for p in group if p["runs"][label]["status"] == "ok"]
+            avif = [bytes_at(p["avif_curve"], r["psnr_y"]) for p, r in ok]
+            row[label] = {"taid": sum(r["stored_bytes"] for _, r in ok) / src if src else None,
+                          "avif": sum(a for a in avif if a) / src if src and all(avif) else None}
+        out[q] = {"images": len(group), "bpp": float(np.mean([p["source_bytes"] * 8 / p["pixels"] for p in group])),
+                  "settings": row}
+    return out
+
+
 def plot(curves: dict, path: Path) -> None:
     import matplotlib
 
@@ -194,8 +228,15 @@ def markdown(result: dict) -> str:
             f"{f(r['mean_psnr_y'])} / {f(r['min_psnr_y'])} | {f(r['mean_psnr_y_vs_pristine'])} | {f(r['bytes_vs_source_total'], 3)} | "
             f"{f(r['mean_ratio_to_avif'], 3)} | {f(r['mean_ratio_to_webp'], 3)} | {f(r['mean_ratio_to_avif_plus_preview'], 3)} | "
             f"{f(r['bpp'], 3)} | {f(r['mean_thumbnail_psnr'])} / {f(r['min_thumbnail_psnr'])} | {r['with_layer']} | {f(r['mean_seconds'], 1)} |")
+    lines += ["", "Stored / source bytes by the source JPEG's quality (AVIF alone at the same fidelity in brackets):", "",
+              "| source | images | source bpp | " + " | ".join(result["summary"]) + " |",
+              "|---|---:|---:|" + "---:|" * len(result["summary"])]
+    for q, g in result["by_source_quality"].items():
+        cells = [f"{f(v['taid'], 3)} ({f(v['avif'], 3)})" for v in g["settings"].values()]
+        lines.append(f"| JPEG q{q} | {g['images']} | {g['bpp']:.2f} | " + " | ".join(cells) + " |")
     lines += ["", "BD-rate over the targets' range (32-42 dB; negative = TAID needs fewer bytes):", ""]
-    lines += [f"- vs {k}: {f(v, 1)} %" for k, v in result["bd_rate"].items()]
+    lines += [f"- vs {k}: mean curves {f(v, 1)} %; per image, then averaged: "
+              f"{f(result['bd_rate_per_image'][k]['mean'], 1)} %" for k, v in result["bd_rate"].items()]
     lines += ["", "![RD curves](fidelity.png)", ""]
     return "\n".join(lines)
 
@@ -206,7 +247,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--every", type=int, default=3, help="every Nth image of the folders, in name order")
     ap.add_argument("--targets", nargs="+", type=float, default=[32, 34, 36, 38, 40, 42])
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--from-json", help="recompute the tables and plot from an earlier fidelity.json (no measuring)")
     args = ap.parse_args(argv)
+    if args.from_json:
+        result = json.loads(Path(args.from_json).read_text())
+        return write(finish(result, result["per_image"], args.targets), Path(args.out))
     import torch
 
     torch.set_num_threads(1)
@@ -218,20 +263,29 @@ def main(argv: list[str] | None = None) -> None:
         per_image.append(measure(path, i, specs, pairs))
         print(f"{i + 1}/{len(files)} {path.name}", {k: (round(v.get("ratio_to_avif") or 0, 3), v["status"])
                                                    for k, v in per_image[-1]["runs"].items()}, flush=True)
-    curves = rd_curves(per_image, specs, args.targets)
-    result = {
-        "folders": [Path(d).name for d in args.data], "every": args.every, "images": len(files),
+    result = {"folders": [Path(d).name for d in args.data], "every": args.every, "images": len(files)}
+    write(finish(result, per_image, args.targets), Path(args.out))
+
+
+def finish(result: dict, per_image: list[dict], targets: list[float]) -> dict:
+    specs = {"preview": PRESETS["preview"], **{f"target {t:g}": resolve_fidelity(target_psnr=t) for t in targets}}
+    curves = rd_curves(per_image, specs, targets)
+    return {
+        **{k: result[k] for k in ("folders", "every", "images")},
         "source_bpp": float(np.mean([p["source_bytes"] * 8 / p["pixels"] for p in per_image])),
         "source_psnr_y_vs_pristine": float(np.mean([p["source_psnr_y_vs_pristine"] for p in per_image])),
-        "summary": summarize(per_image, specs), "curves": curves,
+        "summary": summarize(per_image, specs), "by_source_quality": by_source_quality(per_image, specs), "curves": curves,
         "bd_rate": {"avif": bd_rate(curves["avif"], curves["taid"]), "webp": bd_rate(curves["webp"], curves["taid"])},
+        "bd_rate_per_image": per_image_bd(per_image, targets),
         "per_image": per_image,
     }
-    out = Path(args.out)
+
+
+def write(result: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "fidelity.json").write_text(json.dumps(result, indent=1, default=lambda v: None))
     (out / "fidelity.md").write_text(markdown(result))
-    plot(curves, out / "fidelity.png")
+    plot(result["curves"], out / "fidelity.png")
     print(markdown(result))
 
 
