@@ -9,7 +9,7 @@ const $ = (id) => document.getElementById(id);
 
 const path = (key) => key.split("/").map(encodeURIComponent).join("/");
 const bytes = (n) => n == null ? "?" : n >= 1e6 ? (n / 1e6).toFixed(2) + " MB" : (n / 1e3).toFixed(1) + " kB";
-const db = (x) => x == null ? null : x.toFixed(2) + " dB";
+const db = (x) => x == null ? null : (x === "inf" ? "exact" : x.toFixed(2) + " dB");
 
 function fidelity(r) {
   if (r.psnr_y != null) return `PSNR-Y ${db(r.psnr_y)}` + (r.target_psnr != null ? ` (target ${db(r.target_psnr)})` : "");
