@@ -206,11 +206,9 @@ def _rehydrate(args: argparse.Namespace) -> int:
 
 
 def _fidelity_args(p: argparse.ArgumentParser) -> None:
-    from pipeline.fidelity import PRESETS
-
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--fidelity", choices=list(PRESETS), help="preset (default standard: Y-PSNR >= 36 dB, see "
-                   "docs/fidelity.md); each image gets the cheapest verified representation reaching it")
+    g = p.add_mutually_exclusive_group()  # names are checked by pipeline.fidelity (not imported here: it loads torch)
+    g.add_argument("--fidelity", metavar="NAME", help="preview (30 dB), standard (36, the default), high (40) or "
+                   "lossless: each image gets the cheapest verified representation reaching it (docs/fidelity.md)")
     g.add_argument("--target-psnr", dest="target_psnr", type=float, metavar="DB", help="explicit Y-PSNR floor instead")
 
 
