@@ -180,7 +180,7 @@ def _compress_archive(args: argparse.Namespace) -> int:
 
 def _rehydrate(args: argparse.Namespace) -> int:
     if args.key:
-        from pipeline.rehydrate import RehydrateRefused, rehydrate
+        from pipeline.rehydrate import RehydrateRefused, find_row, rehydrate
 
         try:
             data = rehydrate(args.key, args.archive, output_format=args.format, quality=args.quality, registry=args.registry,
@@ -188,7 +188,9 @@ def _rehydrate(args: argparse.Namespace) -> int:
         except RehydrateRefused as exc:
             print(f"refused: {exc}", file=sys.stderr)
             return 2
-        out = args.output or args.key.rsplit("/", 1)[-1]
+        from pipeline.rehydrate_batch import output_key
+
+        out = args.output or output_key(find_row(args.archive, args.key), args.format).rsplit("/", 1)[-1]
         _write_atomic(out, data)
         print(f"{args.key} -> {out} ({len(data)} B)")
         return 0

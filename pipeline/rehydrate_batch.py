@@ -76,9 +76,24 @@ def select_rows(params: RehydrateParams) -> list[dict]:
     return [latest[k] for k in sorted(latest)]
 
 
+def default_format(row: dict) -> str:
+    """What rehydration writes without an explicit format: PNG for fidelity archives (their verified
+    pixels, exactly), else the source's format (JPEG stays JPEG...)."""
+    if _present(row.get("fidelity")):
+        return "png"
+    return (row.get("source_format") or "png").lower()
+
+
+def _present(v) -> bool:
+    return isinstance(v, str) and bool(v)
+
+
 def output_key(row: dict, output_format: str | None) -> str:
     if not output_format:
-        return row["source_key"]
+        key = row["source_key"]
+        if _present(row.get("fidelity")) and not key.lower().endswith(".png"):
+            return key + ".png"  # appended, never replaced: cat.jpg and cat.png stay two files
+        return key
     stem = row["source_key"].rsplit(".", 1)[0] if "." in row["source_key"].rsplit("/", 1)[-1] else row["source_key"]
     return stem + SUFFIX.get(output_format.lower(), "." + output_format.lower())
 
@@ -121,7 +136,7 @@ class RehydrateWorker:
             return done_row(out, status="refused", error_message=str(exc))
         except Exception as exc:
             return done_row(out, status="failed", error_message=f"{type(exc).__name__}: {exc}")
-        fmt = self.params.output_format or (row.get("source_format") or "png").lower()
+        fmt = self.params.output_format or default_format(row)
         return done_row(out, status="ok", output_uri=self.prefix + path, output_format=fmt, output_size=len(data),
                      output_sha256=hashlib.sha256(data).hexdigest())
 
