@@ -167,6 +167,8 @@ def _compress_archive(args: argparse.Namespace) -> int:
     from pipeline.config import CompressArchiveParams
 
     fields = {k: v for k, v in vars(args).items() if k in CompressArchiveParams.model_fields and v is not None}
+    if "actor_resources" in fields:
+        fields["actor_resources"] = dict(fields["actor_resources"])
     try:
         params = CompressArchiveParams(**fields, show_progress=True)
     except ValueError as exc:  # pydantic's errors are ValueErrors; they never echo the input
@@ -200,11 +202,21 @@ def _rehydrate(args: argparse.Namespace) -> int:
     from flows.rehydrate import RehydrateParams, rehydrate as rehydrate_flow
 
     fields = {k: v for k, v in vars(args).items() if k in RehydrateParams.model_fields and v is not None}
+    if "actor_resources" in fields:
+        fields["actor_resources"] = dict(fields["actor_resources"])
     fields["output_format"] = args.format
     fields["skip_enhancement"] = args.preview
     result = rehydrate_flow(RehydrateParams(**fields))
     print(json.dumps(result, indent=2, default=str))
     return 0 if not any(k != "ok" for k in result.get("by_status", {})) else 1
+
+
+def _resource(text: str) -> tuple[str, float]:
+    name, _, amount = text.partition("=")
+    try:
+        return name, float(amount or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=AMOUNT") from None
 
 
 def _fidelity_args(p: argparse.ArgumentParser) -> None:
@@ -356,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--gpus-per-worker", dest="gpus_per_worker", type=float,
                    help="Ray GPUs per actor (default: automatic, a GPU share when the cluster has GPUs; 0 = CPU)")
     a.add_argument("--batch-size", dest="batch_size", type=int)
+    a.add_argument("--actor-resource", dest="actor_resources", action="append", type=_resource, metavar="NAME=N",
+                   help="custom Ray resource each model actor asks for (repeatable), e.g. taid_model=1")
     a.add_argument("--endpoint-url", dest="endpoint_url",
                    help="S3-compatible endpoint for s3:// URIs (credentials: AWS_* environment, ~/.aws, fsspec config)")
     a.add_argument("--registry", help="model registry URI for fine-tuned model ids")
@@ -377,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--registry", help="model registry URI for fine-tuned model ids")
     h.add_argument("--workers", type=int)
     h.add_argument("--ray-address", dest="ray_address")
+    h.add_argument("--actor-resource", dest="actor_resources", action="append", type=_resource, metavar="NAME=N",
+                   help="custom Ray resource each model actor asks for (repeatable)")
     h.set_defaults(func=_rehydrate)
 
     v = sub.add_parser("serve", help="HTTP server (Ray Serve) over one archive: thumbnails, rehydrated images, a browser")

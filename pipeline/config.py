@@ -45,6 +45,9 @@ class CompressArchiveParams(BaseModel):
     gpus_per_worker: float | None = Field(
         None, ge=0, description="None = automatic (a GPU share per actor when the cluster has GPUs, else CPU); 0 = CPU"
     )
+    actor_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources per model actor (e.g. {'taid_model': 1}: only the "
+        "nodes started with that resource run the model)")
     batch_size: int = Field(4, ge=1, description="objects per actor call")
     max_attempts: int = Field(3, ge=1, description="tries per object across actor crashes")
     dry_run: bool = False

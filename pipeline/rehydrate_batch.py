@@ -42,6 +42,8 @@ class RehydrateParams(BaseModel):
     workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(0.5, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
+    actor_resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per actor "
+                                              "(e.g. {'taid_model': 1}: only nodes that have it run the model)")
     batch_size: int = Field(2, ge=1)
     max_attempts: int = Field(3, ge=1)
     dry_run: bool = False
@@ -110,8 +112,10 @@ class RehydrateWorker:
         self.fs, self.root = filesystem(self.params.to, self.params.storage_options)
         self.prefix = protocol_prefix(self.fs)
 
-    def ready(self) -> bool:
-        return True
+    def ready(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
     def process(self, rows: list[dict], attempt: int) -> list[dict]:
         return [self._one(r, attempt) for r in rows]
