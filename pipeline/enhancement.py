@@ -23,7 +23,7 @@ File: `<small file name>.enh` (`layer_name`), a 5-byte header and an image:
                 reaches the target).
 
 Measured on held-out training photos (JPEG q90 sources; benchmarks/residual_coders.py): AVIF
-4:2:0 of the residual needs 2-3 % fewer bytes than 4:4:4, 6-17 % fewer than lossy WebP or JPEG XL;
+4:2:0 of the residual needs 2-3 % fewer bytes than 4:4:4, 11-20 % fewer than lossy WebP or JPEG XL;
 AVIF's loop filters (CDEF, restoration) pay on the residual too, its perceptual delta-q does not.
 
 Binding: the small file's embedded metadata carries the layer's sha256 (`e=`), and so does the
