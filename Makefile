@@ -31,11 +31,14 @@ eval: venv
 bench: venv
 	$(BIN)/python benchmarks/quality.py
 	$(BIN)/python benchmarks/rate_distortion.py
+	$(BIN)/python benchmarks/fidelity.py
+	$(BIN)/python benchmarks/residual_coders.py
 	$(BIN)/python benchmarks/inference_cost.py
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/throughput_archive.py
 	$(BIN)/python benchmarks/rehydrate_latency.py
 	$(BIN)/python benchmarks/finetune_domain.py
+	$(BIN)/python benchmarks/serve_latency.py
 	$(BIN)/python benchmarks/scale.py --keys 1000000 --keys 10000000 --seaweedfs 100000
 
 clean:

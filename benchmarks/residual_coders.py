@@ -6,7 +6,8 @@ Per image (JPEG q90 of a held-out BSD200 photo, every `every`th file in name ord
 presets were tuned on, never an evaluation set): the standard preset's base (taid-x4-webp small file
 at q50, then TAU) predicts the image; the residual (source - prediction, offset 128) is coded with
 each candidate over a quality sweep; bytes (small file + layer) at 36 and 40 dB Y-PSNR are
-interpolated and divided by those of full-image AVIF (Pillow, 4:2:0, speed 6) at the same Y-PSNR.
+interpolated and divided by those of full-image AVIF (Pillow, the layer's settings: 4:2:0, speed 6,
+delta-q off) at the same Y-PSNR.
 Candidates: AVIF 4:2:0 (the shipped layer), AVIF 4:4:4, WebP (lossy, always 4:2:0), JPEG XL
 (pillow-jxl-plugin, effort 7) when installed; and, for reference, JPEG XL of the full image.
 
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.fidelity import bytes_at, decode  # noqa: E402
 from models.zoo import load_pair  # noqa: E402
 from pipeline import codec, image_io  # noqa: E402
+from pipeline.enhancement import avif_settings  # noqa: E402
 from pipeline.fidelity import PRESETS, _Base, fidelity_psnr  # noqa: E402
 
 TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "train" / "BSD200"
@@ -45,10 +47,10 @@ def _jxl() -> bool:
 def encode(arr: np.ndarray, coder: str, q: int) -> bytes:
     buf = io.BytesIO()
     im = Image.fromarray(arr)
-    if coder == "avif420":
-        im.save(buf, "AVIF", quality=q, subsampling="4:2:0", speed=6)
+    if coder == "avif420":  # the layer's own settings
+        im.save(buf, "AVIF", quality=q, **avif_settings())
     elif coder == "avif444":
-        im.save(buf, "AVIF", quality=q, subsampling="4:4:4", speed=6)
+        im.save(buf, "AVIF", quality=q, **{**avif_settings(), "subsampling": "4:4:4"})
     elif coder == "webp":
         im.save(buf, "WEBP", quality=q, method=4)
     else:

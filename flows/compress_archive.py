@@ -51,7 +51,7 @@ def same_settings(prev: PreviousState, params: CompressArchiveParams) -> bool:
     spec = params.fidelity_spec()
     if spec is None:
         return prev.fidelity is None and prev.model_id in (params.single_model, None)
-    return prev.fidelity == spec.label and prev.target_psnr == spec.target_psnr and prev.model_id in (*spec.models, None)
+    return prev.fidelity == spec.name and prev.target_psnr == spec.target_psnr and prev.model_id in (*spec.models, None)
 
 
 def plan_objects(params: CompressArchiveParams, counts: dict) -> tuple[Iterator[ObjectInfo], int | None]:

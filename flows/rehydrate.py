@@ -60,6 +60,7 @@ def rehydrate_rows(params: RehydrateParams, run_id: str) -> dict:
                 RehydrateWorker, (params.model_dump(), run_id), iter(todo), on_row, workers=params.workers,
                 cpus=params.cpus_per_worker, gpus=params.gpus_per_worker, batch_size=params.batch_size,
                 max_attempts=params.max_attempts, name=f"taid-rehydrate-{run_id}", crash_row=crash_row,
+                resources=params.actor_resources,
             )
     finally:
         writer.close()

@@ -167,6 +167,8 @@ def _compress_archive(args: argparse.Namespace) -> int:
     from pipeline.config import CompressArchiveParams
 
     fields = {k: v for k, v in vars(args).items() if k in CompressArchiveParams.model_fields and v is not None}
+    if "actor_resources" in fields:
+        fields["actor_resources"] = dict(fields["actor_resources"])
     try:
         params = CompressArchiveParams(**fields, show_progress=True)
     except ValueError as exc:  # pydantic's errors are ValueErrors; they never echo the input
@@ -197,7 +199,7 @@ def _compact(args: argparse.Namespace) -> int:
 
 def _rehydrate(args: argparse.Namespace) -> int:
     if args.key:
-        from pipeline.rehydrate import RehydrateRefused, rehydrate
+        from pipeline.rehydrate import RehydrateRefused, find_row, rehydrate
 
         try:
             data = rehydrate(args.key, args.archive, output_format=args.format, quality=args.quality, registry=args.registry,
@@ -205,7 +207,9 @@ def _rehydrate(args: argparse.Namespace) -> int:
         except RehydrateRefused as exc:
             print(f"refused: {exc}", file=sys.stderr)
             return 2
-        out = args.output or args.key.rsplit("/", 1)[-1]
+        from pipeline.rehydrate_batch import output_key
+
+        out = args.output or output_key(find_row(args.archive, args.key), args.format).rsplit("/", 1)[-1]
         _write_atomic(out, data)
         print(f"{args.key} -> {out} ({len(data)} B)")
         return 0
@@ -215,6 +219,8 @@ def _rehydrate(args: argparse.Namespace) -> int:
     from flows.rehydrate import RehydrateParams, rehydrate as rehydrate_flow
 
     fields = {k: v for k, v in vars(args).items() if k in RehydrateParams.model_fields and v is not None}
+    if "actor_resources" in fields:
+        fields["actor_resources"] = dict(fields["actor_resources"])
     fields["output_format"] = args.format
     fields["skip_enhancement"] = args.preview
     result = rehydrate_flow(RehydrateParams(**fields))
@@ -222,13 +228,64 @@ def _rehydrate(args: argparse.Namespace) -> int:
     return 0 if not any(k != "ok" for k in result.get("by_status", {})) else 1
 
 
-def _fidelity_args(p: argparse.ArgumentParser) -> None:
-    from pipeline.fidelity import PRESETS
+def _resource(text: str) -> tuple[str, float]:
+    name, _, amount = text.partition("=")
+    try:
+        return name, float(amount or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=AMOUNT") from None
 
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--fidelity", choices=list(PRESETS), help="preset (default standard: Y-PSNR >= 36 dB, see "
-                   "docs/fidelity.md); each image gets the cheapest verified representation reaching it")
+
+def _fidelity_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()  # names are checked by pipeline.fidelity (not imported here: it loads torch)
+    g.add_argument("--fidelity", metavar="NAME", help="preview (30 dB), standard (36, the default), high (40) or "
+                   "lossless: each image gets the cheapest verified representation reaching it (docs/fidelity.md)")
     g.add_argument("--target-psnr", dest="target_psnr", type=float, metavar="DB", help="explicit Y-PSNR floor instead")
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import hashlib
+    import os
+    import signal
+    import threading
+
+    token = args.token or os.environ.get("TAID_SERVE_TOKEN")
+    if not token and args.host not in LOOPBACK and not args.insecure_open:
+        print(f"taid serve: refusing to serve {args.host} without a token (--token or TAID_SERVE_TOKEN)", file=sys.stderr)
+        return 2
+    from pipeline.local_env import set_local_env_defaults
+
+    set_local_env_defaults()
+    from pipeline.serving.config import ServeParams
+
+    try:
+        # only the token's sha256 goes into the deployment: Serve keeps deployment arguments in the cluster
+        params = ServeParams(archive=args.archive, token_sha256=hashlib.sha256(token.encode()).hexdigest() if token else None,
+                             allow_anonymous=not token, cache_bytes=args.cache_mb * 2**20, registry=args.registry,
+                             endpoint_url=args.endpoint_url)
+    except ValueError as exc:
+        print(f"taid serve: {exc}", file=sys.stderr)
+        return 2
+    import ray
+    from ray import serve
+
+    from pipeline.serving.app import deploy
+
+    ray.init(address=args.ray_address or "local", include_dashboard=False if not args.ray_address else None,
+             log_to_driver=False)
+    url = deploy(params, host=args.host, port=args.port, num_replicas=args.replicas)
+    print(f"serving {args.archive} at {url} ({'token required' if token else 'no token: loopback only'}); Ctrl-C stops")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    serve.shutdown()
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -329,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--gpus-per-worker", dest="gpus_per_worker", type=float,
                    help="Ray GPUs per actor (default: automatic, a GPU share when the cluster has GPUs; 0 = CPU)")
     a.add_argument("--batch-size", dest="batch_size", type=int)
+    a.add_argument("--actor-resource", dest="actor_resources", action="append", type=_resource, metavar="NAME=N",
+                   help="custom Ray resource each model actor asks for (repeatable), e.g. taid_model=1")
     a.add_argument("--endpoint-url", dest="endpoint_url",
                    help="S3-compatible endpoint for s3:// URIs (credentials: AWS_* environment, ~/.aws, fsspec config)")
     a.add_argument("--registry", help="model registry URI for fine-tuned model ids")
@@ -358,7 +417,24 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--registry", help="model registry URI for fine-tuned model ids")
     h.add_argument("--workers", type=int)
     h.add_argument("--ray-address", dest="ray_address")
+    h.add_argument("--actor-resource", dest="actor_resources", action="append", type=_resource, metavar="NAME=N",
+                   help="custom Ray resource each model actor asks for (repeatable)")
     h.set_defaults(func=_rehydrate)
+
+    v = sub.add_parser("serve", help="HTTP server (Ray Serve) over one archive: thumbnails, rehydrated images, a browser")
+    v.add_argument("archive", help="the compress-archive destination URI")
+    v.add_argument("--host", default="127.0.0.1", help="bind address (default loopback; anything else needs a token)")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--token", help="bearer token for every route but /healthz (default: TAID_SERVE_TOKEN; "
+                   "prefer the variable: arguments show in `ps`)")
+    v.add_argument("--insecure-open", dest="insecure_open", action="store_true",
+                   help="allow a non-loopback host without a token")
+    v.add_argument("--replicas", type=int, help="fixed number of replicas (default 1; autoscaling: infra/serve/taid-serve.yaml)")
+    v.add_argument("--cache-mb", dest="cache_mb", type=int, default=256, help="response cache per replica (MiB)")
+    v.add_argument("--registry", help="model registry URI for fine-tuned model ids")
+    v.add_argument("--endpoint-url", dest="endpoint_url", help="S3-compatible endpoint for s3:// URIs")
+    v.add_argument("--ray-address", dest="ray_address", help="Ray cluster to deploy into (default: a local Ray)")
+    v.set_defaults(func=_serve)
     return parser
 
 

@@ -45,6 +45,9 @@ class CompressArchiveParams(BaseModel):
     gpus_per_worker: float | None = Field(
         None, ge=0, description="None = automatic (a GPU share per actor when the cluster has GPUs, else CPU); 0 = CPU"
     )
+    actor_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources per model actor (e.g. {'taid_model': 1}: only the "
+        "nodes started with that resource run the model)")
     batch_size: int = Field(4, ge=1, description="objects per actor call")
     max_attempts: int = Field(3, ge=1, description="tries per object across actor crashes")
     dry_run: bool = False
@@ -118,7 +121,7 @@ class CompressArchiveParams(BaseModel):
     def fidelity_columns(self) -> dict:
         """What a row of this run was asked for (the manifest's `fidelity` and `target_psnr`)."""
         spec = self.fidelity_spec()
-        return {"fidelity": spec.label, "target_psnr": spec.target_psnr} if spec else {"fidelity": None, "target_psnr": None}
+        return {"fidelity": spec.name, "target_psnr": spec.target_psnr} if spec else {"fidelity": None, "target_psnr": None}
 
     @property
     def single_model(self) -> str:

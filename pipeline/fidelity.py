@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -42,6 +42,7 @@ from models.metrics import psnr, rgb_to_y
 from pipeline import codec, enhancement, image_io, tiling
 
 EXACT = math.inf
+LOSSLESS_OUTPUTS = ("png", "tiff")  # rehydrated formats that hold the restored pixels exactly
 TOLERANCE_DB = 0.0  # the target is a floor: no slack
 
 
@@ -58,10 +59,6 @@ class Fidelity(BaseModel):
     target_psnr: float = Field(gt=0, description="Y-PSNR floor in dB; inf = exact")
     bases: list[Base]
     layer_codec: Literal["avif", "webp-lossless"] = "avif"
-
-    @property
-    def label(self) -> str:
-        return self.name
 
     @property
     def models(self) -> list[str]:
@@ -107,8 +104,8 @@ def fidelity_psnr(out: np.ndarray, ref: np.ndarray, scale: int) -> float:
     return min(psnr(yo, yr), shaved)
 
 
-class _Candidate(BaseModel):
-    total: int
+class _Candidate(NamedTuple):
+    total: int  # bytes stored: small file + layer
     base: Base
     small_quality: int | None
     layer_codec: str | None = None
@@ -124,7 +121,7 @@ def compress_to_target(data: bytes, pairs: dict, spec: Fidelity, options: codec.
     spec's model ids to its loaded pair. Bad input gives (None, None, record with a status), as
     codec.compress_image does; an image whose verified fidelity misses the target is `failed_fidelity`."""
     options = options or codec.CodecOptions()
-    rec = codec.CompressRecord(source_size=len(data), source_sha256=codec._sha256(data), fidelity=spec.label,
+    rec = codec.CompressRecord(source_size=len(data), source_sha256=codec._sha256(data), fidelity=spec.name,
                                target_psnr=spec.target_psnr)
     try:
         dec = image_io.decode_image(data, options.max_pixels, options.multi_frame, options.high_bit_depth)
@@ -163,8 +160,23 @@ class _Base:
         """(small-file bytes, TAU(decoded small file)) at that quality."""
         if quality not in self._cache:
             small, rec = self.small(quality)
-            self._cache[quality] = (len(small), codec.predict(small, rec, self.pair, self.options.tile).color)
-        return self._cache[quality]
+            pred = codec.predict(small, rec, self.pair, self.options.tile)
+            self._cache[quality] = (len(small), pred, _small_pixels(small))
+        size, pred, _ = self._cache[quality]
+        return size, pred.color
+
+    def verified_prediction(self, small: bytes, quality: int | None) -> codec.Prediction:
+        """TAU of the small file as written: the cached one when the written file decodes to exactly
+        the pixels it was computed from (it differs only in its metadata), else computed again."""
+        cached = self._cache.get(quality)
+        if cached is not None and np.array_equal(_small_pixels(small), cached[2]):
+            _, meta, icc, exif, _ = codec.small_file.read_small(small)
+            return cached[1]._replace(meta=meta, icc=icc, exif=exif)
+        return codec.predict(small, None, self.pair, self.options.tile)
+
+
+def _small_pixels(small: bytes) -> np.ndarray:
+    return np.asarray(codec.small_file.read_small(small)[0])
 
 
 def _lowest_quality(measure, target: float, start: int = 60):
@@ -194,31 +206,93 @@ def _lowest_quality(measure, target: float, start: int = 60):
     return (hi, tried[hi]) if hi <= 100 else None
 
 
+SAMPLE_ABOVE_PIXELS = 1_500_000  # larger images: the layer's quality is searched on a sample of tiles first
+SAMPLE_TILE = 256  # a multiple of AV1's 64-pixel superblocks: tiles do not share blocks in the mosaic
+SAMPLE_FRACTION = 0.2
+
+
+def _mosaic(arr: np.ndarray) -> np.ndarray:
+    """About SAMPLE_FRACTION of the image's full tiles, spread evenly over it, packed into one image."""
+    t = SAMPLE_TILE
+    grid = [(y, x) for y in range(0, arr.shape[0] - t + 1, t) for x in range(0, arr.shape[1] - t + 1, t)]
+    k = max(1, round(len(grid) * SAMPLE_FRACTION))
+    picked = [grid[round(i * (len(grid) - 1) / max(k - 1, 1))] for i in range(k)]
+    cols = math.ceil(math.sqrt(k))
+    rows = [[arr[y:y + t, x:x + t] for y, x in picked[r * cols:(r + 1) * cols]] for r in range(math.ceil(k / cols))]
+    rows[-1] += [np.zeros_like(rows[0][0])] * (cols - len(rows[-1]))
+    return np.concatenate([np.concatenate(r, axis=1) for r in rows], axis=0)
+
+
+def _settle(measure, target: float, q: int):
+    """(layer, quality) at full size from a sampled estimate `q`: up (doubling steps, then bisection)
+    until the target is reached, or down a step or two while there is room; None if 100 misses."""
+    tried: dict[int, tuple[bytes, float]] = {}
+
+    def at(k: int) -> tuple[bytes, float]:
+        if k not in tried:
+            tried[k] = measure(k)
+        return tried[k]
+
+    if at(q)[1] >= target:
+        for _ in range(2):  # the estimate may be a little high
+            if q == 0 or at(q)[1] - target < 0.25 or at(q - 1)[1] < target:
+                break
+            q -= 1
+        return at(q)[0], q
+    lo, step = q, 1
+    while True:
+        hi = min(100, lo + step)
+        if at(hi)[1] >= target:
+            break
+        if hi == 100:
+            return None
+        lo, step = hi, step * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if at(mid)[1] >= target else (mid, hi)
+    return at(hi)[0], hi
+
+
 def _layer_search(ref: np.ndarray, pred: np.ndarray, grey: bool, target: float, scale: int, codec_name: str):
     """(layer bytes, codec, quality) of the cheapest layer reaching `target`: an AVIF of the
     residual, or of the image itself where that is smaller (TAU predicts screenshots and text
-    badly); a lossless layer when the target is exact or no AVIF quality reaches it."""
+    badly); a lossless layer when the target is exact or no AVIF quality reaches it.
+
+    Large images are searched on a mosaic of sampled tiles (a fifth of the pixels), then settled
+    at full size from that estimate (usually one or two full-size encodes instead of six to ten)."""
     src, prd = _channel(ref, grey), _channel(pred, grey)
 
-    def measurer(kind: str):
+    def measurer(kind: str, s: np.ndarray, p: np.ndarray, whole: bool):
         def measure(q: int) -> tuple[bytes, float]:
-            layer = enhancement.encode_layer(src, prd, kind, q)
-            out = enhancement.apply_layer(prd, layer)
-            return layer, fidelity_psnr(np.repeat(out[..., None], 3, axis=2) if grey else out, ref, scale)
+            layer = enhancement.encode_layer(s, p, kind, q)
+            out = enhancement.apply_layer(p, layer)
+            if not whole:  # a mosaic: plain Y-PSNR (its borders are not the image's)
+                return layer, psnr(rgb_to_y(_rgb(out)), rgb_to_y(_rgb(s)))
+            return layer, fidelity_psnr(_rgb(out), ref, scale)
         return measure
 
-    found = []
     if codec_name == "avif" and math.isfinite(target):
-        residual = _lowest_quality(measurer("avif"), target)
+        sampled = src.shape[0] * src.shape[1] > SAMPLE_ABOVE_PIXELS
+        s, p = (_mosaic(src), _mosaic(prd)) if sampled else (src, prd)
+        found = []
+        residual = _lowest_quality(measurer("avif", s, p, not sampled), target)
         if residual:
             found.append((residual[1][0], "avif", residual[0]))
         # the image itself, searched from the residual's quality (usually two or three encodes)
-        full = _lowest_quality(measurer("avif-full"), target, residual[0] if residual else 80)
+        full = _lowest_quality(measurer("avif-full", s, p, not sampled), target, residual[0] if residual else 80)
         if full:
             found.append((full[1][0], "avif-full", full[0]))
-    if found:
-        return min(found, key=lambda f: len(f[0]))
+        for layer, kind, q in sorted(found, key=lambda f: len(f[0])):
+            if not sampled:
+                return layer, kind, q
+            settled = _settle(measurer(kind, src, prd, True), target, q)
+            if settled:
+                return settled[0], kind, settled[1]
     return enhancement.encode_layer(src, prd, "webp-lossless"), "webp-lossless", None
+
+
+def _rgb(arr: np.ndarray) -> np.ndarray:
+    return np.repeat(arr[..., None], 3, axis=2) if arr.ndim == 2 else arr
 
 
 THUMBNAIL_FLOOR_DB = 33.0  # a preview-only small file stays a faithful thumbnail (>= 32 dB vs bicubic, with margin)
@@ -250,6 +324,9 @@ def _search(dec, pairs: dict, spec: Fidelity, options: codec.CodecOptions, rec: 
         if found is None:
             q = base.layer_quality if base.layer_quality is not None else b.options.quality
             size, pred = b.prediction(q)
+        if found is None and fidelity_psnr(pred, ref, b.pair.scale) >= target:  # smooth images: no layer needed
+            found = (_Candidate(total=size, base=base, small_quality=q), None)
+        if found is None:
             layer, lcodec, lq = _layer_search(ref, pred, grey, target, b.pair.scale, spec.layer_codec)
             if lcodec == "avif-full" and b.lossy:  # the small file is then only the preview: the cheapest faithful one
                 q, size = _cheapest_thumbnail(b, ref, q, size)
@@ -277,10 +354,13 @@ def _finalize(best, ref: np.ndarray, target: float, dec, options: codec.CodecOpt
     meta = {"rehydrate_format": fmt, "rehydrate_quality": q,
             "enhancement_sha256": enhancement.sha256(layer) if layer is not None else None}
     small, rec = b.small(cand.small_quality, **meta)
-    # verify: decode exactly what is written, as rehydration does, to the output it writes
-    img, embedded, icc, exif = codec._rehydrate_pixels(small, None, b.pair, options.tile, layer)
-    written = codec.decode_output(codec.encode_restored(img, embedded, icc, exif))
-    out = np.asarray(written.convert("RGB"))
+    # verify: decode exactly what is written, as rehydration does (TAU is reused when the written small
+    # file decodes to the very pixels it was run on), to the output it writes
+    pred = b.verified_prediction(small, cand.small_quality)
+    img = codec._to_pil(codec.enhance(pred, layer), pred.alpha, pred.is_gray, pred.has_alpha)
+    if fmt not in LOSSLESS_OUTPUTS:
+        img = codec.decode_output(codec.encode_restored(img, pred.meta, pred.icc, pred.exif))
+    out = np.asarray(img.convert("RGB"))
     achieved = fidelity_psnr(out, ref, scale)
     rec = rec.model_copy(update={
         "psnr_y": achieved, "psnr_rgb": psnr(out, ref), "thumbnail_psnr": thumbnail_psnr(small, ref, scale),

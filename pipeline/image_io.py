@@ -4,9 +4,13 @@
 to carry through) or raises `DecodeFailure(status, message, info)`; the codec turns the failure
 into a manifest row, so one bad file never kills a batch. Policies, each recorded in the record:
 
-- Formats: only the decoders in `ALLOWED_FORMATS` may run (Pillow's `formats=` allow-list). HEIC,
-  PSD and EPS are recognised by signature -> `skipped_unsupported_format` (EPS would run
-  Ghostscript; PSD layers would be lost; HEIC needs pillow-heif).
+- Formats: only the decoders in `ALLOWED_FORMATS` may run (Pillow's `formats=` allow-list). PSD
+  and EPS are recognised by signature -> `skipped_unsupported_format` (EPS would run Ghostscript;
+  PSD layers would be lost). HEIC/HEIF (phone photos) decode through pillow-heif (a dependency);
+  where it is missing they are `skipped_unsupported_format` too. libheif applies the container's
+  rotation and mirroring (and the EXIF orientation they came from) itself, so a HEIC is never turned
+  twice; `exif_orientation` records the original value. 10/12-bit HEIC follows the high-bit-depth
+  policy below (pillow-heif would otherwise quietly reduce it to 8 bits).
 - Zero bytes -> `skipped_empty`. Bytes Pillow cannot identify -> `skipped_not_image`, unless they
   start with a known image signature (JPEG, PNG, GIF, WebP, TIFF, BMP): then the file is an image
   that is broken, `failed_truncated` when it ends early, else `failed_decode`.
@@ -71,7 +75,15 @@ _TRANSPOSE = {
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*", b"BM")
 # Decoders we let Pillow use. Anything else (EPS, which shells out to Ghostscript on load; PSD, whose
 # layers would be dropped silently; FITS, HDF5, WMF, ...) is refused before any decoder runs.
-ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "DIB", "PPM", "TGA", "AVIF", "JPEG2000", "ICO", "PCX", "SGI", "QOI")
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "DIB", "PPM", "TGA", "AVIF", "JPEG2000", "ICO", "PCX", "SGI", "QOI",
+                   "HEIF")
+try:  # HEIC/HEIF: phone archives are full of them
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    HEIF_AVAILABLE = True
+except ImportError:
+    HEIF_AVAILABLE = False
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
 _UNSUPPORTED = ((b"8BPS", "Photoshop PSD"), (b"%!PS", "PostScript/EPS"), (b"\xc5\xd0\xd3\xc6", "EPS"))
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
@@ -99,7 +111,7 @@ class Decoded:
 
 
 def _unsupported_format(data: bytes) -> str | None:
-    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS and not HEIF_AVAILABLE:
         return "HEIC/HEIF (needs the pillow-heif plugin, not installed)"
     for sig, name in _UNSUPPORTED:
         if data.startswith(sig):
@@ -108,7 +120,8 @@ def _unsupported_format(data: bytes) -> str | None:
 
 
 def _looks_like_image(data: bytes) -> bool:
-    return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP") or _is_avif(data)
+    return (data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP") or _is_avif(data)
+            or (data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS))
 
 
 def _bit_depth(im: Image.Image, data: bytes) -> int:
@@ -116,6 +129,8 @@ def _bit_depth(im: Image.Image, data: bytes) -> int:
         return int(data[24])
     if im.format == "AVIF":
         return _avif_bit_depth(data) or 8
+    if im.format == "HEIF":
+        return int(im.info.get("bit_depth") or 8)
     if im.format == "TIFF":
         bps = getattr(im, "tag_v2", {}).get(258)
         if bps:
@@ -222,8 +237,11 @@ def _decode_image(data: bytes, max_pixels: int, multi_frame: str, high_bit_depth
     if orientation not in range(1, 9):
         notes.append(f"invalid EXIF orientation {orientation} treated as 1")
         orientation = 1
+    recorded_orientation = orientation
+    if im.format == "HEIF":  # libheif returns the image upright already: record, do not turn again
+        recorded_orientation, orientation = int(im.info.get("original_orientation") or orientation), 1
     icc = im.info.get("icc_profile") or None
-    info.update(exif_orientation=orientation, icc_present=icc is not None, exif_present=bool("exif" in im.info))
+    info.update(exif_orientation=recorded_orientation, icc_present=icc is not None, exif_present=bool("exif" in im.info))
     if im.format == "MPO" and n_frames > 1:
         info["frames_policy"] = "mpo_primary"
         notes.append(f"MPO: primary image kept, {n_frames - 1} auxiliary image(s) not archived")

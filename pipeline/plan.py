@@ -40,7 +40,7 @@ def same_settings_mask(prev: pa.Table, params: CompressArchiveParams) -> np.ndar
         models, settings = [params.single_model], _mask(pc.is_null(fidelity))
     else:
         models = list(spec.models)
-        settings = _mask(pc.equal(fidelity, spec.label)) & _mask(pc.equal(target, float(spec.target_psnr)))
+        settings = _mask(pc.equal(fidelity, spec.name)) & _mask(pc.equal(target, float(spec.target_psnr)))
     return settings & _mask(pc.or_kleene(pc.is_null(model), pc.is_in(model, value_set=pa.array(models, pa.string()))))
 
 

@@ -70,8 +70,9 @@ class CompressWorker:
         self.dst_fs, self.dest_root = self.params.fs(self.params.dest)
         self.dest_prefix = protocol_prefix(self.dst_fs)
 
-    def ready(self) -> bool:
-        return True
+    def ready(self) -> str:
+        """The id of the node this actor runs on (the run stats list them)."""
+        return ray.get_runtime_context().get_node_id()
 
     def process(self, items: list[dict], attempt: int) -> list[dict]:
         return [self._one(ObjectInfo(**item), attempt) for item in items]
@@ -187,7 +188,7 @@ def run_compress_pool(
         CompressWorker, (params.model_dump(), run_id), (o.__dict__ for o in objects), on_row,
         workers=params.workers, cpus=params.cpus_per_worker, gpus=gpus,
         batch_size=params.batch_size, max_attempts=params.max_attempts, name=f"taid-compress-{run_id}",
-        crash_row=compress_crash_row(params, run_id),
+        crash_row=compress_crash_row(params, run_id), resources=params.actor_resources,
     )
     return {**counters, "gpus_per_worker": gpus}
 
@@ -206,6 +207,7 @@ def run_actor_pool(
     name: str,
     crash_row: Callable[[dict, int, Exception], dict],
     depth: int = 2,
+    resources: dict[str, float] | None = None,
 ) -> dict:
     """Process `items` on `workers` actors of `worker_cls` (whose `process(batch, attempt)` returns
     one row per item); calls on_row for every row, in completion order.
@@ -216,14 +218,17 @@ def run_actor_pool(
     nothing queued behind it, the batches queued behind it are re-run unchanged, so a poison object
     that kills its actor every time fails alone, as `crash_row`, after `max_attempts`, and nothing
     else is lost. Actors are
-    killed at the end, also when the driver fails."""
+    killed at the end, also when the driver fails. `resources`: custom Ray resources each actor
+    asks for (e.g. {"taid_model": 1}: only nodes started with that resource run the model).
+    The counters list the ids of the nodes the actors ran on (`actor_nodes`)."""
     actor_cls = ray.remote(worker_cls)
     gpus = gpus_per_actor(gpus, workers)
 
     def start(i: int):
         # named, so operators (and the crash test) can find a run's actors; restarts are ours
         return actor_cls.options(
-            name=f"{name}-{i}-{time.monotonic_ns()}", num_cpus=cpus, num_gpus=gpus, max_restarts=0, max_task_retries=0
+            name=f"{name}-{i}-{time.monotonic_ns()}", num_cpus=cpus, num_gpus=gpus, resources=resources or None,
+            max_restarts=0, max_task_retries=0,
         ).remote(*init_args)
 
     actors = [start(i) for i in range(workers)]
@@ -249,7 +254,7 @@ def run_actor_pool(
         load[slot] += 1
 
     try:
-        ray.get([a.ready.remote() for a in actors])
+        counters["actor_nodes"] = sorted(set(ray.get([a.ready.remote() for a in actors])))
         pending = _batches(items, batch_size)
         exhausted = False
         while True:

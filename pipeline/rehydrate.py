@@ -29,6 +29,10 @@ class RehydrateRefused(RuntimeError):
     """Unknown key, small file missing or modified, model unavailable or mismatched."""
 
 
+class SmallFileMissing(RehydrateRefused):
+    """The row exists but its small file does not (an HTTP server answers 404, not 409)."""
+
+
 def find_row(archive: str, key_or_uri: str, storage_options: dict | None = None) -> dict:
     """The latest `ok` manifest row of a source key, or of a small file's URI. Served by the
     manifest index (one row group read) plus the runs newer than it: see
@@ -48,12 +52,18 @@ def _pair(model_id: str, sha256: str, registry: str | None, device: str):
     return load_pair(model_id, device, expected_sha256=sha256, registry=registry)
 
 
-def _read_verified(uri: str, sha256: str, what: str, storage_options: dict | None) -> bytes:
+def warm_pair(model_id: str, sha256: str, registry: str | None = None, device: str = "cpu") -> None:
+    """Load a pair into this process's cache now (a server's start-up), so its first request does not pay for it."""
+    _pair(model_id, sha256, registry, device)
+
+
+def _read_verified(uri: str, sha256: str, what: str, storage_options: dict | None,
+                   missing: type[RehydrateRefused] = RehydrateRefused) -> bytes:
     fs, path = filesystem(uri, storage_options)
     try:
         data = fs.cat_file(path)
     except FileNotFoundError:
-        raise RehydrateRefused(f"{what} {uri} is missing") from None
+        raise missing(f"{what} {uri} is missing") from None
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
         raise RehydrateRefused(
@@ -63,7 +73,7 @@ def _read_verified(uri: str, sha256: str, what: str, storage_options: dict | Non
 
 
 def read_small_verified(row: dict, storage_options: dict | None = None) -> bytes:
-    return _read_verified(row["output_uri"], row["output_sha256"], "small file", storage_options)
+    return _read_verified(row["output_uri"], row["output_sha256"], "small file", storage_options, SmallFileMissing)
 
 
 def has_layer(row: dict) -> bool:

@@ -42,6 +42,8 @@ class RehydrateParams(BaseModel):
     workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(0.5, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
+    actor_resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per actor "
+                                              "(e.g. {'taid_model': 1}: only nodes that have it run the model)")
     batch_size: int = Field(2, ge=1)
     max_attempts: int = Field(3, ge=1)
     dry_run: bool = False
@@ -78,9 +80,24 @@ def select_rows(params: RehydrateParams) -> list[dict]:
     return rows
 
 
+def default_format(row: dict) -> str:
+    """What rehydration writes without an explicit format: PNG for fidelity archives (their verified
+    pixels, exactly), else the source's format (JPEG stays JPEG...)."""
+    if _present(row.get("fidelity")):
+        return "png"
+    return (row.get("source_format") or "png").lower()
+
+
+def _present(v) -> bool:
+    return isinstance(v, str) and bool(v)
+
+
 def output_key(row: dict, output_format: str | None) -> str:
     if not output_format:
-        return row["source_key"]
+        key = row["source_key"]
+        if _present(row.get("fidelity")) and not key.lower().endswith(".png"):
+            return key + ".png"  # appended, never replaced: cat.jpg and cat.png stay two files
+        return key
     stem = row["source_key"].rsplit(".", 1)[0] if "." in row["source_key"].rsplit("/", 1)[-1] else row["source_key"]
     return stem + SUFFIX.get(output_format.lower(), "." + output_format.lower())
 
@@ -97,8 +114,10 @@ class RehydrateWorker:
         self.fs, self.root = filesystem(self.params.to, self.params.storage_options)
         self.prefix = protocol_prefix(self.fs)
 
-    def ready(self) -> bool:
-        return True
+    def ready(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
     def process(self, rows: list[dict], attempt: int) -> list[dict]:
         return [self._one(r, attempt) for r in rows]
@@ -123,7 +142,7 @@ class RehydrateWorker:
             return done_row(out, status="refused", error_message=str(exc))
         except Exception as exc:
             return done_row(out, status="failed", error_message=f"{type(exc).__name__}: {exc}")
-        fmt = self.params.output_format or (row.get("source_format") or "png").lower()
+        fmt = self.params.output_format or default_format(row)
         return done_row(out, status="ok", output_uri=self.prefix + path, output_format=fmt, output_size=len(data),
                      output_sha256=hashlib.sha256(data).hexdigest())
 

@@ -95,14 +95,19 @@ class UnsafeKeyError(ValueError):
     """A key that would escape the destination (.., absolute, empty segments, backslashes)."""
 
 
-def safe_join(root: str, key: str) -> str:
-    """root + '/' + key, refusing any key that could land outside root."""
+def validate_key(key: str) -> str:
+    """The key itself, or UnsafeKeyError for one that could land outside any root."""
     if not key or key.startswith("/") or "\\" in key or "\x00" in key:
         raise UnsafeKeyError(f"refusing key {key!r}: absolute, empty or with a backslash/NUL")
     parts = key.split("/")
     if any(p in ("", ".", "..") for p in parts):
         raise UnsafeKeyError(f"refusing key {key!r}: it contains '', '.' or '..' segments")
-    return root.rstrip("/") + "/" + key
+    return key
+
+
+def safe_join(root: str, key: str) -> str:
+    """root + '/' + key, refusing any key that could land outside root."""
+    return root.rstrip("/") + "/" + validate_key(key)
 
 
 def atomic_write(fs, path: str, data: bytes) -> None:

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from flows.compress_archive import compress_archive, summary_table
+from flows.rehydrate import RehydrateParams, rehydrate as rehydrate_flow
 from models.metrics import psnr_y
 from pipeline.config import CompressArchiveParams
 from pipeline.manifest import read_manifest
@@ -65,6 +66,15 @@ def test_default_fidelity_archive(s3, bucket, ray_local, prefect_harness):
         rehydrate(key, archive)
     assert rehydrate(key, archive, skip_enhancement=True)
     fs.pipe(layer_uri, good)
+
+    # many at once (Ray actors): PNG outputs named <key>.png, the verified pixels exactly
+    batch = rehydrate_flow(RehydrateParams(archive=archive, prefix="photos/", to=f"s3://{bucket}/restored"))
+    assert batch["by_status"] == {"ok": 3}
+    for key, data in sources.items():
+        restored = Image.open(io.BytesIO(fs.cat_file(f"{bucket}/restored/{key}.png")))
+        assert restored.format == "PNG"
+        src = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        assert psnr_y(np.asarray(restored.convert("RGB")), src) >= 36
 
     # incremental: the same fidelity touches nothing, another one redoes every image
     again = compress_archive(params)

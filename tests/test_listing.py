@@ -104,7 +104,7 @@ def test_vectorised_decisions_match_decide():
     obj = ObjectInfo("a.png", "s3://b/a.png", "e1", 10)
     prevs = [None] + [PreviousState(e, s, st, m, f, t) for e in ("e1", "e0") for s in (10, 11)
                       for st in ("ok", "failed_decode", "skipped_empty") for m in ("taid-x2", "taid-x4", std.models[0], None)
-                      for f, t in ((None, None), (std.label, std.target_psnr), (std.label, 30.0), ("target", 30.0))]
+                      for f, t in ((None, None), (std.name, std.target_psnr), (std.name, 30.0), ("target", 30.0))]
     modes = [CompressArchiveParams(source="s", dest="d"), CompressArchiveParams(source="s", dest="d", model_id="taid-x2"),
              CompressArchiveParams(source="s", dest="d", target_psnr=30.0),
              CompressArchiveParams(source="s", dest="d", retry_failed=True),

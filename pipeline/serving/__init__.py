@@ -1,0 +1,10 @@
+"""Rehydrate on demand over HTTP: a Ray Serve application over one archive (compress-archive DEST).
+
+    taid serve s3://photos-taid --port 8000                 # 127.0.0.1 only; add --token for anything else
+    serve deploy infra/serve/taid-serve.yaml                # the same application on a Ray cluster
+
+Modules: `config` (typed parameters), `cache` (byte-bounded LRU), `listing` (the paged manifest view
+the browser needs), `http` (keys, ETags, content types, auth), `app` (the deployment and its routes,
+`build_app` for Serve configs, `deploy` for the CLI and tests), `static/` (the archive browser).
+See docs/serve.md.
+"""

@@ -1,0 +1,61 @@
+"""Typed parameters of the archive server (Serve config `args`, `taid serve` flags) and of one image request."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipeline.storage import secret_option_keys
+
+OutputFormat = Literal["png", "jpeg", "webp", "webp-lossy", "tiff"]
+
+
+class ServeParams(BaseModel):
+    """One application = one archive. Validated by Serve when given as a config file's `args`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    archive: str = Field(description="the compress-archive destination (local folder or s3://bucket/prefix)")
+    token_env: str = Field("TAID_SERVE_TOKEN", description="environment variable holding the bearer token on each replica")
+    token_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$",
+        description="sha256 of the token (what `taid serve --token` passes, so the token itself is stored nowhere)",
+    )
+    allow_anonymous: bool = Field(
+        False, description="serve without a token; only `taid serve` on a loopback host sets it (private photos are never open by default)",
+    )
+    cache_bytes: int = Field(256 * 2**20, ge=0, description="byte budget of each replica's LRU cache of responses (0 = off)")
+    row_ttl_s: float = Field(30.0, ge=0, description="how long a replica reuses a manifest row / listing before reading it again")
+    cache_max_age_s: int = Field(3600, ge=0, description="Cache-Control max-age of thumbnails and images (revalidated by ETag)")
+    max_pixels_out: int = Field(120_000_000, gt=0, description="largest image a request may ask for")
+    rehydrate_concurrency: int = Field(1, ge=1, description="full-image rehydrations at once per replica (memory bound)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the replica was given a GPU")
+    registry: str | None = Field(None, description="model registry URI for fine-tuned model ids")
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (default: AWS_ENDPOINT_URL, ~/.aws, AWS)")
+    storage_options: dict = Field(default_factory=dict, description="extra fsspec options (never credentials)")
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, v: dict) -> dict:
+        if secret_option_keys(v):  # Serve stores `args` in the cluster's config: keys come from the environment
+            raise ValueError("storage_options must not carry credentials: use AWS_* variables or ~/.aws on the cluster")
+        return v
+
+    def storage(self) -> dict:
+        """fsspec options with the endpoint folded in (what find_row / rehydrate_row take)."""
+        options = dict(self.storage_options)
+        if self.endpoint_url:
+            options["client_kwargs"] = {**options.get("client_kwargs", {}), "endpoint_url": self.endpoint_url}
+        return options
+
+
+class ImageQuery(BaseModel):
+    """Query parameters of GET /image/{key}; a validation error is a 400."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: OutputFormat | None = Field(None, description="default: the original's format")
+    quality: int | None = Field(None, ge=1, le=100, description="for jpeg / webp-lossy")
+    max_side: int | None = Field(None, ge=8, le=65536, description="downsize so the longer side is at most this")
+    preview: bool = Field(False, description="fast preview: skip the enhancement layer where the archive has one")

@@ -1,0 +1,132 @@
+"""compress-archive and rehydrate on a real two-node Ray cluster, started with `ray start` on this
+machine (issue 17): the model actors run on the second node, the only one with the `taid_model`
+resource; they reach S3 with that node's environment (the head has no credentials and the run's
+parameters never carry any); and the archive is identical to a local run's. Each node runs in a
+process group of its own and is killed by group."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+SET5 = Path(__file__).parent / "data" / "Set5"
+# Multi-node needs RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 (with 0, which the rest of the suite uses to keep Ray on
+# loopback, a joining node refuses to start, and a 127.0.0.1 bootstrap address is rewritten to the
+# machine's own address anyway): the cluster lives on this machine's address, as a real one would.
+LOCAL = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+         "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def machine_ip() -> str:
+    """The address Ray itself picks for this machine (the route to the outside, never used here)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 53))  # no packet is sent: this only picks the interface
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def no_aws() -> dict:
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "TAID_RAY_ADDRESS"}, **LOCAL}
+
+
+def python(code: str, env: dict, timeout: int = 60) -> str:
+    return subprocess.run([str(BIN / "python"), "-c", code], env=env, capture_output=True, text=True, timeout=timeout,
+                          check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def cluster(s3):
+    # a short temp dir: Ray's socket paths must stay under the 107-byte limit
+    tmp = tempfile.mkdtemp(prefix="taidray-", dir="/tmp")
+    port, ip = free_port(), machine_ip()
+    address = f"{ip}:{port}"
+    procs = []
+
+    def start(args: list[str], env: dict, log: str) -> None:
+        with open(Path(tmp) / log, "wb") as out:
+            procs.append(subprocess.Popen([str(BIN / "ray"), "start", "--block", f"--node-ip-address={ip}", *args],
+                                          env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+
+    try:
+        start(["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={tmp}",
+               "--disable-usage-stats"], no_aws(), "head.log")
+        # the second node alone has the model resource, and alone has the S3 credentials
+        start([f"--address={address}", "--num-cpus=2", '--resources={"taid_model": 2}'], {**no_aws(), **s3.env()},
+              "node.log")
+        probe = (f"import ray, json; ray.init(address={address!r}, log_to_driver=False); "
+                 "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive'] and 'taid_model' in n['Resources']]"
+                 " + [sum(n['Alive'] for n in ray.nodes())]))")
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                *model_nodes, alive = json.loads(python(probe, no_aws()).strip().splitlines()[-1])
+                if alive == 2 and len(model_nodes) == 1:
+                    break
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError, IndexError):
+                pass
+            assert time.monotonic() < deadline, "the two-node cluster did not come up"
+            time.sleep(2)
+        yield {"address": address, "model_node": model_nodes[0]}
+    finally:
+        for p in reversed(procs):  # by process group: raylet, GCS, workers and all
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(timeout=30)
+        subprocess.run(["pkill", "-9", "-f", tmp], check=False)  # anything that left its group
+
+
+def taid(*args: str, env: dict) -> dict:
+    """Run the CLI; its last stdout lines are the result as JSON."""
+    done = subprocess.run([str(BIN / "taid"), *args], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    return json.loads(out[out.index("\n{") + 1 if not out.startswith("{") else 0:])
+
+
+def manifest(fs, dest: str) -> dict[str, dict]:
+    from pipeline.manifest import read_manifest
+
+    return {r["source_key"]: r for r in read_manifest(fs, dest).to_pylist()}
+
+
+def test_archive_on_a_two_node_cluster_equals_a_local_run(s3, bucket, cluster, tmp_path):
+    fs = s3.filesystem()
+    for p in sorted(SET5.glob("*.png"))[:3]:
+        fs.pipe(f"{bucket}/src/{p.name}", p.read_bytes())
+    driver = {**no_aws(), **s3.env()}  # the driver lists and writes the manifest: it needs S3 too
+    common = ["--model", "taid-x4", "--workers", "2"]
+    remote = taid("compress-archive", f"s3://{bucket}/src", f"s3://{bucket}/remote", *common,
+                  "--ray-address", cluster["address"], "--actor-resource", "taid_model=1", env=driver)
+    assert remote["by_status"] == {"ok": 3}
+    assert remote["dispatch"]["actor_nodes"] == [cluster["model_node"]]
+    local = taid("compress-archive", f"s3://{bucket}/src", f"s3://{bucket}/local", *common, env=driver)
+    assert local["by_status"] == {"ok": 3} and cluster["model_node"] not in local["dispatch"]["actor_nodes"]
+    a, b = manifest(fs, f"{bucket}/remote"), manifest(fs, f"{bucket}/local")
+    assert sorted(a) == sorted(b)
+    for key in a:  # the same small files, byte for byte
+        assert a[key]["output_sha256"] == b[key]["output_sha256"], key
+        assert fs.cat_file(a[key]["output_uri"]) == fs.cat_file(b[key]["output_uri"])
+
+    back = taid("rehydrate", f"s3://{bucket}/remote", "--prefix", "", "--to", f"s3://{bucket}/restored",
+                "--ray-address", cluster["address"], "--actor-resource", "taid_model=1", env=driver)
+    assert back["by_status"] == {"ok": 3} and back["dispatch"]["actor_nodes"] == [cluster["model_node"]]
