@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -169,7 +170,18 @@ def latest_states(fs, dest: str) -> dict[str, PreviousState]:
     return states
 
 
+def json_safe(v):
+    """Strict JSON has no infinity: an exact (lossless) fidelity's target is written as "inf"."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [json_safe(x) for x in v]
+    return v
+
+
 def write_run_stats(fs, dest: str, run_id: str, stats: dict) -> str:
     path = f"{dest.rstrip('/')}/{RUNS_DIR}/{run_id}.json"
-    atomic_write(fs, path, json.dumps(stats, indent=2, default=str).encode())
+    atomic_write(fs, path, json.dumps(json_safe(stats), indent=2, default=str).encode())
     return path

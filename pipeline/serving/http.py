@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import math
 from datetime import datetime
 
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "webp-lossy": "image/webp",
@@ -66,11 +65,6 @@ def sniff_content_type(data: bytes) -> str:
 def json_row(row: dict) -> dict:
     """A manifest row as strict JSON: timestamps as ISO strings, an exact (lossless) fidelity's
     infinite PSNR as the string "inf" (JSON has no infinity)."""
-    def plain(v):
-        if isinstance(v, datetime):
-            return v.isoformat()
-        if isinstance(v, float) and not math.isfinite(v):
-            return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
-        return v
+    from pipeline.manifest import json_safe
 
-    return {k: plain(v) for k, v in row.items()}
+    return {k: v.isoformat() if isinstance(v, datetime) else json_safe(v) for k, v in row.items()}
