@@ -171,6 +171,12 @@ def compress_image(data: bytes, pair, options: CodecOptions | None = None) -> tu
         source_size=len(data), source_sha256=_sha256(data), scale=options.scale,
         model_id=getattr(pair, "model_id", options.model_id), model_sha256=getattr(pair, "weights_sha256", None),
     )
+    return decoded_then(data, options, rec, lambda dec, rec: _compress_decoded(dec, pair, options, rec))
+
+
+def decoded_then(data: bytes, options: CodecOptions, rec: CompressRecord, work):
+    """Decode `data`, then `work(decoded, record) -> (result, record)`; bad input and failures of
+    the work become (None, record with a status): the one failure policy of every codec entry."""
     try:
         dec = image_io.decode_image(data, options.max_pixels, options.multi_frame, options.high_bit_depth)
     except image_io.DecodeFailure as f:
@@ -179,7 +185,7 @@ def compress_image(data: bytes, pair, options: CodecOptions | None = None) -> tu
         return None, rec.model_copy(update={"status": "failed_decode", "error_message": f"{type(exc).__name__}: {exc}"})
     rec = rec.model_copy(update=_known(dec.info))
     try:
-        return _compress_decoded(dec, pair, options, rec)
+        return work(dec, rec)
     except MemoryError:
         return None, rec.model_copy(update={"status": "failed_out_of_memory", "error_message": "MemoryError while processing"})
     except Exception as exc:
@@ -357,7 +363,7 @@ def enhance(pred: Prediction, layer: bytes | None, skip_layer: bool = False) -> 
         raise RehydrateError("an enhancement layer was given, but the small file names none: refusing to guess")
     if layer is None:
         raise RehydrateError("this small file needs its enhancement layer (or ask for the preview without it)")
-    if enhancement.sha256(layer) != want:
+    if _sha256(layer) != want:
         raise RehydrateError("enhancement layer's sha256 differs from the one its small file names: wrong or damaged layer")
     try:
         if pred.is_gray:

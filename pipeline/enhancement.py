@@ -35,7 +35,6 @@ Pure functions on numpy arrays: no storage, no model.
 
 from __future__ import annotations
 
-import hashlib
 import io
 
 import numpy as np
@@ -65,10 +64,6 @@ class LayerError(ValueError):
 def layer_name(small_name: str) -> str:
     """Where the layer of a small file lives: beside it, the same name plus `.enh`."""
     return small_name + SUFFIX
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _image(arr: np.ndarray) -> Image.Image:

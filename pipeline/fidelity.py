@@ -39,7 +39,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from models.metrics import psnr, rgb_to_y
-from pipeline import codec, enhancement, image_io, tiling
+from pipeline import codec, enhancement, tiling
 
 EXACT = math.inf
 LOSSLESS_OUTPUTS = ("png", "tiff")  # rehydrated formats that hold the restored pixels exactly
@@ -123,19 +123,9 @@ def compress_to_target(data: bytes, pairs: dict, spec: Fidelity, options: codec.
     options = options or codec.CodecOptions()
     rec = codec.CompressRecord(source_size=len(data), source_sha256=codec._sha256(data), fidelity=spec.name,
                                target_psnr=spec.target_psnr)
-    try:
-        dec = image_io.decode_image(data, options.max_pixels, options.multi_frame, options.high_bit_depth)
-    except image_io.DecodeFailure as f:
-        return None, None, rec.model_copy(update={**codec._known(f.info), "status": f.status, "error_message": f.message})
-    except Exception as exc:
-        return None, None, rec.model_copy(update={"status": "failed_decode", "error_message": f"{type(exc).__name__}: {exc}"})
-    rec = rec.model_copy(update=codec._known(dec.info))
-    try:
-        return _search(dec, pairs, spec, options, rec)
-    except MemoryError:
-        return None, None, rec.model_copy(update={"status": "failed_out_of_memory", "error_message": "MemoryError while processing"})
-    except Exception as exc:
-        return None, None, rec.model_copy(update={"status": "failed_processing", "error_message": f"{type(exc).__name__}: {exc}"})
+    files, rec = codec.decoded_then(data, options, rec, lambda dec, rec: _search(dec, pairs, spec, options, rec))
+    small, layer = files or (None, None)
+    return small, layer, rec
 
 
 class _Base:
@@ -169,8 +159,8 @@ class _Base:
         """TAU of the small file as written: the cached one when the written file decodes to exactly
         the pixels it was computed from (it differs only in its metadata), else computed again."""
         cached = self._cache.get(quality)
-        if cached is not None and np.array_equal(_small_pixels(small), cached[2]):
-            _, meta, icc, exif, _ = codec.small_file.read_small(small)
+        im, meta, icc, exif, _ = codec.small_file.read_small(small)
+        if cached is not None and np.array_equal(np.asarray(im), cached[2]):
             return cached[1]._replace(meta=meta, icc=icc, exif=exif)
         return codec.predict(small, None, self.pair, self.options.tile)
 
@@ -352,7 +342,7 @@ def _finalize(best, ref: np.ndarray, target: float, dec, options: codec.CodecOpt
     # its own loss on top of the fidelity just verified
     fmt, q = (options.rehydrate_format, options.rehydrate_quality) if options.rehydrate_format else ("png", None)
     meta = {"rehydrate_format": fmt, "rehydrate_quality": q,
-            "enhancement_sha256": enhancement.sha256(layer) if layer is not None else None}
+            "enhancement_sha256": codec._sha256(layer) if layer is not None else None}
     small, rec = b.small(cand.small_quality, **meta)
     # verify: decode exactly what is written, as rehydration does (TAU is reused when the written small
     # file decodes to the very pixels it was run on), to the output it writes
@@ -369,7 +359,7 @@ def _finalize(best, ref: np.ndarray, target: float, dec, options: codec.CodecOpt
         "enhancement_sha256": meta["enhancement_sha256"],
     })
     if achieved < target - TOLERANCE_DB:
-        return None, None, rec.model_copy(update={
+        return None, rec.model_copy(update={
             "status": "failed_fidelity",
             "error_message": f"verified rehydration reaches {achieved:.2f} dB Y-PSNR, below the target {target:.2f} dB"})
-    return small, layer, rec
+    return (small, layer), rec
