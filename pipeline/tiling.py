@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from models.networks import TaskAwarePair
+from pipeline.inference import InferenceOptions, autocast, options_for, set_backend_flags
 
 DEFAULT_TILE = 1024
 
@@ -65,25 +66,25 @@ def margin_small(pair: TaskAwarePair) -> int:
     return max(_count_convs(pair.downscaler), _count_convs(pair.upscaler)) + 2 + 4
 
 
-def _to_float(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """3 x h x w uint8 (CPU) -> 1 x 3 x h x w float in [0, 1] on `device`, channels_last
-    (as models.evaluate.round_trip). Only one tile at a time is ever on the device."""
-    return x.unsqueeze(0).to(device).float().div_(255.0).contiguous(memory_format=torch.channels_last)
+def _to_float(x: torch.Tensor, device: torch.device, channels_last: bool = True) -> torch.Tensor:
+    """N x 3 x h x w uint8 (CPU) -> float in [0, 1] on `device`, channels_last by default (as
+    models.evaluate.round_trip). Only one tile (or one batch of tiles) is ever on the device."""
+    y = x.to(device).float().div_(255.0)
+    return y.contiguous(memory_format=torch.channels_last) if channels_last else y.contiguous()
 
 
 def _to_uint8(y: torch.Tensor) -> torch.Tensor:
-    """1 x 3 x h x w float -> 3 x h x w uint8 on the CPU (clamped and rounded like models.metrics.to_uint8)."""
-    return y[0].clamp(0, 1).mul(255.0).round().to(torch.uint8).cpu()
+    """N x 3 x h x w float -> uint8 on the CPU (clamped and rounded like models.metrics.to_uint8)."""
+    return y.clamp(0, 1).mul(255.0).round().to(torch.uint8).cpu()
 
 
-def _run_tiled(fn, x: torch.Tensor, up: bool, s: int, core: int, margin: int) -> tuple[torch.Tensor, int]:
+def _run_tiled(fn: "Step", x: torch.Tensor, up: bool, s: int, core: int, margin: int) -> tuple[torch.Tensor, int]:
     """Apply fn (one scaling step) to 3 x H x W uint8 `x` tile by tile. `core` and `margin` are in
     input pixels (multiples of s when downscaling). Returns (3 x H' x W' uint8, number of tiles)."""
     _, h, w = x.shape
     oh, ow = (h * s, w * s) if up else (h // s, w // s)
-    device = fn.device
     if h <= core and w <= core:
-        return _to_uint8(fn(_to_float(x, device))), 1
+        return fn.run_uint8(x[None])[0], 1
     out = torch.empty((3, oh, ow), dtype=torch.uint8)
     n = 0
     for y0 in range(0, h, core):
@@ -92,7 +93,7 @@ def _run_tiled(fn, x: torch.Tensor, up: bool, s: int, core: int, margin: int) ->
         for x0 in range(0, w, core):
             x1 = min(x0 + core, w)
             ax0, ax1 = max(0, x0 - margin), min(w, x1 + margin)
-            res = _to_uint8(fn(_to_float(x[:, ay0:ay1, ax0:ax1], device)))
+            res = fn.run_uint8(x[None, :, ay0:ay1, ax0:ax1])[0]
             if up:
                 sl = res[:, (y0 - ay0) * s : (y1 - ay0) * s, (x0 - ax0) * s : (x1 - ax0) * s]
                 out[:, y0 * s : y1 * s, x0 * s : x1 * s] = sl
@@ -103,55 +104,88 @@ def _run_tiled(fn, x: torch.Tensor, up: bool, s: int, core: int, margin: int) ->
     return out, n
 
 
-def _prepare(pair: TaskAwarePair) -> TaskAwarePair:
+def _prepare(pair: TaskAwarePair, options: InferenceOptions) -> TaskAwarePair:
     """Eval mode and channels_last weights, as models.evaluate.evaluate uses them. Note: this is
     in place on the caller's module (values unchanged); the other layout picks other conv kernels
-    whose float rounding can move a rare pixel by one 8-bit level."""
-    return pair.eval().to(memory_format=torch.channels_last)
+    whose float rounding can move a rare pixel by one 8-bit level. With channels_last off the
+    weights are left in whatever layout they have."""
+    pair = pair.eval()
+    return pair.to(memory_format=torch.channels_last) if options.channels_last else pair
 
 
-class _Step:
-    """One scaling step of the pair, as a callable that knows the pair's device."""
+class Step:
+    """One scaling step of the pair (TAD when not `up`, TAU when `up`), as a callable that knows
+    the pair's device and runs at the options' precision (pipeline.inference)."""
 
-    def __init__(self, pair: TaskAwarePair, up: bool):
-        self.pair, self.up = pair, up
+    def __init__(self, pair: TaskAwarePair, up: bool, inference: InferenceOptions | None = None):
+        self.options = options_for(pair, inference)
+        self.pair, self.up = _prepare(pair, self.options), up
         self.device = next(pair.parameters()).device
+        self.precision = self.options.precision_on(self.device)
+        set_backend_flags(self.device, self.precision)
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
-        return self.pair.upscale(t)["restored"] if self.up else self.pair.downscale(t)["small"]
+        """Float N x 3 x h x w on the device -> float32 output (8-bit levels for TAD)."""
+        with autocast(self.device, self.precision):
+            out = self.pair.upscale(t)["restored"] if self.up else self.pair.downscale(t)["small"]
+        return out.float()
+
+    def run_uint8(self, x: torch.Tensor) -> torch.Tensor:
+        """N x 3 x h x w uint8 (CPU) -> N x 3 x h' x w' uint8 (CPU), one forward call."""
+        with torch.inference_mode():
+            return _to_uint8(self(_to_float(x, self.device, self.options.channels_last)))
 
 
-def downscale_array(pair: TaskAwarePair, img: np.ndarray, scale: int, tile: int = DEFAULT_TILE) -> tuple[np.ndarray, int]:
-    """H x W x 3 uint8 (H, W multiples of `scale`) -> (H/scale x W/scale x 3 uint8, tiles run)."""
-    steps = steps_for(pair, scale)
-    s = int(pair.scale)
-    if img.shape[0] % scale or img.shape[1] % scale:
-        raise ValueError(f"image {img.shape[:2]} is not a multiple of {scale}: pad first")
-    pair = _prepare(pair)
-    core = max(s, (tile // s) * s)
-    margin = margin_small(pair) * s
-    x = torch.from_numpy(np.require(img, np.uint8, ["C", "W"])).permute(2, 0, 1)
-    total = 0
-    with torch.inference_mode():
-        for _ in range(steps):
-            x, n = _run_tiled(_Step(pair, up=False), x, False, s, core, margin)
-            total += n
-    return x.permute(1, 2, 0).contiguous().numpy(), total
+def step(pair: TaskAwarePair, up: bool, inference: InferenceOptions | None = None) -> Step:
+    """TAU (`up`) or TAD of `pair` as a Step, for run_batched."""
+    return Step(pair, up, inference)
 
 
-def upscale_array(pair: TaskAwarePair, small: np.ndarray, scale: int, tile: int = DEFAULT_TILE) -> tuple[np.ndarray, int]:
+def run_batched(step: Step, tiles: list[np.ndarray]) -> list[np.ndarray]:
+    """Run one step over same-size h x w x 3 uint8 tiles (from any number of images) in one forward
+    call, the tiles stacked on the batch axis: small photos fill a GPU batch instead of running one
+    by one. Returns each tile's output (h' x w' x 3 uint8), in order. Convolutions treat batch items
+    independently, so each output equals the tile run alone (bit-identical in fp32 on a CPU:
+    tests/test_inference_options.py). Tiles must be multiples of the scale for TAD, and the caller
+    adds margins (margin_small) if the tiles are cut from larger images."""
+    if not tiles:
+        return []
+    shapes = {t.shape for t in tiles}
+    if len(shapes) != 1 or len(tiles[0].shape) != 3 or tiles[0].shape[2] != 3:
+        raise ValueError(f"run_batched needs same-size h x w x 3 tiles, got shapes {sorted(shapes)}")
+    x = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2)
+    out = step.run_uint8(x).permute(0, 2, 3, 1)
+    return [np.ascontiguousarray(o) for o in out.numpy()]
+
+
+def downscale_array(pair: TaskAwarePair, img: np.ndarray, scale: int, tile: int = DEFAULT_TILE,
+                    inference: InferenceOptions | None = None) -> tuple[np.ndarray, int]:
+    """H x W x 3 uint8 (H, W multiples of `scale`) -> (H/scale x W/scale x 3 uint8, tiles run).
+    `inference`: precision and layout (pipeline.inference); None = the pair's own, else the default."""
+    return _apply(Step(pair, False, inference), img, scale, tile)
+
+
+def upscale_array(pair: TaskAwarePair, small: np.ndarray, scale: int, tile: int = DEFAULT_TILE,
+                  inference: InferenceOptions | None = None) -> tuple[np.ndarray, int]:
     """h x w x 3 uint8 -> (h*scale x w*scale x 3 uint8, tiles run); 8-bit rounding between steps."""
-    steps = steps_for(pair, scale)
-    s = int(pair.scale)
-    pair = _prepare(pair)
-    core = max(8, tile // s)
-    margin = margin_small(pair)
-    x = torch.from_numpy(np.require(small, np.uint8, ["C", "W"])).permute(2, 0, 1)
+    return _apply(Step(pair, True, inference), small, scale, tile)
+
+
+def _apply(fn: Step, arr: np.ndarray, scale: int, tile: int) -> tuple[np.ndarray, int]:
+    """`fn` applied recursively until `scale` is reached, each step tiled (module docstring)."""
+    steps = steps_for(fn.pair, scale)
+    s = int(fn.pair.scale)
+    if not fn.up and (arr.shape[0] % scale or arr.shape[1] % scale):
+        raise ValueError(f"image {arr.shape[:2]} is not a multiple of {scale}: pad first")
+    if fn.up:  # core and margin in input pixels: the small side for TAU, full resolution for TAD
+        core, margin = max(8, tile // s), margin_small(fn.pair)
+    else:
+        core, margin = max(s, (tile // s) * s), margin_small(fn.pair) * s
+    x = torch.from_numpy(np.require(arr, np.uint8, ["C", "W"])).permute(2, 0, 1)
     total = 0
-    with torch.inference_mode():
-        for _ in range(steps):
-            x, n = _run_tiled(_Step(pair, up=True), x, True, s, core, margin)
-            total += n
+    for _ in range(steps):
+        x, n = _run_tiled(fn, x, fn.up, s, core, margin)
+        total += n
     return x.permute(1, 2, 0).contiguous().numpy(), total
 
 
