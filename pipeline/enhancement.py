@@ -18,9 +18,20 @@ File: `<small file name>.enh` (`layer_name`), a 5-byte header and an image:
     codec b"f": AVIF of the source itself; restored = decoded, the prediction is not used. For images
                 TAU predicts badly (screenshots, text, line art: the residual is then dearer than the
                 image), the codec picks this when it is smaller.
-    codec b"w": WebP lossless of the residual modulo 256; restored = (prediction + decoded) mod 256,
-                exactly the source (the `lossless` preset, and the fallback when no lossy layer
-                reaches the target).
+    codec b"l": WebP lossless of the source itself; restored = decoded, exactly the source, the
+                prediction is not used (the `lossless` preset, and the fallback when no lossy layer
+                reaches the target). Written since issue 17, instead of b"w".
+    codec b"w": WebP lossless of the residual modulo 256; restored = (prediction + decoded) mod 256.
+                Read, no longer written: exact only when TAU at rehydration computes bit for bit
+                what it computed at compression, and a prediction off by one level at a pixel of
+                value 0 or 255 wraps to an error of 255 (the modulo). Another device or precision
+                (GPU vs CPU, bf16, other convolution kernels) breaks that; b"l" cannot be broken so,
+                and is 3-71 % smaller with its small file (mean 15 % on Set5 + Set14 as JPEG q90
+                sources, 28 % as PNG sources: benchmarks/inference_precision.py, docs/gpu.md).
+
+Cross-device: every layer but b"w" keeps rehydration on another device within the prediction's
+own difference (b"a": clipped, so a prediction off by d levels restores off by at most d; b"f" and
+b"l": not at all). The tolerance is stated and tested in tests/test_cross_device.py.
 
 Measured on held-out training photos (JPEG q90 sources; benchmarks/residual_coders.py): AVIF
 4:2:0 of the residual needs 2-3 % fewer bytes than 4:4:4, 11-20 % fewer than lossy WebP or JPEG XL;
@@ -43,7 +54,8 @@ from PIL import Image
 MAGIC = b"TEL"
 VERSION = 1
 SUFFIX = ".enh"
-CODECS = {"avif": b"a", "avif-full": b"f", "webp-lossless": b"w"}
+CODECS = {"avif": b"a", "avif-full": b"f", "webp-lossless": b"w", "webp-lossless-full": b"l"}
+PREDICTION_FREE = ("avif-full", "webp-lossless-full")  # restored = the layer: device-independent
 _NAMES = {v: k for k, v in CODECS.items()}
 AVIF_SUBSAMPLING = "4:2:0"
 AVIF_SPEED = 6  # Pillow's default; the benchmarks' full-image AVIF uses the same
@@ -81,8 +93,8 @@ def encode_layer(source: np.ndarray, prediction: np.ndarray, codec: str, quality
             raise ValueError("an AVIF layer needs a quality")
         img = source if codec == "avif-full" else np.clip(diff + 128, 0, 255).astype(np.uint8)
         _image(img).save(buf, "AVIF", quality=int(quality), **avif_settings())
-    elif codec == "webp-lossless":
-        img = _image((diff % 256).astype(np.uint8))
+    elif codec in ("webp-lossless", "webp-lossless-full"):
+        img = _image(source if codec == "webp-lossless-full" else (diff % 256).astype(np.uint8))
         if img.mode == "L":  # WebP holds RGB only; a grey residual is repeated, and decoded back from one channel
             img = img.convert("RGB")
         img.save(buf, "WEBP", lossless=True, quality=100, method=4, exact=True)
@@ -106,7 +118,7 @@ def apply_layer(prediction: np.ndarray, layer: bytes) -> np.ndarray:
     """prediction (H x W x 3 or H x W uint8) + layer -> the restored pixels, same shape."""
     codec = layer_codec(layer)
     try:
-        im = Image.open(io.BytesIO(layer[5:]), formats=("WEBP",) if codec == "webp-lossless" else ("AVIF",))
+        im = Image.open(io.BytesIO(layer[5:]), formats=("WEBP",) if codec.startswith("webp") else ("AVIF",))
         im.load()
     except Exception as exc:
         raise LayerError(f"enhancement layer payload is unreadable: {type(exc).__name__}: {exc}") from exc
@@ -116,7 +128,7 @@ def apply_layer(prediction: np.ndarray, layer: bytes) -> np.ndarray:
         decoded = decoded[..., 0]
     if decoded.shape != prediction.shape:
         raise LayerError(f"enhancement layer is {decoded.shape}, the prediction {prediction.shape}")
-    if codec == "avif-full":
+    if codec in PREDICTION_FREE:
         return np.ascontiguousarray(decoded)
     pred = prediction.astype(np.int16)
     if codec == "avif":

@@ -9,7 +9,8 @@ stored bytes (small file + enhancement layer) whose rehydration reaches the targ
    small-file qualities whose prediction TAU(small) reaches the target;
 2. else that base's small file at its layer quality plus an enhancement layer (pipeline.enhancement):
    AVIF of the residual at the lowest quality that reaches the target, found by interpolation
-   search; where no AVIF quality does, a lossless layer (exact);
+   search; where no AVIF quality does, a lossless layer (exact: WebP lossless of the source
+   itself, which does not depend on the prediction, so it stays exact on any device);
 3. the chosen files are written with their final metadata, then decoded again exactly as
    rehydration does (small file -> TAU -> layer -> the output file rehydration writes: PNG unless
    `rehydrate_format` says otherwise, since a JPEG of the restored pixels would add its own loss),
@@ -24,7 +25,8 @@ Presets (PRESETS, `--fidelity NAME`):
 - preview   30 dB: the small file alone where it can (x2 base, quality searched); thumbnail-grade.
 - standard  36 dB (the default): x4 base + AVIF layer; a faithful copy at about AVIF's bytes.
 - high      40 dB: same representation, finer layer.
-- lossless  exact: x4 base + lossless layer; every pixel of the decoded source comes back.
+- lossless  exact: a thumbnail-grade x4 small file + lossless layer; every pixel of the decoded
+            source comes back, whatever device or precision rehydrates it.
 The base models and qualities were chosen on held-out training photos (docs/fidelity.md).
 """
 
@@ -278,7 +280,9 @@ def _layer_search(ref: np.ndarray, pred: np.ndarray, grey: bool, target: float, 
             settled = _settle(measurer(kind, src, prd, True), target, q)
             if settled:
                 return settled[0], kind, settled[1]
-    return enhancement.encode_layer(src, prd, "webp-lossless"), "webp-lossless", None
+    # exact: the source itself, losslessly; not the residual, whose exactness would depend on TAU
+    # computing the same bits on every device (pipeline/enhancement.py, docs/gpu.md)
+    return enhancement.encode_layer(src, prd, "webp-lossless-full"), "webp-lossless-full", None
 
 
 def _rgb(arr: np.ndarray) -> np.ndarray:
@@ -318,7 +322,7 @@ def _search(dec, pairs: dict, spec: Fidelity, options: codec.CodecOptions, rec: 
             found = (_Candidate(total=size, base=base, small_quality=q), None)
         if found is None:
             layer, lcodec, lq = _layer_search(ref, pred, grey, target, b.pair.scale, spec.layer_codec)
-            if lcodec == "avif-full" and b.lossy:  # the small file is then only the preview: the cheapest faithful one
+            if lcodec in enhancement.PREDICTION_FREE and b.lossy:  # the small file is then only the preview: the cheapest faithful one
                 q, size = _cheapest_thumbnail(b, ref, q, size)
             found = (_Candidate(total=size + len(layer), base=base, small_quality=q, layer_codec=lcodec, layer_quality=lq), layer)
         if best is None or found[0].total < best[0].total:

@@ -101,7 +101,7 @@ def test_preview_preset_uses_the_small_file_alone_where_it_can(pairs):
 def test_lossless_preset_is_exact_for_grey_and_colour(pairs):
     for data in (jpeg("Set5/bird.png"), jpeg("Set14/bridge.png", mode="L")):
         small, layer, rec = compress_to_target(data, pairs, PRESETS["lossless"])
-        assert rec.status == "ok" and rec.psnr_y == math.inf and rec.enhancement_format == "webp-lossless"
+        assert rec.status == "ok" and rec.psnr_y == math.inf and rec.enhancement_format == "webp-lossless-full"
         src = np.asarray(Image.open(io.BytesIO(data)))
         meta = codec.small_file.read_small(small)[1]
         out = np.asarray(codec.decode_output(codec.rehydrate_image(small, None, pairs[meta["model_id"]], layer=layer)))
