@@ -375,7 +375,7 @@ def markdown(r: dict) -> str:
         return "n/a" if v is None else f"{v:.0%}"
 
     lines = [f"# GPU check: {r['device']} ({r['device_kind']}, {r['gpus']} GPU, {r['cpus']} cores)", "",
-             f"Produced by `benchmarks/gpu.py`: {r['data']['images']} synthetic photos, {r['data']['megapixels']:.0f} MP, "
+             f"Produced by `benchmarks/gpu.py`: {r['data']['images']} synthetic photos, {r['data']['megapixels']:.1f} MP, "
              f"JPEG q90; fidelity `{r['fidelity']}`; {r['workers']} actors x {r['gpus_per_worker']:.3f} GPU; "
              f"precision {r['precision']}; torch {r['torch']}.", "",
              "| phase | MP/s per GPU | wall s | GPU busy (mean util) | GPU non-idle samples | statuses |", "|---|---|---|---|---|---|",
