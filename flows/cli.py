@@ -64,17 +64,11 @@ def _write_atomic(path: str, data: bytes) -> None:
 
 
 def _fidelity_spec(args: argparse.Namespace):
-    """The fidelity a compress command asks for, or None for one fixed small file (an explicit
-    --model / --small-format / --quality / --scale without --fidelity or --target-psnr)."""
-    from pipeline.fidelity import resolve_fidelity
+    """The fidelity a compress-file command asks for, or None for one fixed small file."""
+    from pipeline.fidelity import requested_fidelity
 
-    if args.fidelity is None and args.target_psnr is None and any(
-            getattr(args, k, None) is not None for k in ("model_id", "small_format", "quality", "scale")):
-        return None
-    if any(getattr(args, k, None) is not None for k in ("small_format", "quality", "scale")):
-        raise ValueError("a fidelity target picks the small file's format, quality and scale per image: drop "
-                         "--small-format/--quality/--scale, or drop --fidelity/--target-psnr to write one fixed layer")
-    return resolve_fidelity(args.fidelity, args.target_psnr, args.model_id)
+    return requested_fidelity(args.fidelity, args.target_psnr, args.model_id, args.small_format, args.quality,
+                              args.scale)
 
 
 def _compress_file(args: argparse.Namespace) -> int:
@@ -290,10 +284,17 @@ def _resource(text: str) -> tuple[str, float]:
 
 
 def _fidelity_args(p: argparse.ArgumentParser) -> None:
+    """What the small files should be: a fidelity (or target), or one fixed layer (model, format...)."""
     g = p.add_mutually_exclusive_group()  # names are checked by pipeline.fidelity (not imported here: it loads torch)
     g.add_argument("--fidelity", metavar="NAME", help="preview (30 dB), standard (36, the default), high (40) or "
                    "lossless: each image gets the cheapest verified representation reaching it (docs/fidelity.md)")
     g.add_argument("--target-psnr", dest="target_psnr", type=float, metavar="DB", help="explicit Y-PSNR floor instead")
+    p.add_argument("--model", dest="model_id", help="zoo id, weights file or registered model id: with a fidelity, "
+                   "the only base pair; without, exactly this pair's single small files (default taid-x2)")
+    p.add_argument("--scale", type=int, help="2, 4, ... 128 (a power of the model's scale; default: the model's)")
+    p.add_argument("--small-format", dest="small_format", choices=["png", "webp", "webp-lossy", "jpeg"],
+                   help="default: the model's (a codec-aware model's lossy format, else png)")
+    p.add_argument("--quality", type=int, help="for webp-lossy / jpeg small files (default: the model's, else 90)")
 
 
 def _prefect_args(p: argparse.ArgumentParser) -> None:
@@ -401,12 +402,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("input", help="image file")
     c.add_argument("output", help="small file to write (atomically)")
     _fidelity_args(c)
-    c.add_argument("--model", dest="model_id", help="zoo id or weights file: with a fidelity, the only base pair; "
-                   "without, exactly this pair's single small file (default taid-x2)")
-    c.add_argument("--scale", type=int, help="2, 4, ... 128 (a power of the model's scale; default: the model's)")
-    c.add_argument("--small-format", dest="small_format", choices=["png", "webp", "webp-lossy", "jpeg"],
-                   help="default: the model's (a codec-aware model's lossy format, else png)")
-    c.add_argument("--quality", type=int, help="for webp-lossy / jpeg small files (default: the model's, else 90)")
     c.add_argument("--max-pixels", dest="max_pixels", type=int, help="decompression-bomb limit (header check)")
     c.add_argument("--tile", type=int, help="tile side in full-resolution pixels")
     c.add_argument("--multi-frame", dest="multi_frame", choices=["skip", "first"])
@@ -431,12 +426,6 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("source", help="local folder or s3://bucket/prefix")
     a.add_argument("dest", help="local folder or s3://bucket/prefix for small files and manifests")
     _fidelity_args(a)
-    a.add_argument("--model", dest="model_id", help="zoo or registered model id: with a fidelity, the only base pair; "
-                   "without, exactly this pair's single small files (default taid-x2)")
-    a.add_argument("--scale", type=int)
-    a.add_argument("--small-format", dest="small_format", choices=["png", "webp", "webp-lossy", "jpeg"],
-                   help="default: the model's (a codec-aware model's lossy format, else png)")
-    a.add_argument("--quality", type=int, help="for webp-lossy / jpeg small files (default: the model's, else 90)")
     a.add_argument("--no-incremental", dest="incremental", action="store_false", default=None)
     a.add_argument("--retry-failed", dest="retry_failed", action="store_true", default=None)
     a.add_argument("--include", action="append", help="glob on keys (repeatable)")

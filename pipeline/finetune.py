@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -159,8 +160,9 @@ def train_loop_per_worker(config: dict) -> None:
                 ray.train.report(metrics)
 
 
-def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
+def run_finetune(cfg: FinetuneConfig, log=None) -> dict:
     """Fine-tune on the running Ray cluster (ray.init() is called if needed), evaluate, register."""
+    log = log or logging.getLogger(__name__).info
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -230,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parser.add_argument(flag, dest=name, required=field.is_required(), help=field.description)
     args = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     report = run_finetune(FinetuneConfig(**args))
-    print(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))  # the result, on stdout
     return 0
 
 

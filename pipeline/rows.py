@@ -161,7 +161,7 @@ class ArchiveRows:
     def _row(self, obj, attempts: int, record=None, **fields) -> ArchiveRow:
         o = obj if isinstance(obj, dict) else obj.__dict__
         ident = {"source_key": o["key"], "source_uri": o["uri"], "source_etag": o["etag"], "source_size": o["size"]}
-        codec = record.model_dump(include=CODEC_COLUMNS) if record is not None else {}
+        codec = record.model_dump(include=CODEC_COLUMNS, exclude_none=True) if record is not None else {}
         return ArchiveRow(**{**self.base, **codec, **ident, "attempts": attempts, **fields})
 
     def ok(self, obj, attempts: int, record, small_uri: str, layer_uri: str | None) -> ArchiveRow:
