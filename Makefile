@@ -21,7 +21,7 @@ test: venv
 	$(BIN)/python -m pytest -q
 
 demo: venv
-	$(BIN)/python -m pipeline.demo
+	$(BIN)/python -m flows.demo
 
 eval: venv
 	$(BIN)/taid eval --model taid-x2 --data tests/data/Set5

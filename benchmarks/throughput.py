@@ -323,7 +323,7 @@ def run_flow(model: str, workers: int, source: str, dest: str) -> dict:
 
 def profile_worker(model: str, warm_key: str) -> dict:
     """One CompressWorker in this process (1 torch thread, as an actor with 1 CPU), timed by stage."""
-    import pipeline.ray_workers as rw
+    import pipeline.workers as rw
     from pipeline import image_io, small_file, tiling
     from pipeline.config import CompressArchiveParams
     from pipeline.storage import list_objects
@@ -358,15 +358,15 @@ def profile_worker(model: str, warm_key: str) -> dict:
     codec_mod.compress_image = timed("codec_total", saved_compress)
     try:
         warm = next(o for o in list_objects(worker.src_fs, "bench/warm"))
-        worker._one(rw.ObjectInfo(key="warm/" + warm.key, uri=warm.uri, etag=warm.etag, size=warm.size), 1)
+        worker.handle({"key": "warm/" + warm.key, "uri": warm.uri, "etag": warm.etag, "size": warm.size}, 1)
         spent.clear()
         cpu.clear()
         objs = list(list_objects(worker.src_fs, "bench/src"))
         pixels, t0, c0 = 0, time.perf_counter(), time.process_time()
         for o in objs:
-            row = worker._one(o, 1)
-            assert row["status"] == "ok", row
-            pixels += row["width"] * row["height"]
+            row = worker.handle(o.__dict__, 1)
+            assert row.status == "ok", row
+            pixels += row.width * row.height
         total, total_cpu = time.perf_counter() - t0, time.process_time() - c0
     finally:
         image_io.decode_image, tiling.downscale_array, small_file.encode_small, rw.atomic_write = saved

@@ -23,7 +23,6 @@ import fsspec
 from models.zoo import WeightsError, sha256_file
 
 REGISTRY_ENV = "TAID_MODEL_REGISTRY"
-CACHE_DIR = Path(os.environ.get("TAID_CACHE_DIR", Path.home() / ".cache" / "taid-archive" / "weights"))
 
 
 def _join(root: str, *parts: str) -> str:
@@ -80,7 +79,9 @@ def lookup(model_id: str, registry: str, sha256: str | None = None) -> dict:
 def fetch_weights(model_id: str, registry: str, sha256: str | None = None) -> tuple[Path, str]:
     """Local path of the weights (downloaded once into the cache, verified) and their sha256."""
     entry = lookup(model_id, registry, sha256)
-    local = CACHE_DIR / f"{model_id}-{entry['sha256'][:8]}.pt"
+    from pipeline.settings import get_settings
+
+    local = get_settings().cache_dir / f"{model_id}-{entry['sha256'][:8]}.pt"
     if not local.exists() or sha256_file(local) != entry["sha256"]:
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = local.with_suffix(f".{os.getpid()}.tmp")

@@ -7,6 +7,7 @@ without copying them; `train` is the single-process driver around them.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -29,6 +30,8 @@ from models.data import (
 from models.losses import taid_loss
 from models.metrics import psnr_y, to_uint8
 from models.networks import TaskAwarePair, bicubic_resize
+
+logger = logging.getLogger(__name__)
 
 
 class TrainConfig(BaseModel):
@@ -165,13 +168,14 @@ def train(
     out_dir: str | Path,
     device: str | None = None,
     resume: bool = True,
-    log=print,
+    log=None,
     until: int | None = None,
 ) -> Path:
     """Train (or resume) a pair; writes out_dir/last.pt and out_dir/history.jsonl. Returns last.pt.
 
     `until` stops (with a checkpoint) at that step without changing the schedule, so a long run
     can be done in chunks across sessions and resumed exactly."""
+    log = log or logger.info  # progress lines: the `models` logger unless the caller takes them
     from tqdm import tqdm
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

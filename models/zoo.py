@@ -91,7 +91,10 @@ def load_pair(
     `model` is a zoo id, a weights file, or the id of a fine-tuned pair in the model registry
     (`registry`, or the TAID_MODEL_REGISTRY environment variable; see models/registry.py).
     """
-    registry = registry or os.environ.get("TAID_MODEL_REGISTRY")
+    if registry is None:  # the environment's (TAID_MODEL_REGISTRY), read through the one Settings
+        from pipeline.settings import get_settings
+
+        registry = get_settings().model_registry
     try:
         path, zoo_sha = resolve(model)
     except WeightsError:

@@ -103,20 +103,16 @@ class CompressArchiveParams(BaseModel):
             raise ValueError("retry_failed needs the earlier manifests: keep incremental on")
         if self.fidelity is not None and self.target_psnr is not None:
             raise ValueError("give a fidelity preset or a target PSNR, not both")
-        if self.fidelity_spec() is not None and (self.small_format or self.quality or self.scale):
-            raise ValueError("a fidelity target picks the small file's format, quality and scale per image: "
-                             "drop --small-format/--quality/--scale, or drop the fidelity to write one fixed layer")
+        self.fidelity_spec()  # a fidelity together with a fixed format / quality / scale is refused
         return self
 
     def fidelity_spec(self):
         """The fidelity this run guarantees (pipeline.fidelity.Fidelity), or None for a fixed single
-        layer: an explicit model, small format or quality without a fidelity asks for exactly that."""
-        from pipeline.fidelity import resolve_fidelity
+        layer: an explicit model, small format, quality or scale without a fidelity asks for exactly that."""
+        from pipeline.fidelity import requested_fidelity
 
-        explicit_layer = self.model_id is not None or self.small_format is not None or self.quality is not None
-        if self.fidelity is None and self.target_psnr is None and explicit_layer:
-            return None
-        return resolve_fidelity(self.fidelity, self.target_psnr, self.model_id)
+        return requested_fidelity(self.fidelity, self.target_psnr, self.model_id, self.small_format, self.quality,
+                                  self.scale)
 
     def fidelity_columns(self) -> dict:
         """What a row of this run was asked for (the manifest's `fidelity` and `target_psnr`)."""

@@ -99,6 +99,23 @@ def resolve_fidelity(name: str | None = None, target_psnr: float | None = None, 
     return spec
 
 
+def requested_fidelity(fidelity: str | None = None, target_psnr: float | None = None, model_id: str | None = None,
+                       small_format: str | None = None, quality: int | None = None,
+                       scale: int | None = None) -> Fidelity | None:
+    """What a compress request asks for: the fidelity it guarantees, or None for one fixed small file
+    (an explicit model, small format, quality or scale without a fidelity or target asks for exactly
+    that). A fidelity picks format, quality and scale per image, so naming them too is refused. The
+    one rule for the CLI's compress-file and CompressArchiveParams."""
+    fixed = [name for name, v in (("--small-format", small_format), ("--quality", quality), ("--scale", scale))
+             if v is not None]
+    if fidelity is None and target_psnr is None and (model_id is not None or fixed):
+        return None
+    if fixed:
+        raise ValueError("a fidelity target picks the small file's format, quality and scale per image: drop "
+                         f"{'/'.join(fixed)}, or drop the fidelity / target PSNR to write one fixed layer")
+    return resolve_fidelity(fidelity, target_psnr, model_id)
+
+
 def fidelity_psnr(out: np.ndarray, ref: np.ndarray, scale: int) -> float:
     """The lower of whole-image and `scale`-shaved Y-PSNR (H x W x 3 uint8 each)."""
     yo, yr = rgb_to_y(out), rgb_to_y(ref)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import logging
 import tempfile
 from pathlib import Path
 
@@ -84,14 +84,17 @@ def pyarrow_storage(uri: str):
         return str(Path(uri).resolve()), None
     from pyarrow import fs as pafs
 
-    kwargs = {"allow_bucket_creation": True, "region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
-    if os.environ.get("AWS_ENDPOINT_URL"):
-        endpoint = os.environ["AWS_ENDPOINT_URL"]
+    from pipeline.settings import get_settings
+
+    env = get_settings()
+    kwargs = {"allow_bucket_creation": True, "region": env.aws_region or "us-east-1"}
+    if env.aws_endpoint_url:
+        endpoint = env.aws_endpoint_url
         kwargs["endpoint_override"] = endpoint.split("://", 1)[-1]
         kwargs["scheme"] = endpoint.split("://", 1)[0] if "://" in endpoint else "https"
-    if os.environ.get("AWS_ACCESS_KEY_ID"):
-        kwargs["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
-        kwargs["secret_key"] = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+    if env.aws_access_key_id:
+        kwargs["access_key"] = env.aws_access_key_id
+        kwargs["secret_key"] = env.aws_secret_access_key.get_secret_value() if env.aws_secret_access_key else ""
     return uri[len("s3://") :], pafs.S3FileSystem(**kwargs)
 
 
@@ -157,8 +160,9 @@ def train_loop_per_worker(config: dict) -> None:
                 ray.train.report(metrics)
 
 
-def run_finetune(cfg: FinetuneConfig, log=print) -> dict:
+def run_finetune(cfg: FinetuneConfig, log=None) -> dict:
     """Fine-tune on the running Ray cluster (ray.init() is called if needed), evaluate, register."""
+    log = log or logging.getLogger(__name__).info
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -228,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parser.add_argument(flag, dest=name, required=field.is_required(), help=field.description)
     args = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     report = run_finetune(FinetuneConfig(**args))
-    print(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))  # the result, on stdout
     return 0
 
 

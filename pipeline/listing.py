@@ -1,6 +1,6 @@
 """Listings in key (byte) order, streamed page by page: the input of incremental planning.
 
-Sources (see README "Listing sources" for when to use which):
+Sources (see docs/archive.md, "Listing sources: which to use"):
 - S3: ListObjectsV2 with a "/" delimiter, folder by folder, 1000 keys a page, never a whole
   prefix in memory; with `workers > 1` the sub-prefixes directly under the root are walked in
   parallel (a bounded window of them runs ahead) and their pages are put back in order. The

@@ -25,59 +25,14 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from pipeline.rows import ARCHIVE_SCHEMA, ArchiveRow, ManifestRow
 from pipeline.storage import atomic_write
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = ArchiveRow.SCHEMA_VERSION
 MANIFEST_DIR = "_manifest"
 RUNS_DIR = "_runs"
 ROW_GROUP = 2000
-
-SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("source_key", pa.string()),
-        ("source_uri", pa.string()),
-        ("source_etag", pa.string()),
-        ("source_size", pa.int64()),
-        ("source_sha256", pa.string()),
-        ("source_format", pa.string()),
-        ("source_mode", pa.string()),
-        ("bit_depth", pa.int32()),
-        ("n_frames", pa.int32()),
-        ("exif_orientation", pa.int32()),
-        ("icc_present", pa.bool_()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("status", pa.string()),
-        ("error_message", pa.string()),
-        ("output_uri", pa.string()),
-        ("output_format", pa.string()),
-        ("small_quality", pa.int32()),
-        ("output_size", pa.int64()),
-        ("output_sha256", pa.string()),
-        ("out_width", pa.int32()),
-        ("out_height", pa.int32()),
-        ("scale", pa.int32()),
-        ("model_id", pa.string()),
-        ("model_sha256", pa.string()),
-        ("roundtrip_psnr", pa.float64()),
-        ("fidelity", pa.string()),
-        ("target_psnr", pa.float64()),
-        ("psnr_y", pa.float64()),
-        ("psnr_rgb", pa.float64()),
-        ("thumbnail_psnr", pa.float64()),
-        ("enhancement_uri", pa.string()),
-        ("enhancement_format", pa.string()),
-        ("enhancement_quality", pa.int32()),
-        ("enhancement_size", pa.int64()),
-        ("enhancement_sha256", pa.string()),
-        ("notes", pa.string()),
-        ("attempts", pa.int32()),
-        ("pipeline_version", pa.string()),
-        ("processed_at", pa.timestamp("us", tz="UTC")),
-    ],
-    metadata={"taid_manifest_schema": SCHEMA_VERSION},
-)
+SCHEMA = ARCHIVE_SCHEMA  # derived from the row model (pipeline.rows.ArchiveRow): columns are defined there
 
 
 def manifest_root(dest: str) -> str:
@@ -94,10 +49,11 @@ class ManifestWriter:
         self.parts = 0
         self.rows = 0
 
-    def to_table(self, rows: list[dict]) -> pa.Table:
-        return pa.Table.from_pylist([{f.name: r.get(f.name) for f in self.schema} for r in rows], schema=self.schema)
+    def to_table(self, rows: list[ManifestRow | dict]) -> pa.Table:
+        dicts = [r.model_dump() if isinstance(r, ManifestRow) else r for r in rows]
+        return pa.Table.from_pylist([{f.name: r.get(f.name) for f in self.schema} for r in dicts], schema=self.schema)
 
-    def add(self, row: dict) -> None:
+    def add(self, row: ManifestRow | dict) -> None:
         self.buffer.append(row)
         if len(self.buffer) >= self.rows_per_part:
             self.flush()

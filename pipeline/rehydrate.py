@@ -22,6 +22,7 @@ from PIL import Image
 from models.zoo import WeightsError, load_pair
 from pipeline.codec import RehydrateError, rehydrate_image
 from pipeline.manifest_index import shared_reader
+from pipeline.rows import present
 from pipeline.storage import filesystem
 
 
@@ -77,8 +78,7 @@ def read_small_verified(row: dict, storage_options: dict | None = None) -> bytes
 
 
 def has_layer(row: dict) -> bool:
-    uri = row.get("enhancement_uri")
-    return isinstance(uri, str) and bool(uri)
+    return present(row.get("enhancement_uri"))
 
 
 def read_layer_verified(row: dict, storage_options: dict | None = None) -> bytes | None:

@@ -1,28 +1,20 @@
-"""Batch rehydration pieces (pure of Prefect): parameters, selection from the manifest, and the
-Ray actor that turns a manifest row into a full-resolution file. `flows/rehydrate.py` composes them.
-The actor lives here, in an importable package, so Ray can load it whatever way Prefect loaded the
-flow file."""
+"""Batch rehydration pieces (pure of Prefect): parameters, selection from the manifest, output
+names. The job is `pipeline.jobs.rehydrate`, its actor `pipeline.workers.RehydrateWorker`, its rows
+`pipeline.rows.RestoredRow`."""
 
 from __future__ import annotations
 
 import fnmatch
-from datetime import datetime, timezone
 
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from pydantic import BaseModel, Field
 
 from pipeline.manifest import read_manifest
-from pipeline.storage import UnsafeKeyError, atomic_write, filesystem, protocol_prefix, safe_join
+from pipeline.rows import RESTORED_SCHEMA, present
+from pipeline.storage import filesystem
 
-REHYDRATE_SCHEMA = pa.schema([
-    ("run_id", pa.string()), ("source_key", pa.string()), ("small_uri", pa.string()), ("small_sha256", pa.string()),
-    ("output_uri", pa.string()), ("output_format", pa.string()), ("output_size", pa.int64()),
-    ("output_sha256", pa.string()), ("width", pa.int32()), ("height", pa.int32()), ("model_id", pa.string()),
-    ("model_sha256", pa.string()), ("status", pa.string()), ("error_message", pa.string()),
-    ("attempts", pa.int32()), ("processed_at", pa.timestamp("us", tz="UTC")),
-], metadata={"taid_rehydrate_manifest_schema": "1"})
+REHYDRATE_SCHEMA = RESTORED_SCHEMA  # derived from pipeline.rows.RestoredRow
 SUFFIX = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "webp-lossy": ".webp", "tiff": ".tif"}
 
 
@@ -41,13 +33,18 @@ class RehydrateParams(BaseModel):
     ray_address: str = ""
     workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(0.5, gt=0)
-    gpus_per_worker: float = Field(0.0, ge=0)
+    gpus_per_worker: float | None = Field(
+        None, ge=0, description="None = automatic (a GPU share per actor when the cluster has GPUs, else CPU); 0 = CPU")
     actor_resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per actor "
                                               "(e.g. {'taid_model': 1}: only nodes that have it run the model)")
     batch_size: int = Field(2, ge=1)
     max_attempts: int = Field(3, ge=1)
     dry_run: bool = False
     storage_options: dict = Field(default_factory=dict, repr=False)
+
+    def fs(self, uri: str):
+        """(filesystem, path) of `uri` with this run's storage options."""
+        return filesystem(uri, self.storage_options)
 
 
 def select_rows(params: RehydrateParams) -> list[dict]:
@@ -83,79 +80,24 @@ def select_rows(params: RehydrateParams) -> list[dict]:
 def default_format(row: dict) -> str:
     """What rehydration writes without an explicit format: PNG for fidelity archives (their verified
     pixels, exactly), else the source's format (JPEG stays JPEG...)."""
-    if _present(row.get("fidelity")):
+    if present(row.get("fidelity")):
         return "png"
     return (row.get("source_format") or "png").lower()
-
-
-def _present(v) -> bool:
-    return isinstance(v, str) and bool(v)
 
 
 def output_key(row: dict, output_format: str | None) -> str:
     if not output_format:
         key = row["source_key"]
-        if _present(row.get("fidelity")) and not key.lower().endswith(".png"):
+        if present(row.get("fidelity")) and not key.lower().endswith(".png"):
             return key + ".png"  # appended, never replaced: cat.jpg and cat.png stay two files
         return key
     stem = row["source_key"].rsplit(".", 1)[0] if "." in row["source_key"].rsplit("/", 1)[-1] else row["source_key"]
     return stem + SUFFIX.get(output_format.lower(), "." + output_format.lower())
 
 
-class RehydrateWorker:
-    """Ray actor: verified small file -> paired upscaler -> full-resolution file in `to`."""
-
-    def __init__(self, params: dict, run_id: str):
-        import torch
-
-        self.params = RehydrateParams(**params)
-        self.run_id = run_id
-        torch.set_num_threads(max(1, int(round(self.params.cpus_per_worker))))
-        self.fs, self.root = filesystem(self.params.to, self.params.storage_options)
-        self.prefix = protocol_prefix(self.fs)
-
-    def ready(self) -> str:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-
-    def process(self, rows: list[dict], attempt: int) -> list[dict]:
-        return [self._one(r, attempt) for r in rows]
-
-    def _one(self, row: dict, attempt: int) -> dict:
-        import hashlib
-
-        from pipeline.rehydrate import RehydrateRefused, rehydrate_row
-
-        out = {"run_id": self.run_id, "source_key": row["source_key"], "small_uri": row["output_uri"],
-               "small_sha256": row["output_sha256"], "model_id": row["model_id"], "model_sha256": row["model_sha256"],
-               "width": row["width"], "height": row["height"], "attempts": attempt}
-        try:
-            path = safe_join(self.root, output_key(row, self.params.output_format))
-            data = rehydrate_row(row, self.params.output_format, self.params.quality, self.params.registry,
-                                 storage_options=self.params.storage_options,
-                                 skip_enhancement=self.params.skip_enhancement)
-            atomic_write(self.fs, path, data)
-            if self.fs.info(path)["size"] != len(data):
-                raise OSError("short write")
-        except (RehydrateRefused, UnsafeKeyError) as exc:
-            return done_row(out, status="refused", error_message=str(exc))
-        except Exception as exc:
-            return done_row(out, status="failed", error_message=f"{type(exc).__name__}: {exc}")
-        fmt = self.params.output_format or default_format(row)
-        return done_row(out, status="ok", output_uri=self.prefix + path, output_format=fmt, output_size=len(data),
-                     output_sha256=hashlib.sha256(data).hexdigest())
-
-
-def done_row(row: dict, **update) -> dict:
-    row.update(update)
-    row["processed_at"] = datetime.now(timezone.utc)
-    return row
-
-
 def already_done(params: RehydrateParams) -> set[tuple[str, str]]:
     """(source_key, small sha256) pairs an earlier run already rehydrated into `to`."""
-    fs, root = filesystem(params.to, params.storage_options)
+    fs, root = params.fs(params.to)
     table = read_manifest(fs, root, columns=["source_key", "small_sha256", "status"], schema=REHYDRATE_SCHEMA)
     return {(k, s) for k, s, st in zip(*(table.column(c).to_pylist() for c in ("source_key", "small_sha256", "status")))
             if st == "ok"}

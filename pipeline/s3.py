@@ -15,10 +15,11 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import Counter
 from functools import lru_cache
+
+from pipeline.settings import get_settings
 
 MAX_ATTEMPTS = 8
 S3FS_RETRIES = 2
@@ -94,9 +95,9 @@ def arrow_filesystem(fs):
         return pafs.LocalFileSystem()
     if proto in ("s3://", "s3a://"):
         ck = getattr(fs, "client_kwargs", {}) or {}
-        endpoint = (getattr(fs, "endpoint_url", None) or ck.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_S3")
-                    or os.environ.get("AWS_ENDPOINT_URL"))
-        region = ck.get("region_name") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        env = get_settings()
+        endpoint = getattr(fs, "endpoint_url", None) or ck.get("endpoint_url") or env.aws_endpoint_url
+        region = ck.get("region_name") or env.aws_region
         return _arrow_s3(endpoint, fs.key or ck.get("aws_access_key_id"), fs.secret or ck.get("aws_secret_access_key"),
                          fs.token or ck.get("aws_session_token"), region)
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
@@ -108,7 +109,7 @@ class StorageConfigError(RuntimeError):
 
 def _endpoint(fs) -> str:
     ck = getattr(fs, "client_kwargs", {}) or {}
-    return (getattr(fs, "endpoint_url", None) or ck.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL")
+    return (getattr(fs, "endpoint_url", None) or ck.get("endpoint_url") or get_settings().aws_endpoint_url
             or "AWS S3 (default endpoint)")
 
 

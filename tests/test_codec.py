@@ -215,7 +215,7 @@ def test_verify_stores_roundtrip_psnr(x2):
 
 
 def test_cli_compress_and_rehydrate_file(tmp_path, capsys):
-    from pipeline.cli import main
+    from flows.cli import main
 
     img = smooth_rgb(50, 70)
     src = tmp_path / "in.jpg"

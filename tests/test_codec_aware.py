@@ -122,7 +122,7 @@ def test_alpha_falls_back_to_webp_at_the_model_quality(codec_zoo):
 
 
 def test_cli_compress_file_uses_the_model_default(codec_zoo, tmp_path):
-    from pipeline.cli import main
+    from flows.cli import main
 
     src, out, rec = tmp_path / "in.jpg", tmp_path / "small.webp", tmp_path / "rec.json"
     src.write_bytes(photo())

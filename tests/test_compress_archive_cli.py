@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.dataset as ds
 from PIL import Image
 
-from pipeline.cli import main
+from flows.cli import main
 
 
 def _png(seed: int, size: int = 64) -> bytes:

@@ -4,7 +4,7 @@ commands against the SeaweedFS bucket; the nightly deployment fired twice (concu
 ENQUEUE: the second waits, then finds nothing new); and `python -m infra.stack up/status/down`
 with `ray job submit` against its Ray head.
 
-The commands below are the README's ("Running it: ..."), with the bucket substituted; the last
+The commands below are the README's (and docs/deployment.md's), with the bucket substituted; the last
 test checks the README still carries them verbatim. This file does not use `prefect_harness`:
 every Prefect call goes to its own server through PREFECT_API_URL in the subprocess env only.
 """

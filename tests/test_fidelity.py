@@ -19,7 +19,7 @@ from PIL import Image
 from models.metrics import psnr_y
 from models.zoo import load_pair
 from pipeline import codec, enhancement
-from pipeline.cli import main
+from flows.cli import main
 from pipeline.fidelity import PRESETS, compress_to_target, resolve_fidelity
 
 DATA = Path(__file__).parent / "data"

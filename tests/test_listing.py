@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pytest
 
-from flows.compress_archive import decide
+from pipeline.jobs.compress import decide
 from pipeline.config import CompressArchiveParams
 from pipeline.inventory import InventoryListing, write_inventory
 from pipeline.listing import listing_tables

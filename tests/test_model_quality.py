@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
+from flows.cli import main
 
 SET5 = Path(__file__).parent / "data" / "Set5"
 

@@ -130,3 +130,59 @@ def test_archive_on_a_two_node_cluster_equals_a_local_run(s3, bucket, cluster, t
     back = taid("rehydrate", f"s3://{bucket}/remote", "--prefix", "", "--to", f"s3://{bucket}/restored",
                 "--ray-address", cluster["address"], "--actor-resource", "taid_model=1", env=driver)
     assert back["by_status"] == {"ok": 3} and back["dispatch"]["actor_nodes"] == [cluster["model_node"]]
+
+
+@pytest.fixture(scope="module")
+def worker_on_cluster(s3, cluster):
+    """A Prefect server, the on-demand deployments, and a process worker whose environment names the
+    cluster (TAID_RAY_ADDRESS) and holds the S3 keys: the flow runs it picks up send their actors
+    to the cluster without any parameter saying so. Stopped worker first, then the server."""
+    import shutil
+
+    from infra import stack
+
+    home = Path(tempfile.mkdtemp(prefix="taid-prefect-mn-"))
+    server = worker = None
+    try:
+        server, api = stack.start_prefect_server(home / "home", stack.free_port(), home / "server.log")
+        env = stack.client_env(api, home / "home", {**LOCAL, **s3.env(), "TAID_RAY_ADDRESS": cluster["address"],
+                                                    "PREFECT_WORKER_QUERY_SECONDS": "2"})
+        stack.deploy(env, names=["compress-archive/on-demand", "rehydrate/sample"])
+        worker = stack.start_worker(env, home / "worker.log", name="mn-worker")
+        yield env
+    except BaseException:
+        for f in sorted(home.glob("*.log")):
+            print(f"---- {f.name}\n{f.read_text(errors='replace')[-4000:]}", file=sys.stderr)
+        raise
+    finally:
+        if worker is not None:
+            stack.stop_worker(worker)
+        if server is not None:
+            stack.stop_group(server.pid, signal.SIGTERM, grace=10)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_deployment_worker_with_taid_ray_address_runs_on_the_cluster(s3, bucket, cluster, worker_on_cluster):
+    fs = s3.filesystem()
+    for p in sorted(SET5.glob("*.png"))[:2]:
+        fs.pipe(f"{bucket}/src/{p.name}", p.read_bytes())
+    params = {"source": f"s3://{bucket}/src", "dest": f"s3://{bucket}/archive", "model_id": "taid-x4",
+              "actor_resources": {"taid_model": 1}}  # no ray_address, no credentials: the worker's environment
+    run = subprocess.run([str(BIN / "prefect"), "deployment", "run", "compress-archive/on-demand", "--param",
+                          f"params={json.dumps(params)}", "--watch"], env=worker_on_cluster, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0 and "Completed" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
+    fs.invalidate_cache()
+    [stats] = [json.loads(fs.cat(p)) for p in fs.glob(f"{bucket}/archive/_runs/*.json")]
+    assert stats["by_status"] == {"ok": 2}
+    assert stats["dispatch"]["actor_nodes"] == [cluster["model_node"]]  # the model ran on the second node
+
+    back = {"archive": f"s3://{bucket}/archive", "to": f"s3://{bucket}/restored", "prefix": "",
+            "actor_resources": {"taid_model": 1}}
+    run = subprocess.run([str(BIN / "prefect"), "deployment", "run", "rehydrate/sample", "--params",
+                          json.dumps({"params": back}), "--watch"], env=worker_on_cluster, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0 and "Completed" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
+    fs.invalidate_cache()
+    [stats] = [json.loads(fs.cat(p)) for p in fs.glob(f"{bucket}/restored/_runs/*.json")]
+    assert stats["by_status"] == {"ok": 2} and stats["dispatch"]["actor_nodes"] == [cluster["model_node"]]

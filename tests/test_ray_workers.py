@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
 from ray import cloudpickle
 
-from pipeline.ray_workers import gpus_per_actor, run_actor_pool
+from pipeline.actor_pool import ActorPool, PoolOptions, PoolWorker, gpus_per_actor
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/ modules
 
 
-class EchoWorker:
-    """A model-free worker: one row per item; an item named 'poison*' kills its process."""
+class EchoWorker(PoolWorker):
+    """A model-free worker: one row per item; an item named 'poison*' kills its process, one named
+    'warn*' logs a warning."""
 
     def __init__(self, tag: str):
         self.tag = tag
 
-    def ready(self) -> bool:
-        return True
-
-    def process(self, batch: list[dict], attempt: int) -> list[dict]:
-        if any(item["key"].startswith("poison") for item in batch):
+    def handle(self, item: dict, attempt: int) -> dict:
+        if item["key"].startswith("poison"):
             os._exit(1)  # a hard crash (segfaulting decoder, OOM kill): no exception reaches Ray
-        return [{"source_key": item["key"], "status": "ok", "attempts": attempt, "pid": os.getpid()} for item in batch]
+        if item["key"].startswith("warn"):
+            logging.getLogger("pipeline.workers").warning("odd object %s", item["key"])
+        return {"source_key": item["key"], "status": "ok", "attempts": attempt, "pid": os.getpid()}
 
 
 def crash_row(item: dict, attempt: int, exc: Exception) -> dict:
@@ -43,10 +44,9 @@ def test_poison_object_fails_alone_and_everything_else_is_done_once(ray_local):
             yield {"key": k}
 
     rows = []
-    counters = run_actor_pool(
-        EchoWorker, ("t",), items(), rows.append, workers=2, cpus=0.5, gpus=0.0, batch_size=4, max_attempts=2,
-        name="test-echo", crash_row=crash_row,
-    )
+    pool = ActorPool(EchoWorker, ("t",), PoolOptions(workers=2, cpus=0.5, gpus=0.0, batch_size=4, max_attempts=2,
+                                                     name="test-echo"), crash_row=crash_row)
+    counters = pool.run(items(), rows.append)
     by_key = {r["source_key"]: r for r in rows}
     assert len(rows) == len(keys) == len(by_key)  # every item exactly once
     for poison in ("poison-a", "poison-b"):
@@ -72,3 +72,17 @@ def test_gpus_are_automatic(ray_local):
     assert ray.cluster_resources().get("GPU", 0) == 0
     assert gpus_per_actor(None, 2) == 0.0  # no GPU in this cluster: the CPU
     assert gpus_per_actor(0.25, 2) == 0.25  # an explicit request is kept
+
+
+def test_worker_logs_reach_the_driver(ray_local, caplog):
+    """A warning logged inside an actor comes back with its batch and is re-emitted on the driver
+    under the same logger name (so the CLI's stderr and Prefect's run logs show it)."""
+    pool = ActorPool(EchoWorker, ("t",), PoolOptions(workers=1, cpus=0.5, gpus=0.0, batch_size=2, max_attempts=1,
+                                                     name="test-logs"), crash_row=crash_row)
+    rows = []
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        pool.run(iter([{"key": "a"}, {"key": "warn-me"}, {"key": "b"}]), rows.append)
+    assert len(rows) == 3
+    records = [r for r in caplog.records if r.name == "pipeline.workers"]
+    assert [r.getMessage() for r in records] == ["[worker] odd object warn-me"]
+    assert records[0].levelno == logging.WARNING

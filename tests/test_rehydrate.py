@@ -14,7 +14,7 @@ from flows.compress_archive import compress_archive
 from flows.rehydrate import RehydrateParams, rehydrate as rehydrate_flow
 from models.evaluate import evaluate
 from models.metrics import psnr, psnr_y
-from pipeline.cli import main
+from flows.cli import main
 from pipeline.config import CompressArchiveParams
 from pipeline.rehydrate import RehydrateRefused, find_row, rehydrate, rehydrate_pil, rehydrate_row
 

@@ -17,7 +17,7 @@ def taid(args: list[str], env: dict) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     base.update(AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
                 AWS_DEFAULT_REGION="us-east-1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env={**base, **env}, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], env={**base, **env}, capture_output=True,
                           text=True, timeout=120, cwd=ROOT)
 
 

@@ -20,7 +20,7 @@ import yaml
 from PIL import Image
 
 from flows.compress_archive import compress_archive
-from pipeline.cli import main
+from flows.cli import main
 from pipeline.config import CompressArchiveParams
 from pipeline.manifest import ManifestWriter
 from pipeline.rehydrate import find_row

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.config import CompressArchiveParams
-from pipeline.ray_workers import _with_retries
+from pipeline.workers import with_retries
 from pipeline.storage import filesystem, list_objects, secret_option_keys
 
 
@@ -48,7 +48,7 @@ def test_transient_errors_are_retried_and_missing_objects_are_not():
             raise ConnectionError("connection reset by peer")
         return b"data"
 
-    assert _with_retries(flaky, "read") == b"data" and len(calls) == 3
+    assert with_retries(flaky, "read") == b"data" and len(calls) == 3
 
     def missing():
         calls.append(1)
@@ -56,5 +56,5 @@ def test_transient_errors_are_retried_and_missing_objects_are_not():
 
     calls.clear()
     with pytest.raises(FileNotFoundError):
-        _with_retries(missing, "read")
+        with_retries(missing, "read")
     assert len(calls) == 1

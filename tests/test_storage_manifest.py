@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pyarrow.dataset as ds
 import pytest
 
-from flows.compress_archive import decide
+from pipeline.jobs.compress import decide
 from pipeline.config import CompressArchiveParams
 from pipeline.manifest import SCHEMA, ManifestWriter, PreviousState, latest_states, read_manifest
 from pipeline.storage import ObjectInfo, UnsafeKeyError, atomic_write, filesystem, list_objects, safe_join

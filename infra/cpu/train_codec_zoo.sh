@@ -14,7 +14,7 @@ common=(--data "$DATA/T91" "$DATA/BSD200" --codec-gradient proxy --guidance-weig
         --warmup-steps 100 --val-every 250 --ckpt-every 250 --device cpu --minutes "$MINUTES")
 run() {
   name=$1; shift
-  OMP_NUM_THREADS=1 $PY -m pipeline.cli train --out "$OUT/$name" "${common[@]}" "$@" > "$OUT/$name.log" 2>&1 &
+  OMP_NUM_THREADS=1 $PY -m flows.cli train --out "$OUT/$name" "${common[@]}" "$@" > "$OUT/$name.log" 2>&1 &
 }
 run x2-webp --scale 2 --init-from taid-x2 --codec webp --codec-quality 30 90 --patch 128 --batch 8 --steps 2500
 run x4-webp --scale 4 --init-from taid-x4 --codec webp --codec-quality 30 95 --patch 192 --batch 8 --steps 3500

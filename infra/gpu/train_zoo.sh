@@ -11,7 +11,7 @@ LOGS=${LOGS:-$OUT}
 mkdir -p "$OUT" "$LOGS"
 run() {
   name=$1; shift
-  $PY -m pipeline.cli train --data "$DATA/T91" "$DATA/BSD200" --out "$OUT/$name" --minutes "$MINUTES" \
+  $PY -m flows.cli train --data "$DATA/T91" "$DATA/BSD200" --out "$OUT/$name" --minutes "$MINUTES" \
       --steps 200000 --val-every 2000 --ckpt-every 2000 --fresh "$@" > "$LOGS/$name.log" 2>&1 &
 }
 run x2-g010 --scale 2 --guidance-weight 0.010 --patch 128 --batch 32

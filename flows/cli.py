@@ -1,5 +1,12 @@
-"""The `taid` command line. Each subcommand imports what it needs, so `taid train` runs on a
-machine that has only torch (a GPU box) and `taid eval` never starts Ray or Prefect."""
+"""The `taid` command line: the top of the stack, above the job layer (pipeline.jobs) and the
+Prefect flows (flows/), which is why it lives here and not in pipeline/ (nothing below imports it).
+
+`compress-archive` and batch `rehydrate` call the job layer directly, unless a Prefect API is
+configured (PREFECT_API_URL, a Prefect profile) or --prefect asks: then they run the flow, so the
+run shows in that server's UI with its logs and artifacts. A local run thus starts no Prefect server
+and prints no Prefect lines (docs/architecture.md). Each subcommand imports what it needs, so
+`taid train` runs on a machine that has only torch (a GPU box) and `taid eval` never starts Ray or
+Prefect."""
 
 from __future__ import annotations
 
@@ -57,17 +64,11 @@ def _write_atomic(path: str, data: bytes) -> None:
 
 
 def _fidelity_spec(args: argparse.Namespace):
-    """The fidelity a compress command asks for, or None for one fixed small file (an explicit
-    --model / --small-format / --quality / --scale without --fidelity or --target-psnr)."""
-    from pipeline.fidelity import resolve_fidelity
+    """The fidelity a compress-file command asks for, or None for one fixed small file."""
+    from pipeline.fidelity import requested_fidelity
 
-    if args.fidelity is None and args.target_psnr is None and any(
-            getattr(args, k, None) is not None for k in ("model_id", "small_format", "quality", "scale")):
-        return None
-    if any(getattr(args, k, None) is not None for k in ("small_format", "quality", "scale")):
-        raise ValueError("a fidelity target picks the small file's format, quality and scale per image: drop "
-                         "--small-format/--quality/--scale, or drop --fidelity/--target-psnr to write one fixed layer")
-    return resolve_fidelity(args.fidelity, args.target_psnr, args.model_id)
+    return requested_fidelity(args.fidelity, args.target_psnr, args.model_id, args.small_format, args.quality,
+                              args.scale)
 
 
 def _compress_file(args: argparse.Namespace) -> int:
@@ -165,25 +166,58 @@ def _rehydrate_file(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compress_archive(args: argparse.Namespace) -> int:
-    from flows.compress_archive import compress_archive
+def compress_params(args: argparse.Namespace):
+    """The job parameters of a `compress-archive` command line (pydantic checks them)."""
     from pipeline.config import CompressArchiveParams
 
     fields = {k: v for k, v in vars(args).items() if k in CompressArchiveParams.model_fields and v is not None}
     if "actor_resources" in fields:
         fields["actor_resources"] = dict(fields["actor_resources"])
+    return CompressArchiveParams(**fields, show_progress=True)
+
+
+def report(result: dict, ok_statuses: tuple[str, ...] = ("ok",), failed_prefix: str = "") -> int:
+    """Print a run's stats as JSON; exit 1 when rows failed (failed_* for compress, anything not ok
+    for rehydrate)."""
+    print(json.dumps(result, indent=2, default=str))
+    statuses = result.get("by_status", {})
+    bad = [k for k in statuses if (k.startswith(failed_prefix) if failed_prefix else k not in ok_statuses)]
+    return 1 if bad else 0
+
+
+def use_prefect(args: argparse.Namespace) -> bool:
+    """Run through the Prefect flow? --prefect / --no-prefect, else TAID_USE_PREFECT (auto: when a
+    Prefect API URL is configured: environment, profile or an enclosing test harness)."""
+    if args.prefect is not None:
+        return args.prefect
+    from pipeline.settings import get_settings
+
+    mode = get_settings().use_prefect
+    if mode != "auto":
+        return mode == "always"
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.url)
+
+
+def _compress_archive(args: argparse.Namespace) -> int:
     try:
-        params = CompressArchiveParams(**fields, show_progress=True)
+        params = compress_params(args)
     except ValueError as exc:  # pydantic's errors are ValueErrors; they never echo the input
         print(f"taid compress-archive: {exc}", file=sys.stderr)
         return 2
-    from flows.compress_archive import check_storage
+    if use_prefect(args):
+        from pipeline.jobs.compress import check_storage
 
-    check_storage(params)  # missing keys / endpoint / bucket: one line from main(), before the flow starts
-    result = compress_archive(params)
-    print(json.dumps(result, indent=2, default=str))
-    failed = sum(v for k, v in result.get("by_status", {}).items() if k.startswith("failed"))
-    return 1 if failed else 0
+        check_storage(params)  # missing keys / endpoint / bucket: one line from main(), before the flow starts
+        from flows.compress_archive import compress_archive
+
+        result = compress_archive(params)
+    else:
+        from pipeline.jobs import TqdmProgress, run_compress
+
+        result = dict(run_compress(params, TqdmProgress("compress-archive")))
+    return report(result, failed_prefix="failed")
 
 
 def _compact(args: argparse.Namespace) -> int:
@@ -219,16 +253,26 @@ def _rehydrate(args: argparse.Namespace) -> int:
     if not (args.prefix is not None or args.glob or args.run_id) or not args.to:
         print("give a KEY, or --prefix/--glob/--run-id with --to", file=sys.stderr)
         return 2
-    from flows.rehydrate import RehydrateParams, rehydrate as rehydrate_flow
+    params = rehydrate_params(args)
+    if use_prefect(args):
+        from flows.rehydrate import rehydrate as rehydrate_flow
+
+        return report(rehydrate_flow(params))
+    from pipeline.jobs import TqdmProgress, run_rehydrate
+
+    return report(dict(run_rehydrate(params, TqdmProgress("rehydrate"))))
+
+
+def rehydrate_params(args: argparse.Namespace):
+    """The job parameters of a batch `rehydrate` command line."""
+    from pipeline.rehydrate_batch import RehydrateParams
 
     fields = {k: v for k, v in vars(args).items() if k in RehydrateParams.model_fields and v is not None}
     if "actor_resources" in fields:
         fields["actor_resources"] = dict(fields["actor_resources"])
     fields["output_format"] = args.format
     fields["skip_enhancement"] = args.preview
-    result = rehydrate_flow(RehydrateParams(**fields))
-    print(json.dumps(result, indent=2, default=str))
-    return 0 if not any(k != "ok" for k in result.get("by_status", {})) else 1
+    return RehydrateParams(**fields)
 
 
 def _resource(text: str) -> tuple[str, float]:
@@ -240,10 +284,24 @@ def _resource(text: str) -> tuple[str, float]:
 
 
 def _fidelity_args(p: argparse.ArgumentParser) -> None:
+    """What the small files should be: a fidelity (or target), or one fixed layer (model, format...)."""
     g = p.add_mutually_exclusive_group()  # names are checked by pipeline.fidelity (not imported here: it loads torch)
     g.add_argument("--fidelity", metavar="NAME", help="preview (30 dB), standard (36, the default), high (40) or "
                    "lossless: each image gets the cheapest verified representation reaching it (docs/fidelity.md)")
     g.add_argument("--target-psnr", dest="target_psnr", type=float, metavar="DB", help="explicit Y-PSNR floor instead")
+    p.add_argument("--model", dest="model_id", help="zoo id, weights file or registered model id: with a fidelity, "
+                   "the only base pair; without, exactly this pair's single small files (default taid-x2)")
+    p.add_argument("--scale", type=int, help="2, 4, ... 128 (a power of the model's scale; default: the model's)")
+    p.add_argument("--small-format", dest="small_format", choices=["png", "webp", "webp-lossy", "jpeg"],
+                   help="default: the model's (a codec-aware model's lossy format, else png)")
+    p.add_argument("--quality", type=int, help="for webp-lossy / jpeg small files (default: the model's, else 90)")
+
+
+def _prefect_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--prefect", dest="prefect", action="store_true", default=None,
+                   help="run through the Prefect flow (default: only when a Prefect API URL is configured)")
+    g.add_argument("--no-prefect", dest="prefect", action="store_false", help="run the job directly, never the flow")
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -255,13 +313,13 @@ def _serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    token = args.token or os.environ.get("TAID_SERVE_TOKEN")
+    from pipeline.settings import get_settings
+
+    secret = get_settings().serve_token
+    token = args.token or (secret.get_secret_value() if secret else None)
     if not token and args.host not in LOOPBACK and not args.insecure_open:
         print(f"taid serve: refusing to serve {args.host} without a token (--token or TAID_SERVE_TOKEN)", file=sys.stderr)
         return 2
-    from pipeline.local_env import set_local_env_defaults
-
-    set_local_env_defaults()
     from pipeline.serving.config import ServeParams
 
     try:
@@ -294,6 +352,9 @@ def _serve(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="taid", description="Task-Aware Image Downscaling archive tools")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    parser.add_argument("--log-level", dest="log_level", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="level of the taid loggers on stderr (default: TAID_LOG_LEVEL, else INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train (or resume) a TAD/TAU pair on image folders or fsspec URIs")
@@ -341,12 +402,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("input", help="image file")
     c.add_argument("output", help="small file to write (atomically)")
     _fidelity_args(c)
-    c.add_argument("--model", dest="model_id", help="zoo id or weights file: with a fidelity, the only base pair; "
-                   "without, exactly this pair's single small file (default taid-x2)")
-    c.add_argument("--scale", type=int, help="2, 4, ... 128 (a power of the model's scale; default: the model's)")
-    c.add_argument("--small-format", dest="small_format", choices=["png", "webp", "webp-lossy", "jpeg"],
-                   help="default: the model's (a codec-aware model's lossy format, else png)")
-    c.add_argument("--quality", type=int, help="for webp-lossy / jpeg small files (default: the model's, else 90)")
     c.add_argument("--max-pixels", dest="max_pixels", type=int, help="decompression-bomb limit (header check)")
     c.add_argument("--tile", type=int, help="tile side in full-resolution pixels")
     c.add_argument("--multi-frame", dest="multi_frame", choices=["skip", "first"])
@@ -371,12 +426,6 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("source", help="local folder or s3://bucket/prefix")
     a.add_argument("dest", help="local folder or s3://bucket/prefix for small files and manifests")
     _fidelity_args(a)
-    a.add_argument("--model", dest="model_id", help="zoo or registered model id: with a fidelity, the only base pair; "
-                   "without, exactly this pair's single small files (default taid-x2)")
-    a.add_argument("--scale", type=int)
-    a.add_argument("--small-format", dest="small_format", choices=["png", "webp", "webp-lossy", "jpeg"],
-                   help="default: the model's (a codec-aware model's lossy format, else png)")
-    a.add_argument("--quality", type=int, help="for webp-lossy / jpeg small files (default: the model's, else 90)")
     a.add_argument("--no-incremental", dest="incremental", action="store_false", default=None)
     a.add_argument("--retry-failed", dest="retry_failed", action="store_true", default=None)
     a.add_argument("--include", action="append", help="glob on keys (repeatable)")
@@ -399,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--inventory", help="S3 Inventory manifest.json (CSV or Parquet) to plan from instead of a listing")
     a.add_argument("--list-workers", dest="list_workers", type=int, help="S3 sub-prefixes listed in parallel (default 8)")
     a.add_argument("--compact", choices=["auto", "always", "never"], help="manifest index compaction after the run")
+    _prefect_args(a)
     a.set_defaults(func=_compress_archive)
 
     x = sub.add_parser("compact", help="fold an archive's run partitions into its manifest index (atomic, idempotent)")
@@ -422,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--ray-address", dest="ray_address")
     h.add_argument("--actor-resource", dest="actor_resources", action="append", type=_resource, metavar="NAME=N",
                    help="custom Ray resource each model actor asks for (repeatable)")
+    _prefect_args(h)
     h.set_defaults(func=_rehydrate)
 
     v = sub.add_parser("serve", help="HTTP server (Ray Serve) over one archive: thumbnails, rehydrated images, a browser")
@@ -438,11 +489,36 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--endpoint-url", dest="endpoint_url", help="S3-compatible endpoint for s3:// URIs")
     v.add_argument("--ray-address", dest="ray_address", help="Ray cluster to deploy into (default: a local Ray)")
     v.set_defaults(func=_serve)
+    for command in sub.choices.values():  # --log-level before or after the subcommand
+        command.add_argument("--log-level", dest="log_level", type=str.upper, default=argparse.SUPPRESS,
+                             choices=["DEBUG", "INFO", "WARNING", "ERROR"], help=argparse.SUPPRESS)
     return parser
+
+
+def setup(args: argparse.Namespace) -> None:
+    """Before any job: local Ray / Prefect without usage stats or telemetry (values already in the
+    environment win), and our loggers on stderr at the asked level (libraries at WARNING)."""
+    import logging
+
+    from pipeline.local_env import set_local_env_defaults
+    from pipeline.settings import get_settings
+
+    set_local_env_defaults()
+    level = args.log_level or get_settings().log_level
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    for name in ("pipeline", "models", "flows"):
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        if not any(getattr(h, "taid_cli", False) for h in logger.handlers):
+            handler.taid_cli = True
+            logger.addHandler(handler)
+    logging.captureWarnings(True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    setup(args)
     try:
         return args.func(args)
     except Exception as exc:

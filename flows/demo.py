@@ -1,8 +1,8 @@
 """`make demo`: the main job on the embedded defaults, no servers.
 
-    python -m pipeline.demo [--dest runs/demo-archive] [--model taid-x2]
+    python -m flows.demo [--dest runs/demo-archive] [--model taid-x2]
 
-Runs the `compress-archive` flow over the bundled photos (tests/data/Set5 and Set14) into
+Runs the `compress-archive` Prefect flow (the job layer inside it) over the bundled photos (tests/data/Set5 and Set14) into
 `runs/demo-archive` with a local Ray and Prefect's ephemeral API, prints the run summary and
 where the manifest is, runs it a second time (incremental: nothing to do), then rehydrates one
 image from its small file and manifest row to show the round trip.

@@ -1,0 +1,323 @@
+"""The compress job: a compact TAID version of every image under a prefix.
+
+    list (or an S3 Inventory) -> sorted merge with the manifest index -> ActorPool of CompressWorkers
+    (read, decode, TAD, encode, atomic write) -> Parquet manifest parts -> run stats (written last)
+    -> compaction of the manifest index
+
+Planning is `pipeline.plan`, the work `pipeline.workers.CompressWorker`, rows `pipeline.rows`, the
+manifest `pipeline.manifest`. No Prefect here: `flows/compress_archive.py` wraps `run_compress`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import TypedDict
+
+from pipeline import s3
+from pipeline.config import PIPELINE_VERSION, CompressArchiveParams
+from pipeline.jobs.common import new_run_id, s3_counts
+from pipeline.jobs.progress import NoProgress, Progress, Throttled
+from pipeline.manifest import ManifestWriter, PreviousState, write_run_stats
+from pipeline.rows import ArchiveRow, ArchiveRows
+from pipeline.storage import ObjectInfo, UnsafeKeyError, safe_join
+
+log = logging.getLogger(__name__)
+
+
+class CompressResult(TypedDict, total=False):
+    """The run stats (DEST/_runs/<run_id>.json) and what `run_compress` returns."""
+
+    run_id: str
+    source: str
+    dest: str
+    model_id: str | None
+    scale: int | None
+    small_format: str | None
+    quality: int | None
+    fidelity: str | None
+    target_psnr: float | None
+    pipeline_version: str
+    dry_run: bool
+    to_process: int  # dry runs only
+    plan: dict  # objects not processed, by reason (and "listed")
+    dispatch: dict  # actor pool counters: restarts, batches, actor_nodes, gpus_per_worker
+    manifest_parts: int
+    rows: int
+    by_status: dict
+    bytes_in_ok: int
+    bytes_out_ok: int
+    ratio_ok: float | None
+    bytes_saved_ok: int
+    enhancement_bytes_ok: int
+    images_with_layer: int
+    stored_fraction_ok: float | None
+    psnr_y_mean: float | None
+    psnr_y_min: float | None
+    seconds: float
+    images_per_s: float
+    megapixels_per_s: float
+    finished_at: str
+    s3: dict
+    index: dict  # the manifest index compaction after the run
+
+
+def decide(obj: ObjectInfo, prev: PreviousState | None, params: CompressArchiveParams) -> str:
+    """'process', or why not: 'unchanged' (ok row with the same ETag and size for this model),
+    'failed_before' (incremental runs leave failures to retry_failed), 'skipped_before' (an
+    unchanged object our policy refused: empty, not an image, too large...), 'not_failed'
+    (retry_failed runs touch failed_* rows only: a skip is a decision, not an accident)."""
+    if params.retry_failed:  # whatever the object's version now: its latest row failed
+        return "process" if prev is not None and prev.status.startswith("failed") else "not_failed"
+    same = prev is not None and prev.etag == obj.etag and prev.size == obj.size and same_settings(prev, params)
+    if not params.incremental or not same:
+        return "process"
+    if prev.status == "ok":
+        return "unchanged"
+    return "failed_before" if prev.status.startswith("failed") else "skipped_before"
+
+
+def same_settings(prev: PreviousState, params: CompressArchiveParams) -> bool:
+    """Was the latest row made with what this run asks for? The same fidelity (preset or target)
+    by one of its pairs, or, for a fixed single layer, the same model and no fidelity.
+    `pipeline.plan.same_settings_mask` is the vectorised twin: change both together."""
+    spec = params.fidelity_spec()
+    if spec is None:
+        return prev.fidelity is None and prev.model_id in (params.single_model, None)
+    return prev.fidelity == spec.name and prev.target_psnr == spec.target_psnr and prev.model_id in (*spec.models, None)
+
+
+def plan_objects(params: CompressArchiveParams, counts: dict) -> tuple[Iterator[ObjectInfo], int | None]:
+    """(the objects to process, streamed in one listing pass; an estimate of how many objects
+    will be listed, None when unknown). The others are counted in `counts` by reason. Memory
+    stays flat in the number of objects: see `pipeline.plan`."""
+    from pipeline.inventory import InventoryListing
+    from pipeline.listing import listing_tables
+    from pipeline.manifest_index import PLAN_COLUMNS, ManifestReader
+    from pipeline.plan import plan
+    from pipeline.storage import protocol_prefix
+
+    fs, root = params.fs(params.source)
+    base = protocol_prefix(fs) + root.rstrip("/") + "/"
+    estimate = None
+    if params.inventory:  # the day's S3 Inventory report instead of listing the bucket
+        inventory = InventoryListing(params.inventory, params.source, fs=params.fs(params.inventory)[0])
+        estimate = inventory.prepare()
+        listing = inventory.tables(params.include, params.exclude)
+    else:
+        listing = listing_tables(fs, root, params.include, params.exclude, params.list_workers)
+    states = None
+    if params.incremental:
+        dst_fs, dest_root = params.fs(params.dest)
+        reader = ManifestReader(params.dest, fs=dst_fs, root=dest_root)
+        estimate = estimate or reader.snapshot().keys or None
+        states = reader.latest(PLAN_COLUMNS)
+    return plan(listing, states, params, base, counts), estimate
+
+
+def check_storage(params: CompressArchiveParams) -> None:
+    """Missing credentials, an unreachable endpoint or a missing bucket: a StorageConfigError
+    whose message is one line saying what to set."""
+    for uri in filter(None, (params.source, params.dest, params.inventory)):
+        fs, path = params.fs(uri)
+        s3.check_access(fs, path)
+
+
+def compact_if_needed(fs, root: str, always: bool = False) -> dict:
+    """Fold run partitions into the manifest index when policy says so. A failure is logged and
+    left to the next run: the run partitions are the source of truth, nothing is lost."""
+    from pipeline.manifest_index import compact, needs_compaction, snapshot
+    from pipeline.s3 import arrow_filesystem
+
+    try:
+        if not (always or needs_compaction(snapshot(fs, root), arrow_filesystem(fs))):
+            return {"compacted": False}
+        result = compact(fs, root)
+    except Exception as exc:  # noqa: BLE001 - compaction is an optimisation; the run itself succeeded
+        log.warning("manifest compaction failed (the next run retries): %s: %s", type(exc).__name__, exc)
+        return {"compacted": False, "error": f"{type(exc).__name__}: {exc}"}
+    return {k: (len(v) if k == "files" else v) for k, v in result.items() if k != "runs"}
+
+
+def compact_manifest(params: CompressArchiveParams) -> dict:
+    """After a run: fold its partition into the manifest index (policy `params.compact`)."""
+    if params.compact == "never":
+        return {"compacted": False}
+    fs, root = params.fs(params.dest)
+    return compact_if_needed(fs, root, always=params.compact == "always")
+
+
+class RunStats:
+    """Counters for the summary and the run stats JSON."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.by_status: dict[str, int] = {}
+        self.bytes_in = self.bytes_out = self.bytes_layer = self.pixels = 0
+        self.psnr_sum, self.psnr_n, self.psnr_min, self.layers = 0.0, 0, None, 0
+
+    def add(self, row: ArchiveRow) -> None:
+        self.by_status[row.status] = self.by_status.get(row.status, 0) + 1
+        if row.status != "ok":
+            return
+        self.bytes_in += row.source_size or 0
+        self.bytes_out += (row.output_size or 0) + (row.enhancement_size or 0)
+        self.bytes_layer += row.enhancement_size or 0
+        self.layers += 1 if row.enhancement_size else 0
+        self.pixels += (row.width or 0) * (row.height or 0)
+        if row.psnr_y is not None:
+            p = min(row.psnr_y, 99.0)  # an exact (lossless) image counts as 99 dB in the mean
+            self.psnr_sum, self.psnr_n = self.psnr_sum + p, self.psnr_n + 1
+            self.psnr_min = p if self.psnr_min is None else min(self.psnr_min, p)
+
+    @property
+    def rows(self) -> int:
+        return sum(self.by_status.values())
+
+    def summary(self) -> dict:
+        elapsed = max(time.time() - self.started, 1e-9)
+        return {
+            "rows": self.rows, "by_status": dict(sorted(self.by_status.items())), "bytes_in_ok": self.bytes_in,
+            "bytes_out_ok": self.bytes_out, "ratio_ok": (self.bytes_in / self.bytes_out) if self.bytes_out else None,
+            "bytes_saved_ok": self.bytes_in - self.bytes_out, "enhancement_bytes_ok": self.bytes_layer,
+            "images_with_layer": self.layers,
+            "stored_fraction_ok": (self.bytes_out / self.bytes_in) if self.bytes_in else None,
+            "psnr_y_mean": (self.psnr_sum / self.psnr_n) if self.psnr_n else None, "psnr_y_min": self.psnr_min,
+            "seconds": elapsed, "images_per_s": self.rows / elapsed, "megapixels_per_s": self.pixels / 1e6 / elapsed,
+        }
+
+
+def resolve_models(params: CompressArchiveParams) -> CompressArchiveParams:
+    """Load and verify every pair the run may use now (a missing or modified model fails the run
+    before any work) and make the defaults explicit for the actors and the run stats."""
+    from models.zoo import load_pair
+    from pipeline.codec import check_options, small_file_settings
+
+    spec = params.fidelity_spec()
+    if spec is not None:
+        for model_id in spec.models:
+            load_pair(model_id, registry=params.registry)
+        return params.model_copy(update={"fidelity": None if params.target_psnr else spec.name})
+    pair = load_pair(params.single_model, registry=params.registry)
+    fmt, quality = small_file_settings(pair, params.small_format, params.quality)
+    params = params.model_copy(update={"model_id": params.single_model, "scale": params.scale or pair.scale,
+                                       "small_format": fmt, "quality": quality})
+    check_options(pair, params.codec_options(pair.scale))  # e.g. x8 with taid-x4: a caller error, before any work
+    return params
+
+
+def run_compress(params: CompressArchiveParams, progress: Progress | None = None,
+                 run_id: str | None = None) -> CompressResult:
+    """One compress run: returns (and writes last, as DEST/_runs/<run_id>.json) its stats."""
+    from pipeline.actor_pool import ActorPool, PoolOptions, ensure_ray, gpus_per_actor
+    from pipeline.workers import CompressWorker
+
+    run_id = run_id or new_run_id()
+    progress = Throttled(progress or NoProgress())
+    dst_fs, dest_root = params.fs(params.dest)
+    check_storage(params)  # one line saying what to set, before any work
+    s3_before = dict(s3.STATS)
+    if params.incremental and params.compact != "never":
+        compact_if_needed(dst_fs, dest_root)  # e.g. runs that crashed before their compaction
+    params = resolve_models(params)
+    counts: dict = {}  # the plan streams: one listing pass, decided as the work goes
+    planned, estimate = plan_objects(params, counts)
+    yielded = [0]
+
+    def counted(objects):
+        for obj in objects:
+            yielded[0] += 1
+            yield obj
+
+    planned = counted(planned)
+    log.info("run %s: planning over about %s listed objects", run_id, estimate or "an unknown number of")
+    if params.dry_run:
+        return {"run_id": run_id, "dry_run": True, "to_process": sum(1 for _ in planned), "plan": counts}
+
+    stats = RunStats()
+    writer = ManifestWriter(dst_fs, dest_root, run_id, params.rows_per_part)
+    rows = ArchiveRows(run_id, {"model_id": params.model_id, **params.fidelity_columns()}, PIPELINE_VERSION)
+
+    def done() -> tuple[int, int]:
+        """(objects done, total): listed objects not to process count as done; the total is the
+        estimate (inventory count, or keys in the index) until the listing outgrows it."""
+        listed = counts.get("listed", 0)
+        return listed - yielded[0] + stats.rows, max(estimate or 0, listed, 1)
+
+    def on_row(row: ArchiveRow) -> None:
+        writer.add(row)
+        stats.add(row)
+        progress.update(*done())
+
+    def checked(objects):
+        """Refuse keys that would escape DEST here, before any actor sees them."""
+        for obj in objects:
+            try:
+                safe_join(dest_root, obj.key)
+            except UnsafeKeyError as exc:
+                on_row(rows.skipped(obj, 0, "skipped_unsafe_key", str(exc)))
+                continue
+            yield obj.__dict__
+
+    dispatch = {"actor_restarts": 0, "batches": 0}
+    try:
+        first = next(planned, None)  # plans until the first object to process, or the end
+        if first is not None:  # else nothing new: no actors, just the (empty) run record
+            ensure_ray(params.ray_address)
+            gpus = gpus_per_actor(params.gpus_per_worker, params.workers)
+            params = params.model_copy(update={"gpus_per_worker": gpus})
+            pool = ActorPool(CompressWorker, (params.model_dump(), run_id), PoolOptions(
+                workers=params.workers, cpus=params.cpus_per_worker, gpus=gpus, batch_size=params.batch_size,
+                max_attempts=params.max_attempts, name=f"taid-compress-{run_id}",
+                resources=params.actor_resources), crash_row=rows.crash)
+            dispatch = pool.run(checked(itertools.chain([first], planned)), on_row)
+    finally:
+        writer.close()  # rows of finished objects are never lost, even if the run dies
+        progress.close(done()[0])
+    result: CompressResult = {
+        "run_id": run_id, "source": params.source, "dest": params.dest, "model_id": params.model_id,
+        "scale": params.scale, "small_format": params.small_format, "quality": params.quality,
+        **params.fidelity_columns(),
+        "pipeline_version": PIPELINE_VERSION, "plan": counts, "dispatch": dispatch,
+        "manifest_parts": writer.parts, **stats.summary(),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    result["s3"] = s3_counts(s3_before)  # throttled answers, retries, list requests (this driver)
+    write_run_stats(dst_fs, dest_root, run_id, result)  # written last: marks the run complete
+    log.info("run %s: %d rows %s in %.1f s", run_id, result["rows"], result["by_status"], result["seconds"])
+    result["index"] = compact_manifest(params)
+    return result
+
+
+def _db(v) -> str | None:
+    return None if v is None else ("exact" if v >= 99 else f"{v:.2f} dB")
+
+
+def summary_table(result: CompressResult) -> list[dict]:
+    """The run in (metric, value) rows: the Prefect artifact, the demo's printout."""
+    rows = [{"metric": "images processed", "value": result["rows"]}]
+    if result.get("fidelity"):
+        rows.append({"metric": "fidelity", "value": f"{result['fidelity']} (Y-PSNR >= {_db(result['target_psnr'])})"})
+    small = result.get("small_format")
+    if small:
+        rows.append({"metric": "small format", "value": small + (f" q{result['quality']}" if result.get("quality") else "")})
+    rows += [{"metric": f"status {k}", "value": v} for k, v in result["by_status"].items()]
+    rows += [{"metric": f"not processed: {k}", "value": v} for k, v in result["plan"].items() if k != "listed"]
+    rows += [
+        {"metric": "bytes in (ok)", "value": result["bytes_in_ok"]},
+        {"metric": "bytes out (ok)", "value": result["bytes_out_ok"]},
+        {"metric": "ratio in/out", "value": round(result["ratio_ok"], 3) if result["ratio_ok"] else None},
+        {"metric": "bytes saved (ok)", "value": result["bytes_saved_ok"]},
+        {"metric": "stored / source bytes (ok)",
+         "value": round(result["stored_fraction_ok"], 4) if result["stored_fraction_ok"] is not None else None},
+        {"metric": "images with an enhancement layer", "value": result["images_with_layer"]},
+        {"metric": "Y-PSNR vs source: mean", "value": _db(result["psnr_y_mean"])},
+        {"metric": "Y-PSNR vs source: minimum", "value": _db(result["psnr_y_min"])},
+        {"metric": "images/s", "value": round(result["images_per_s"], 3)},
+        {"metric": "megapixels/s", "value": round(result["megapixels_per_s"], 3)},
+        {"metric": "actor restarts", "value": result["dispatch"]["actor_restarts"]},
+    ]
+    return rows

@@ -1,0 +1,82 @@
+"""The rehydrate job: full-resolution images back from an archive, in parallel on the ActorPool.
+
+Selection: explicit keys, a key prefix, a glob, and/or the rows of one compress run
+(`pipeline.rehydrate_batch.select_rows`, through the shared manifest reader). Each selected key's
+latest `ok` row is rehydrated by `RehydrateWorker`s into `to`, with a manifest of what was produced
+(`pipeline.rows.RestoredRow`) in `to/_manifest/run=<id>/` and run stats in `to/_runs/<id>.json`
+(written last). Refusals and failures are rows with a status, writes are atomic, and a rerun skips
+images already rehydrated from the same small file.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TypedDict
+
+from pipeline.jobs.common import new_run_id
+from pipeline.jobs.progress import NoProgress, Progress, Throttled
+from pipeline.manifest import ManifestWriter, write_run_stats
+from pipeline.rehydrate_batch import REHYDRATE_SCHEMA, RehydrateParams, already_done, select_rows
+from pipeline.rows import RestoredRow, RestoredRows
+
+log = logging.getLogger(__name__)
+
+
+class RehydrateResult(TypedDict, total=False):
+    run_id: str
+    archive: str
+    to: str
+    selected: int
+    already_done: int  # selected keys rehydrated earlier from the same small file
+    dry_run: bool
+    keys: list[str]  # dry runs only: what would be rehydrated
+    rows: int
+    by_status: dict
+    dispatch: dict
+    seconds: float
+
+
+def run_rehydrate(params: RehydrateParams, progress: Progress | None = None,
+                  run_id: str | None = None) -> RehydrateResult:
+    from pipeline.actor_pool import ActorPool, PoolOptions, ensure_ray, gpus_per_actor
+    from pipeline.workers import RehydrateWorker
+
+    run_id = run_id or new_run_id()
+    progress = Throttled(progress or NoProgress())
+    started = time.time()
+    selected = select_rows(params)
+    done = already_done(params)
+    todo = [r for r in selected if (r["source_key"], r["output_sha256"]) not in done]
+    log.info("rehydrate %s: %d selected, %d already rehydrated", run_id, len(selected), len(selected) - len(todo))
+    result: RehydrateResult = {"run_id": run_id, "archive": params.archive, "to": params.to,
+                               "selected": len(selected), "already_done": len(selected) - len(todo)}
+    if params.dry_run:
+        return {**result, "dry_run": True, "keys": [r["source_key"] for r in todo]}
+    fs, root = params.fs(params.to)
+    writer = ManifestWriter(fs, root, run_id, schema=REHYDRATE_SCHEMA)
+    by_status: dict[str, int] = {}
+
+    def on_row(row: RestoredRow) -> None:
+        writer.add(row)
+        by_status[row.status] = by_status.get(row.status, 0) + 1
+        progress.update(writer.rows + len(writer.buffer), len(todo))
+
+    dispatch = {"actor_restarts": 0, "batches": 0}
+    try:
+        if todo:
+            ensure_ray(params.ray_address)
+            params = params.model_copy(update={"gpus_per_worker": gpus_per_actor(params.gpus_per_worker, params.workers)})
+            pool = ActorPool(RehydrateWorker, (params.model_dump(), run_id), PoolOptions(
+                workers=params.workers, cpus=params.cpus_per_worker, gpus=params.gpus_per_worker,
+                batch_size=params.batch_size, max_attempts=params.max_attempts, name=f"taid-rehydrate-{run_id}",
+                resources=params.actor_resources), crash_row=RestoredRows(run_id).crash)
+            dispatch = pool.run(iter(todo), on_row)
+    finally:
+        writer.close()
+        progress.close(writer.rows)
+    result.update({"rows": writer.rows, "by_status": dict(sorted(by_status.items())), "dispatch": dispatch,
+                   "seconds": time.time() - started})
+    write_run_stats(fs, root, run_id, result)
+    log.info("rehydrate %s: %d rows %s in %.1f s", run_id, result["rows"], result["by_status"], result["seconds"])
+    return result

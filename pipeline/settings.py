@@ -1,0 +1,50 @@
+"""Everything taid-archive reads from the environment, in one place (docs/settings.md has the table).
+
+    from pipeline.settings import get_settings
+    get_settings().ray_address          # TAID_RAY_ADDRESS
+
+Job parameters (CompressArchiveParams, RehydrateParams) say what one run does and are stored by
+Prefect; settings say where this machine finds its cluster, registry and credentials, and are
+never stored with a run. Storage credentials are read by botocore itself (AWS_* variables,
+~/.aws); they appear here only so that error messages and pyarrow's S3 client see the same values.
+
+Settings are read anew on each `get_settings()` call (cheap): a test or a worker that changes the
+environment sees the change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TAID_", extra="ignore", case_sensitive=False)
+
+    ray_address: str = Field("", description="Ray cluster for compress and rehydrate jobs when a run names none "
+                             "(e.g. ray://head:10001 or auto); empty: a fresh local Ray")
+    model_registry: str | None = Field(None, description="model registry URI for fine-tuned model ids "
+                                       "(models/registry.py); a job's `registry` parameter wins")
+    cache_dir: Path = Field(Path.home() / ".cache" / "taid-archive" / "weights",
+                            description="local cache of weights fetched from the registry (sha256-checked)")
+    serve_token: SecretStr | None = Field(None, description="bearer token of `taid serve` (the --token flag wins)")
+    log_level: LogLevel = Field("INFO", description="level of the taid loggers (the --log-level flag wins)")
+    use_prefect: Literal["auto", "always", "never"] = Field(
+        "auto", description="CLI runs of compress-archive / rehydrate: through the Prefect flow (always), the job "
+        "layer directly (never), or the flow only when a Prefect API URL is configured (auto); --prefect / "
+        "--no-prefect win")
+    # storage: read by botocore/s3fs themselves; named here for our error messages and pyarrow's S3
+    aws_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+                                         description="S3-compatible endpoint (a job's endpoint_url wins)")
+    aws_region: str | None = Field(None, validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"))
+    aws_access_key_id: str | None = Field(None, validation_alias="AWS_ACCESS_KEY_ID")
+    aws_secret_access_key: SecretStr | None = Field(None, validation_alias="AWS_SECRET_ACCESS_KEY")
+
+
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,135 @@
+"""The two actor workers the `ActorPool` runs: one object -> one archive row (compress), one archive
+row -> one restored file and its row (rehydrate). Each loads its models once, on the device it
+reserved (`actor_pool.torch_device`), and never raises for one item: failures become rows.
+
+They live in an importable package module so Ray can load them however the caller was loaded
+(a Prefect flow file, the CLI, a test)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from pipeline.actor_pool import PoolWorker, torch_device
+from pipeline.config import PIPELINE_VERSION, CompressArchiveParams
+from pipeline.rows import ArchiveRows, RestoredRows
+from pipeline.storage import ObjectInfo, UnsafeKeyError, atomic_write, protocol_prefix, safe_join
+
+log = logging.getLogger(__name__)
+RETRIES = 3  # transient storage errors, per read / write
+
+
+def with_retries(fn, what: str):
+    delay = 0.2
+    for attempt in range(RETRIES):
+        try:
+            return fn()
+        except (FileNotFoundError, PermissionError):
+            raise  # not transient
+        except Exception as exc:
+            if attempt == RETRIES - 1:
+                raise
+            log.warning("%s failed (attempt %d of %d, retrying): %s: %s", what, attempt + 1, RETRIES,
+                        type(exc).__name__, exc)
+            time.sleep(delay)
+            delay *= 4
+
+
+def write_checked(fs, path: str, blob: bytes) -> None:
+    """Atomic write with retries, then a size check of what landed."""
+    with_retries(lambda: atomic_write(fs, path, blob), f"write {path}")
+    written = fs.info(path)["size"]
+    if written != len(blob):
+        raise OSError(f"wrote {written} of {len(blob)} bytes")
+
+
+def _strip(uri: str) -> str:
+    return uri.split("://", 1)[1] if "://" in uri else uri
+
+
+class CompressWorker(PoolWorker):
+    """One model (or the fidelity's pairs), loaded once; `handle` turns one object into its row."""
+
+    def __init__(self, params: dict, run_id: str):
+        from models.zoo import load_pair
+
+        self.params = CompressArchiveParams(**params)
+        self.device = torch_device(self.params.gpus_per_worker or 0, self.params.cpus_per_worker)
+        self.rows = ArchiveRows(run_id, {"model_id": self.params.model_id, **self.params.fidelity_columns()},
+                                PIPELINE_VERSION)
+        self.fidelity = self.params.fidelity_spec()
+        if self.fidelity is not None:  # every pair the fidelity may pick
+            self.pairs = {m: load_pair(m, self.device, registry=self.params.registry) for m in self.fidelity.models}
+            self.options = self.params.codec_options(2)
+        else:
+            self.pair = load_pair(self.params.single_model, self.device, registry=self.params.registry)
+            self.options = self.params.codec_options(self.pair.scale)
+        self.src_fs, _ = self.params.fs(self.params.source)
+        self.dst_fs, self.dest_root = self.params.fs(self.params.dest)
+        self.dest_prefix = protocol_prefix(self.dst_fs)
+
+    def _compress(self, data: bytes):
+        """(small file, enhancement layer or None, record)."""
+        from pipeline.codec import compress_image
+        from pipeline.fidelity import compress_to_target
+
+        if self.fidelity is not None:
+            return compress_to_target(data, self.pairs, self.fidelity, self.options)
+        small, record = compress_image(data, self.pair, self.options)
+        return small, None, record
+
+    def handle(self, item: dict, attempt: int):
+        from pipeline.enhancement import layer_name
+        from pipeline.small_file import SUFFIX
+
+        obj = ObjectInfo(**item)
+        try:
+            data = with_retries(lambda: self.src_fs.cat_file(_strip(obj.uri)), f"read {obj.uri}")
+        except Exception as exc:
+            return self.rows.failed(obj, attempt, "failed_read", exc)
+        small, layer, record = self._compress(data)
+        if small is None:
+            return self.rows.from_codec(obj, attempt, record)
+        try:
+            out_path = safe_join(self.dest_root, obj.key + SUFFIX[record.output_format])
+        except UnsafeKeyError as exc:
+            return self.rows.skipped(obj, attempt, "skipped_unsafe_key", str(exc), record)
+        layer_path = layer_name(out_path) if layer is not None else None
+        try:
+            if layer is not None:  # the layer first: a small file that names a layer is never visible without it
+                write_checked(self.dst_fs, layer_path, layer)
+            write_checked(self.dst_fs, out_path, small)
+        except Exception as exc:
+            return self.rows.failed(obj, attempt, "failed_write", exc, record)
+        return self.rows.ok(obj, attempt, record, self.dest_prefix + out_path,
+                            self.dest_prefix + layer_path if layer_path else None)
+
+
+class RehydrateWorker(PoolWorker):
+    """Verified small file (+ layer) -> the paired upscaler, on the device reserved -> full-resolution
+    file in `to`."""
+
+    def __init__(self, params: dict, run_id: str):
+        from pipeline.rehydrate_batch import RehydrateParams
+
+        self.params = RehydrateParams(**params)
+        self.device = torch_device(self.params.gpus_per_worker, self.params.cpus_per_worker)
+        self.rows = RestoredRows(run_id)
+        self.fs, self.root = self.params.fs(self.params.to)
+        self.prefix = protocol_prefix(self.fs)
+
+    def handle(self, row: dict, attempt: int):
+        from pipeline.rehydrate import RehydrateRefused, rehydrate_row
+        from pipeline.rehydrate_batch import default_format, output_key
+
+        p = self.params
+        try:
+            path = safe_join(self.root, output_key(row, p.output_format))
+            data = rehydrate_row(row, p.output_format, p.quality, p.registry, storage_options=p.storage_options,
+                                 skip_enhancement=p.skip_enhancement, device=self.device)
+            write_checked(self.fs, path, data)
+        except (RehydrateRefused, UnsafeKeyError) as exc:
+            return self.rows.refused(row, attempt, exc)
+        except Exception as exc:
+            return self.rows.failed(row, attempt, exc)
+        return self.rows.ok(row, attempt, self.prefix + path, p.output_format or default_format(row), data)
