@@ -166,14 +166,22 @@ def _rehydrate_file(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ray_fields(args: argparse.Namespace, model) -> dict:
+    """The flags that are fields of `model` (a RayParams), as its field values."""
+    fields = {k: v for k, v in vars(args).items() if k in model.model_fields and v is not None}
+    for name in ("actor_resources", "worker_resources"):
+        if name in fields:
+            fields[name] = dict(fields[name])
+    if getattr(args, "precision", None):
+        fields["inference"] = {"precision": args.precision}
+    return fields
+
+
 def compress_params(args: argparse.Namespace):
     """The job parameters of a `compress-archive` command line (pydantic checks them)."""
     from pipeline.config import CompressArchiveParams
 
-    fields = {k: v for k, v in vars(args).items() if k in CompressArchiveParams.model_fields and v is not None}
-    if "actor_resources" in fields:
-        fields["actor_resources"] = dict(fields["actor_resources"])
-    return CompressArchiveParams(**fields, show_progress=True)
+    return CompressArchiveParams(**_ray_fields(args, CompressArchiveParams), show_progress=True)
 
 
 def report(result: dict, ok_statuses: tuple[str, ...] = ("ok",), failed_prefix: str = "") -> int:
@@ -267,9 +275,7 @@ def rehydrate_params(args: argparse.Namespace):
     """The job parameters of a batch `rehydrate` command line."""
     from pipeline.rehydrate_batch import RehydrateParams
 
-    fields = {k: v for k, v in vars(args).items() if k in RehydrateParams.model_fields and v is not None}
-    if "actor_resources" in fields:
-        fields["actor_resources"] = dict(fields["actor_resources"])
+    fields = _ray_fields(args, RehydrateParams)
     fields["output_format"] = args.format
     fields["skip_enhancement"] = args.preview
     return RehydrateParams(**fields)
@@ -295,6 +301,26 @@ def _fidelity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--small-format", dest="small_format", choices=["png", "webp", "webp-lossy", "jpeg"],
                    help="default: the model's (a codec-aware model's lossy format, else png)")
     p.add_argument("--quality", type=int, help="for webp-lossy / jpeg small files (default: the model's, else 90)")
+
+
+def _ray_args(p: argparse.ArgumentParser) -> None:
+    """How a job runs on Ray (pipeline.config.RayParams)."""
+    p.add_argument("--ray-address", dest="ray_address", help="Ray cluster (default: TAID_RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--workers", type=int, help="actors (the CPU workers when staged; default 2)")
+    p.add_argument("--cpus-per-worker", dest="cpus_per_worker", type=float, help="Ray CPUs per actor (default 0.5)")
+    p.add_argument("--gpus-per-worker", dest="gpus_per_worker", type=float,
+                   help="single stage: Ray GPUs per actor (default: a GPU share when the cluster has GPUs; 0 = CPU)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="objects per actor call")
+    p.add_argument("--actor-resource", dest="actor_resources", action="append", type=_resource, metavar="NAME=N",
+                   help="custom Ray resource each model actor asks for (repeatable), e.g. taid_model=1")
+    p.add_argument("--worker-resource", dest="worker_resources", action="append", type=_resource, metavar="NAME=N",
+                   help="staged: custom Ray resource each CPU worker asks for (repeatable)")
+    p.add_argument("--stages", choices=["auto", "single", "staged"],
+                   help="staged: CPU workers + model actors batching tiles (default auto: staged when the cluster has GPUs)")
+    p.add_argument("--model-actors", dest="model_actors", type=int, help="staged: model actors (default: one per GPU)")
+    p.add_argument("--tile-batch", dest="tile_batch", type=int, help="staged: tiles per forward call (default 16)")
+    p.add_argument("--precision", choices=["auto", "fp32", "tf32", "bf16", "fp16"],
+                   help="network precision (default: TAID_PRECISION, else fp32 on a CPU, bf16 on CUDA)")
 
 
 def _prefect_args(p: argparse.ArgumentParser) -> None:
@@ -432,14 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--exclude", action="append", help="glob on keys (repeatable)")
     a.add_argument("--max-pixels", dest="max_pixels", type=int)
     a.add_argument("--max-images", dest="max_images", type=int)
-    a.add_argument("--ray-address", dest="ray_address", help="Ray cluster (default: a local Ray)")
-    a.add_argument("--workers", type=int)
-    a.add_argument("--cpus-per-worker", dest="cpus_per_worker", type=float, help="Ray CPUs per actor (default 0.5)")
-    a.add_argument("--gpus-per-worker", dest="gpus_per_worker", type=float,
-                   help="Ray GPUs per actor (default: automatic, a GPU share when the cluster has GPUs; 0 = CPU)")
-    a.add_argument("--batch-size", dest="batch_size", type=int)
-    a.add_argument("--actor-resource", dest="actor_resources", action="append", type=_resource, metavar="NAME=N",
-                   help="custom Ray resource each model actor asks for (repeatable), e.g. taid_model=1")
+    _ray_args(a)
     a.add_argument("--endpoint-url", dest="endpoint_url",
                    help="S3-compatible endpoint for s3:// URIs (credentials: AWS_* environment, ~/.aws, fsspec config)")
     a.add_argument("--registry", help="model registry URI for fine-tuned model ids")
@@ -468,10 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--quality", type=int)
     h.add_argument("--preview", action="store_true", help="leave out enhancement layers (the small files' fidelity)")
     h.add_argument("--registry", help="model registry URI for fine-tuned model ids")
-    h.add_argument("--workers", type=int)
-    h.add_argument("--ray-address", dest="ray_address")
-    h.add_argument("--actor-resource", dest="actor_resources", action="append", type=_resource, metavar="NAME=N",
-                   help="custom Ray resource each model actor asks for (repeatable)")
+    _ray_args(h)
     _prefect_args(h)
     h.set_defaults(func=_rehydrate)
 

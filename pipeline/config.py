@@ -7,13 +7,48 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.codec import DEFAULT_MAX_PIXELS, CodecOptions
+from pipeline.inference import InferenceOptions
 from pipeline.storage import secret_option_keys
 
 PIPELINE_VERSION = "0.2.0"
 DEFAULT_MODEL = "taid-x2"  # of a fixed single-layer run
 
 
-class CompressArchiveParams(BaseModel):
+class RayParams(BaseModel):
+    """How a job runs on Ray: the same knobs for compress and rehydrate (docs/architecture.md).
+
+    Single stage: `workers` actors each read, decode, run the model and encode in sequence (on a
+    GPU share when `gpus_per_worker` asks for one). Staged: `workers` CPU actors read, decode,
+    encode and write, and `model_actors` model actors (one per GPU by default) run the networks for
+    all of them, batching same-size tiles across images (pipeline/model_server.py)."""
+
+    ray_address: str = Field("", description="Ray cluster address; empty = the TAID_RAY_ADDRESS setting, else a "
+                             "local Ray")
+    workers: int = Field(2, ge=1, description="number of Ray actors (the CPU workers when staged)")
+    cpus_per_worker: float = Field(0.5, gt=0)
+    gpus_per_worker: float | None = Field(
+        None, ge=0, description="single stage: None = automatic (a GPU share per actor when the cluster has GPUs, "
+        "else CPU); 0 = CPU")
+    actor_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources per model actor (e.g. {'taid_model': 1}: only the "
+        "nodes started with that resource run the model)")
+    max_attempts: int = Field(3, ge=1, description="tries per object across actor crashes")
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict, description="staged: custom Ray resources per CPU worker (e.g. to keep them on nodes "
+        "near the storage); single stage: unused (actor_resources)")
+    stages: Literal["auto", "single", "staged"] = Field(
+        "auto", description="staged (CPU workers + model actors) or single-stage actors; auto = staged when the "
+        "cluster has GPUs")
+    model_actors: int | None = Field(None, ge=1, description="staged: model actors (default: one per GPU, else 1)")
+    gpus_per_model_actor: float | None = Field(None, ge=0, description="staged: default 1 when the cluster has "
+                                               "GPUs, else 0")
+    tile_batch: int = Field(16, ge=1, description="staged: tiles per forward call of a model actor")
+    inference: InferenceOptions | None = Field(
+        None, description="precision / layout / compile of the networks; None = the TAID_PRECISION setting, else "
+        "fp32 on a CPU and bf16 on CUDA (pipeline/inference.py)")
+
+
+class CompressArchiveParams(RayParams):
     # validation errors never echo the input: it may hold storage options
     model_config = ConfigDict(hide_input_in_errors=True)
 
@@ -39,17 +74,7 @@ class CompressArchiveParams(BaseModel):
     exclude: list[str] = Field(default_factory=list)
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="decompression-bomb limit per image")
     max_images: int | None = Field(None, gt=0, description="process at most this many objects")
-    ray_address: str = Field("", description="Ray cluster address; empty = a local Ray")
-    workers: int = Field(2, ge=1, description="number of Ray actors")
-    cpus_per_worker: float = Field(0.5, gt=0)
-    gpus_per_worker: float | None = Field(
-        None, ge=0, description="None = automatic (a GPU share per actor when the cluster has GPUs, else CPU); 0 = CPU"
-    )
-    actor_resources: dict[str, float] = Field(
-        default_factory=dict, description="custom Ray resources per model actor (e.g. {'taid_model': 1}: only the "
-        "nodes started with that resource run the model)")
     batch_size: int = Field(4, ge=1, description="objects per actor call")
-    max_attempts: int = Field(3, ge=1, description="tries per object across actor crashes")
     dry_run: bool = False
     verify: bool = Field(False, description="rehydrate each image once and record roundtrip_psnr")
     registry: str | None = Field(None, description="model registry URI for fine-tuned model ids")

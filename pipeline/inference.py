@@ -32,7 +32,6 @@ operator can switch a running deployment's actors without a code change), the de
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Literal
 
 import torch
@@ -49,7 +48,7 @@ GPU_DEFAULT: str = "bf16"
 # tests/test_cross_device.py asserts these bounds, benchmarks/gpu.py measures the real GPU vs CPU.
 CROSS_DEVICE_MAX_PSNR_DROP_DB = 0.05
 CROSS_DEVICE_MAX_ABS_DIFF = 4
-ENV_PRECISION = "TAID_PRECISION"
+ENV_PRECISION = "TAID_PRECISION"  # read through pipeline.settings
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -60,8 +59,10 @@ class InferenceOptions(BaseModel):
 
     @classmethod
     def from_env(cls) -> "InferenceOptions":
-        """The default options, with TAID_PRECISION's precision when it is set."""
-        value = os.environ.get(ENV_PRECISION, "").strip().lower()
+        """The default options, with the TAID_PRECISION setting's precision when it is set."""
+        from pipeline.settings import get_settings
+
+        value = get_settings().precision
         return cls(precision=value) if value else cls()
 
     def precision_on(self, device: torch.device | str) -> str:

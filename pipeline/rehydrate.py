@@ -96,13 +96,17 @@ def rehydrate_row(
     device: str = "cpu",
     storage_options: dict | None = None,
     skip_enhancement: bool = False,
+    prepare=None,
 ) -> bytes:
     """The full image of a manifest row; `skip_enhancement` leaves out its enhancement layer (a
-    fast preview at the small file's own fidelity; the layer is then not even read)."""
+    fast preview at the small file's own fidelity; the layer is then not even read). `prepare`
+    (a worker's) sets how the loaded pair runs: precision, or through a model actor."""
     small = read_small_verified(row, storage_options)
     layer = None if skip_enhancement else read_layer_verified(row, storage_options)
     try:
         pair = _pair(row["model_id"], row["model_sha256"], registry, device)
+        if prepare is not None:
+            pair = prepare(pair)
     except WeightsError as exc:
         raise RehydrateRefused(f"model for {row['source_key']}: {exc}") from exc
     try:

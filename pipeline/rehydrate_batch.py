@@ -8,8 +8,9 @@ import fnmatch
 
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from pipeline.config import RayParams
 from pipeline.manifest import read_manifest
 from pipeline.rows import RESTORED_SCHEMA, present
 from pipeline.storage import filesystem
@@ -18,7 +19,7 @@ REHYDRATE_SCHEMA = RESTORED_SCHEMA  # derived from pipeline.rows.RestoredRow
 SUFFIX = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "webp-lossy": ".webp", "tiff": ".tif"}
 
 
-class RehydrateParams(BaseModel):
+class RehydrateParams(RayParams):
     archive: str = Field(description="the compress-archive destination (with _manifest/)")
     to: str = Field(description="URI to write full-resolution images (and their manifest) to")
     source_keys: list[str] = Field(default_factory=list, description="source keys to rehydrate")
@@ -30,15 +31,7 @@ class RehydrateParams(BaseModel):
     skip_enhancement: bool = Field(False, description="preview: leave out enhancement layers (the small files' own "
                                    "fidelity, faster)")
     registry: str | None = None
-    ray_address: str = ""
-    workers: int = Field(2, ge=1)
-    cpus_per_worker: float = Field(0.5, gt=0)
-    gpus_per_worker: float | None = Field(
-        None, ge=0, description="None = automatic (a GPU share per actor when the cluster has GPUs, else CPU); 0 = CPU")
-    actor_resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources per actor "
-                                              "(e.g. {'taid_model': 1}: only nodes that have it run the model)")
-    batch_size: int = Field(2, ge=1)
-    max_attempts: int = Field(3, ge=1)
+    batch_size: int = Field(2, ge=1, description="selected rows per actor call")
     dry_run: bool = False
     storage_options: dict = Field(default_factory=dict, repr=False)
 

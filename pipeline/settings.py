@@ -34,6 +34,9 @@ class Settings(BaseSettings):
                             description="local cache of weights fetched from the registry (sha256-checked)")
     serve_token: SecretStr | None = Field(None, description="bearer token of `taid serve` (the --token flag wins)")
     log_level: LogLevel = Field("INFO", description="level of the taid loggers (the --log-level flag wins)")
+    precision: Literal["auto", "fp32", "tf32", "bf16", "fp16"] | None = Field(
+        None, description="numeric precision of the networks where a job sets none (pipeline/inference.py): auto = "
+        "fp32 on a CPU, bf16 on CUDA; lets an operator switch a deployment's actors without a code change")
     use_prefect: Literal["auto", "always", "never"] = Field(
         "auto", description="CLI runs of compress-archive / rehydrate: through the Prefect flow (always), the job "
         "layer directly (never), or the flow only when a Prefect API URL is configured (auto); --prefect / "

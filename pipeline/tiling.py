@@ -138,6 +138,9 @@ class Step:
 
 def step(pair: TaskAwarePair, up: bool, inference: InferenceOptions | None = None) -> Step:
     """TAU (`up`) or TAD of `pair` as a Step, for run_batched."""
+    remote = getattr(pair, "remote", None)
+    if remote is not None and inference is None:  # bound to a model actor: pipeline.model_server.bind
+        return remote.step(pair, up)
     return Step(pair, up, inference)
 
 
@@ -162,13 +165,13 @@ def downscale_array(pair: TaskAwarePair, img: np.ndarray, scale: int, tile: int 
                     inference: InferenceOptions | None = None) -> tuple[np.ndarray, int]:
     """H x W x 3 uint8 (H, W multiples of `scale`) -> (H/scale x W/scale x 3 uint8, tiles run).
     `inference`: precision and layout (pipeline.inference); None = the pair's own, else the default."""
-    return _apply(Step(pair, False, inference), img, scale, tile)
+    return _apply(step(pair, False, inference), img, scale, tile)
 
 
 def upscale_array(pair: TaskAwarePair, small: np.ndarray, scale: int, tile: int = DEFAULT_TILE,
                   inference: InferenceOptions | None = None) -> tuple[np.ndarray, int]:
     """h x w x 3 uint8 -> (h*scale x w*scale x 3 uint8, tiles run); 8-bit rounding between steps."""
-    return _apply(Step(pair, True, inference), small, scale, tile)
+    return _apply(step(pair, True, inference), small, scale, tile)
 
 
 def _apply(fn: Step, arr: np.ndarray, scale: int, tile: int) -> tuple[np.ndarray, int]:

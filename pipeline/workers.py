@@ -47,22 +47,46 @@ def _strip(uri: str) -> str:
     return uri.split("://", 1)[1] if "://" in uri else uri
 
 
-class CompressWorker(PoolWorker):
+class ModelUser(PoolWorker):
+    """A worker that runs the networks: on the device it reserved (single stage), or through a model
+    actor (staged: `servers` given, the pairs stay on the CPU for their metadata)."""
+
+    def __init__(self, params, servers: list):
+        import os
+
+        self.server = servers[os.getpid() % len(servers)] if servers else None
+        self.device = "cpu" if servers else torch_device(params.gpus_per_worker or 0, params.cpus_per_worker)
+        if servers:
+            torch_device(0, params.cpus_per_worker)  # CPU threads for decode / encode only
+        self.inference = params.inference
+
+    def prepare(self, pair):
+        """The loaded pair, set to run as the params say (pipeline.inference) or through the model actor."""
+        from pipeline.inference import configure
+        from pipeline.model_server import bind
+
+        if self.inference is not None:
+            configure(pair, self.inference)
+        return bind(pair, self.server) if self.server is not None else pair
+
+
+class CompressWorker(ModelUser):
     """One model (or the fidelity's pairs), loaded once; `handle` turns one object into its row."""
 
-    def __init__(self, params: dict, run_id: str):
+    def __init__(self, params: dict, run_id: str, servers: list | None = None):
         from models.zoo import load_pair
 
         self.params = CompressArchiveParams(**params)
-        self.device = torch_device(self.params.gpus_per_worker or 0, self.params.cpus_per_worker)
+        super().__init__(self.params, servers or [])
         self.rows = ArchiveRows(run_id, {"model_id": self.params.model_id, **self.params.fidelity_columns()},
                                 PIPELINE_VERSION)
         self.fidelity = self.params.fidelity_spec()
         if self.fidelity is not None:  # every pair the fidelity may pick
-            self.pairs = {m: load_pair(m, self.device, registry=self.params.registry) for m in self.fidelity.models}
+            self.pairs = {m: self.prepare(load_pair(m, self.device, registry=self.params.registry))
+                          for m in self.fidelity.models}
             self.options = self.params.codec_options(2)
         else:
-            self.pair = load_pair(self.params.single_model, self.device, registry=self.params.registry)
+            self.pair = self.prepare(load_pair(self.params.single_model, self.device, registry=self.params.registry))
             self.options = self.params.codec_options(self.pair.scale)
         self.src_fs, _ = self.params.fs(self.params.source)
         self.dst_fs, self.dest_root = self.params.fs(self.params.dest)
@@ -105,15 +129,15 @@ class CompressWorker(PoolWorker):
                             self.dest_prefix + layer_path if layer_path else None)
 
 
-class RehydrateWorker(PoolWorker):
-    """Verified small file (+ layer) -> the paired upscaler, on the device reserved -> full-resolution
-    file in `to`."""
+class RehydrateWorker(ModelUser):
+    """Verified small file (+ layer) -> the paired upscaler (on the device reserved, or the model
+    actor) -> full-resolution file in `to`."""
 
-    def __init__(self, params: dict, run_id: str):
+    def __init__(self, params: dict, run_id: str, servers: list | None = None):
         from pipeline.rehydrate_batch import RehydrateParams
 
         self.params = RehydrateParams(**params)
-        self.device = torch_device(self.params.gpus_per_worker, self.params.cpus_per_worker)
+        super().__init__(self.params, servers or [])
         self.rows = RestoredRows(run_id)
         self.fs, self.root = self.params.fs(self.params.to)
         self.prefix = protocol_prefix(self.fs)
@@ -126,7 +150,7 @@ class RehydrateWorker(PoolWorker):
         try:
             path = safe_join(self.root, output_key(row, p.output_format))
             data = rehydrate_row(row, p.output_format, p.quality, p.registry, storage_options=p.storage_options,
-                                 skip_enhancement=p.skip_enhancement, device=self.device)
+                                 skip_enhancement=p.skip_enhancement, device=self.device, prepare=self.prepare)
             write_checked(self.fs, path, data)
         except (RehydrateRefused, UnsafeKeyError) as exc:
             return self.rows.refused(row, attempt, exc)

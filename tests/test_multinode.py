@@ -69,8 +69,9 @@ def cluster(s3):
         start(["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={tmp}",
                "--disable-usage-stats"], no_aws(), "head.log")
         # the second node alone has the model resource, and alone has the S3 credentials
-        start([f"--address={address}", "--num-cpus=2", '--resources={"taid_model": 2}'], {**no_aws(), **s3.env()},
-              "node.log")
+        # it also declares a GPU it does not have: staged runs place their model actor there (on its CPU)
+        start([f"--address={address}", "--num-cpus=2", "--num-gpus=1", '--resources={"taid_model": 2}'],
+              {**no_aws(), **s3.env()}, "node.log")
         probe = (f"import ray, json; ray.init(address={address!r}, log_to_driver=False); "
                  "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive'] and 'taid_model' in n['Resources']]"
                  " + [sum(n['Alive'] for n in ray.nodes())]))")
@@ -114,7 +115,7 @@ def test_archive_on_a_two_node_cluster_equals_a_local_run(s3, bucket, cluster, t
     for p in sorted(SET5.glob("*.png"))[:3]:
         fs.pipe(f"{bucket}/src/{p.name}", p.read_bytes())
     driver = {**no_aws(), **s3.env()}  # the driver lists and writes the manifest: it needs S3 too
-    common = ["--model", "taid-x4", "--workers", "2"]
+    common = ["--model", "taid-x4", "--workers", "2", "--stages", "single"]  # staged: the test below
     remote = taid("compress-archive", f"s3://{bucket}/src", f"s3://{bucket}/remote", *common,
                   "--ray-address", cluster["address"], "--actor-resource", "taid_model=1", env=driver)
     assert remote["by_status"] == {"ok": 3}
@@ -128,7 +129,7 @@ def test_archive_on_a_two_node_cluster_equals_a_local_run(s3, bucket, cluster, t
         assert fs.cat_file(a[key]["output_uri"]) == fs.cat_file(b[key]["output_uri"])
 
     back = taid("rehydrate", f"s3://{bucket}/remote", "--prefix", "", "--to", f"s3://{bucket}/restored",
-                "--ray-address", cluster["address"], "--actor-resource", "taid_model=1", env=driver)
+                "--ray-address", cluster["address"], "--actor-resource", "taid_model=1", "--stages", "single", env=driver)
     assert back["by_status"] == {"ok": 3} and back["dispatch"]["actor_nodes"] == [cluster["model_node"]]
 
 
@@ -166,7 +167,7 @@ def test_deployment_worker_with_taid_ray_address_runs_on_the_cluster(s3, bucket,
     fs = s3.filesystem()
     for p in sorted(SET5.glob("*.png"))[:2]:
         fs.pipe(f"{bucket}/src/{p.name}", p.read_bytes())
-    params = {"source": f"s3://{bucket}/src", "dest": f"s3://{bucket}/archive", "model_id": "taid-x4",
+    params = {"source": f"s3://{bucket}/src", "dest": f"s3://{bucket}/archive", "model_id": "taid-x4", "stages": "single",
               "actor_resources": {"taid_model": 1}}  # no ray_address, no credentials: the worker's environment
     run = subprocess.run([str(BIN / "prefect"), "deployment", "run", "compress-archive/on-demand", "--param",
                           f"params={json.dumps(params)}", "--watch"], env=worker_on_cluster, capture_output=True,
@@ -177,7 +178,7 @@ def test_deployment_worker_with_taid_ray_address_runs_on_the_cluster(s3, bucket,
     assert stats["by_status"] == {"ok": 2}
     assert stats["dispatch"]["actor_nodes"] == [cluster["model_node"]]  # the model ran on the second node
 
-    back = {"archive": f"s3://{bucket}/archive", "to": f"s3://{bucket}/restored", "prefix": "",
+    back = {"archive": f"s3://{bucket}/archive", "to": f"s3://{bucket}/restored", "prefix": "", "stages": "single",
             "actor_resources": {"taid_model": 1}}
     run = subprocess.run([str(BIN / "prefect"), "deployment", "run", "rehydrate/sample", "--params",
                           json.dumps({"params": back}), "--watch"], env=worker_on_cluster, capture_output=True,
@@ -186,3 +187,23 @@ def test_deployment_worker_with_taid_ray_address_runs_on_the_cluster(s3, bucket,
     fs.invalidate_cache()
     [stats] = [json.loads(fs.cat(p)) for p in fs.glob(f"{bucket}/restored/_runs/*.json")]
     assert stats["by_status"] == {"ok": 2} and stats["dispatch"]["actor_nodes"] == [cluster["model_node"]]
+
+
+def test_staged_run_puts_its_model_actor_on_the_gpu_node(s3, bucket, cluster):
+    """The cluster declares a GPU (on the second node): `auto` stages the run, the model actor asks
+    for that GPU and so runs there (on its CPU: no CUDA here), and the archive is byte-identical to
+    a single-stage local run's."""
+    fs = s3.filesystem()
+    for p in sorted(SET5.glob("*.png"))[:3]:
+        fs.pipe(f"{bucket}/src/{p.name}", p.read_bytes())
+    driver = {**no_aws(), **s3.env()}
+    # the CPU workers read and write S3: they go where the credentials are (the head has none)
+    staged = taid("compress-archive", f"s3://{bucket}/src", f"s3://{bucket}/staged", "--model", "taid-x2",
+                  "--workers", "2", "--ray-address", cluster["address"], "--worker-resource", "taid_model=0.5", env=driver)
+    assert staged["by_status"] == {"ok": 3} and staged["dispatch"]["stages"] == "staged"
+    assert staged["dispatch"]["model_actor_nodes"] == [cluster["model_node"]]
+    assert staged["dispatch"]["model_actors"][0]["tiles"] >= 3
+    local = taid("compress-archive", f"s3://{bucket}/src", f"s3://{bucket}/local", "--model", "taid-x2",
+                 "--workers", "2", "--stages", "single", env=driver)
+    a, b = manifest(fs, f"{bucket}/staged"), manifest(fs, f"{bucket}/local")
+    assert {k: r["output_sha256"] for k, r in a.items()} == {k: r["output_sha256"] for k, r in b.items()}

@@ -1,7 +1,7 @@
 """The compress job: a compact TAID version of every image under a prefix.
 
     list (or an S3 Inventory) -> sorted merge with the manifest index -> ActorPool of CompressWorkers
-    (read, decode, TAD, encode, atomic write) -> Parquet manifest parts -> run stats (written last)
+    (read, decode, TAD, encode, atomic write; staged: CPU workers + model actors) -> Parquet manifest parts -> run stats (written last)
     -> compaction of the manifest index
 
 Planning is `pipeline.plan`, the work `pipeline.workers.CompressWorker`, rows `pipeline.rows`, the
@@ -212,7 +212,8 @@ def resolve_models(params: CompressArchiveParams) -> CompressArchiveParams:
 def run_compress(params: CompressArchiveParams, progress: Progress | None = None,
                  run_id: str | None = None) -> CompressResult:
     """One compress run: returns (and writes last, as DEST/_runs/<run_id>.json) its stats."""
-    from pipeline.actor_pool import ActorPool, PoolOptions, ensure_ray, gpus_per_actor
+    from pipeline.actor_pool import ensure_ray
+    from pipeline.dispatch import dispatch as run_on_ray
     from pipeline.workers import CompressWorker
 
     run_id = run_id or new_run_id()
@@ -267,13 +268,10 @@ def run_compress(params: CompressArchiveParams, progress: Progress | None = None
         first = next(planned, None)  # plans until the first object to process, or the end
         if first is not None:  # else nothing new: no actors, just the (empty) run record
             ensure_ray(params.ray_address)
-            gpus = gpus_per_actor(params.gpus_per_worker, params.workers)
-            params = params.model_copy(update={"gpus_per_worker": gpus})
-            pool = ActorPool(CompressWorker, (params.model_dump(), run_id), PoolOptions(
-                workers=params.workers, cpus=params.cpus_per_worker, gpus=gpus, batch_size=params.batch_size,
-                max_attempts=params.max_attempts, name=f"taid-compress-{run_id}",
-                resources=params.actor_resources), crash_row=rows.crash)
-            dispatch = pool.run(checked(itertools.chain([first], planned)), on_row)
+            spec = params.fidelity_spec()
+            dispatch = run_on_ray(CompressWorker, params, run_id, f"taid-compress-{run_id}",
+                                  checked(itertools.chain([first], planned)), on_row, rows.crash, params.batch_size,
+                                  list(spec.models) if spec else [params.model_id], params.registry)
     finally:
         writer.close()  # rows of finished objects are never lost, even if the run dies
         progress.close(done()[0])

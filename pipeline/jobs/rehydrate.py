@@ -39,7 +39,8 @@ class RehydrateResult(TypedDict, total=False):
 
 def run_rehydrate(params: RehydrateParams, progress: Progress | None = None,
                   run_id: str | None = None) -> RehydrateResult:
-    from pipeline.actor_pool import ActorPool, PoolOptions, ensure_ray, gpus_per_actor
+    from pipeline.actor_pool import ensure_ray
+    from pipeline.dispatch import dispatch as run_on_ray
     from pipeline.workers import RehydrateWorker
 
     run_id = run_id or new_run_id()
@@ -66,12 +67,8 @@ def run_rehydrate(params: RehydrateParams, progress: Progress | None = None,
     try:
         if todo:
             ensure_ray(params.ray_address)
-            params = params.model_copy(update={"gpus_per_worker": gpus_per_actor(params.gpus_per_worker, params.workers)})
-            pool = ActorPool(RehydrateWorker, (params.model_dump(), run_id), PoolOptions(
-                workers=params.workers, cpus=params.cpus_per_worker, gpus=params.gpus_per_worker,
-                batch_size=params.batch_size, max_attempts=params.max_attempts, name=f"taid-rehydrate-{run_id}",
-                resources=params.actor_resources), crash_row=RestoredRows(run_id).crash)
-            dispatch = pool.run(iter(todo), on_row)
+            dispatch = run_on_ray(RehydrateWorker, params, run_id, f"taid-rehydrate-{run_id}", iter(todo), on_row,
+                                  RestoredRows(run_id).crash, params.batch_size, [], params.registry)
     finally:
         writer.close()
         progress.close(writer.rows)
