@@ -6,9 +6,10 @@
 1. A SeaweedFS S3 on loopback (infra/local_s3.py) and a local Ray with every core (and the GPU).
 2. N synthetic photo-like images (benchmarks/throughput.synth_image: gradients, soft shapes,
    texture, grain), 1-3 MP each, JPEG q90, made in parallel and uploaded to s3://bench/src/.
-3. compress-archive S3 -> S3 through the job entry point (`entry_points`: today the Prefect flows;
-   one place to switch to pipeline.jobs), actors sharing the GPU (gpus_per_worker = 1/workers),
-   after one untimed warm-up run on one image (Prefect's ephemeral API, imports, kernels).
+3. compress-archive S3 -> S3 through the job layer (pipeline.jobs, `entry_points`): staged by
+   default on a GPU (CPU workers = cores - 2, one model actor on the GPU batching tiles across
+   images; `--stages single` for actors sharing the GPU, gpus_per_worker = 1/workers), after one
+   untimed warm-up run on one image (imports, kernels).
 4. rehydrate S3 -> S3 of that run, through the same entry point.
 5. GPU utilisation sampled all along (nvidia-smi -lms 200, else torch.cuda.utilization()): the
    busy fraction during each phase (mean utilisation / 100, and the share of samples above 0).
@@ -54,14 +55,13 @@ SET5 = ROOT / "tests" / "data" / "Set5"
 
 
 def entry_points() -> SimpleNamespace:
-    """The archive jobs, imported in this one place: switch these to pipeline.jobs when it lands."""
-    from flows.compress_archive import compress_archive
-    from flows.rehydrate import rehydrate
+    """The archive jobs (pipeline.jobs: no Prefect in the measured path), imported in one place."""
     from pipeline.config import CompressArchiveParams
+    from pipeline.jobs import run_compress, run_rehydrate
     from pipeline.rehydrate_batch import RehydrateParams
 
-    return SimpleNamespace(compress=lambda **kw: compress_archive(CompressArchiveParams(**kw)),
-                           rehydrate=lambda **kw: rehydrate(RehydrateParams(**kw)))
+    return SimpleNamespace(compress=lambda **kw: run_compress(CompressArchiveParams(**kw)),
+                           rehydrate=lambda **kw: run_rehydrate(RehydrateParams(**kw)))
 
 
 # ------------------------------------------------------------------ data
@@ -166,7 +166,7 @@ def timed_phase(sampler: UtilSampler, fn) -> tuple[dict, dict]:
 
 def compress_phase(ep, sampler, source: str, dest: str, args, gpus_per_worker: float) -> dict:
     kw = dict(source=source, dest=dest, incremental=False, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-              gpus_per_worker=gpus_per_worker, batch_size=args.batch_size, fidelity=args.fidelity)
+              gpus_per_worker=gpus_per_worker, batch_size=args.batch_size, fidelity=args.fidelity, stages=args.stages)
     result, phase = timed_phase(sampler, lambda: ep.compress(**kw))
     mp = result["megapixels_per_s"] * result["seconds"]
     return {"run_id": result["run_id"], "by_status": result["by_status"], "megapixels": mp,
@@ -177,7 +177,7 @@ def compress_phase(ep, sampler, source: str, dest: str, args, gpus_per_worker: f
 
 def rehydrate_phase(ep, sampler, archive: str, to: str, run_id: str, megapixels: float, args, gpus_per_worker: float) -> dict:
     kw = dict(archive=archive, to=to, run_id=run_id, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
-              gpus_per_worker=gpus_per_worker, batch_size=args.batch_size)
+              gpus_per_worker=gpus_per_worker, batch_size=args.batch_size, stages=args.stages)
     result, phase = timed_phase(sampler, lambda: ep.rehydrate(**kw))
     return {"by_status": result["by_status"], "megapixels": megapixels, "mp_per_s": megapixels / phase["wall_s"],
             "flow_seconds": result["seconds"], "dispatch": result["dispatch"], **phase}
@@ -291,6 +291,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-mp", type=float, default=3.0)
     ap.add_argument("--fidelity", default="standard", help="fidelity preset of the compress run")
     ap.add_argument("--workers", type=int, default=None, help="actors (default: cores - 2, at least 1)")
+    ap.add_argument("--stages", choices=["auto", "single", "staged"], default="auto",
+                    help="auto: staged (CPU workers + a model actor per GPU) when there is a GPU")
     ap.add_argument("--cpus-per-worker", type=float, default=1.0)
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--sample", type=int, default=6, help="images for the stage profile and the cross-device check")
