@@ -112,6 +112,10 @@ def markdown(report: dict) -> str:
         f"Best possible on {report['cpus']} cores: single stage {best['single']:.2f} images/s "
         f"(cores / (d + m + e)); staged with a core per stage {best['staged']:.2f} images/s (1 / max(d + e, m)): "
         f"{best['staged'] / best['single']:.2f}x of single.", "",
+        "Overlap: the best staged layout runs at "
+        f"{max(r['images_per_s'] for n, r in report['layouts'].items() if n != 'single') / best['staged']:.0%} of its "
+        "slowest stage's rate (the model actor on one core), the single-stage actors at "
+        f"{report['layouts']['single']['images_per_s'] / best['single']:.0%} of theirs.", "",
         "Why staging cannot show here: every stage is CPU work and two single-stage actors already keep both "
         "cores busy all the time. Staging moves the same work between the same two cores and adds each tile's "
         "trip to the model actor and back. Its gain needs a model stage that is not a CPU core: on a GPU the "

@@ -55,8 +55,10 @@ def test_lossy_fidelity_within_tolerance_on_another_path(pairs, source, preset, 
     assert not d["identical"]  # the proxy really is another numeric path
     assert d["psnr_drop_db"] <= CROSS_DEVICE_MAX_PSNR_DROP_DB, d
     assert d["max_abs_diff"] <= CROSS_DEVICE_MAX_ABS_DIFF, d
-    # the verified fidelity, minus the tolerance, still holds where it was not verified
-    assert d["psnr_y_other"] >= rec.target_psnr - CROSS_DEVICE_MAX_PSNR_DROP_DB
+    # the search aimed the tolerance above the target (fidelity.DEVICE_MARGIN_DB): the target itself
+    # holds where it was not verified
+    assert rec.psnr_y >= rec.target_psnr + CROSS_DEVICE_MAX_PSNR_DROP_DB - 0.01
+    assert d["psnr_y_other"] >= rec.target_psnr
 
 
 @pytest.mark.parametrize("compress_on,rehydrate_on", [(FP32, BF16), (BF16, FP32)])
