@@ -448,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--preview", action="store_true", help="leave out the enhancement layer (the small file's fidelity)")
     r.set_defaults(func=_rehydrate_file)
 
-    a = sub.add_parser("compress-archive", help="the compress-archive flow over a folder or S3 prefix")
+    a = sub.add_parser("compress-archive", help="compress every image under a folder or S3 prefix into an archive")
     a.add_argument("source", help="local folder or s3://bucket/prefix")
     a.add_argument("dest", help="local folder or s3://bucket/prefix for small files and manifests")
     _fidelity_args(a)

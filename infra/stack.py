@@ -21,6 +21,7 @@ tests/test_deployment.py uses too, so the tested path and the documented one are
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -215,6 +216,36 @@ def stop_worker(proc_or_pid) -> None:
 
 
 # -------------------------------------------------------------------------------------------- Ray
+@contextlib.contextmanager
+def prefect_with_worker(extra_env: dict[str, str], names: list[str] | None = None,
+                        server_env: dict[str, str] | None = None, worker_name: str = "taid-local-worker"):
+    """A Prefect server on a free port (own PREFECT_HOME in a temp folder), the deployments of
+    prefect.yaml (all, or `names`) and a process worker whose environment has `extra_env` (S3 keys,
+    TAID_RAY_ADDRESS...). Yields (API URL, env for CLI calls, deploy output). On failure the logs go to
+    stderr; at the end the worker is stopped first, then the server, and the folder removed."""
+    import shutil
+
+    home = Path(tempfile.mkdtemp(prefix="taid-prefect-"))
+    logs = home / "logs"
+    server = worker = None
+    try:
+        server, api = start_prefect_server(home / "home", free_port(), logs / "server.log", extra_env=server_env)
+        env = client_env(api, home / "home", extra_env)
+        out = deploy(env, names=names)
+        worker = start_worker(env, logs / "worker.log", name=worker_name)
+        yield api, env, out
+    except BaseException:
+        for f in sorted(logs.glob("*.log")):
+            print(f"---- {f.name}\n{f.read_text(errors='replace')[-4000:]}", file=sys.stderr)
+        raise
+    finally:
+        if worker is not None:
+            stop_worker(worker)
+        if server is not None:
+            stop_group(server.pid, signal.SIGTERM, grace=10)
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def start_ray_head(temp: Path, port: int, dashboard_port: int, env: dict[str, str], log: Path,
                    timeout: float = 120) -> subprocess.Popen:
     """`ray start --head --block` (the foreground process holds the head; killing its group stops it)."""

@@ -92,29 +92,12 @@ def sh(cmd: str, env: dict[str, str], timeout: float = 300) -> subprocess.Comple
 def prefect_stack(s3):
     """Prefect server (own PREFECT_HOME, free port) + work pool + deploy --all + a process worker.
     Yields (api_url, env for CLI calls). Worker stopped first (SIGINT, SIGKILL), then the server."""
-    home = Path(tempfile.mkdtemp(prefix="taid-prefect-"))
-    logs = home / "logs"
-    server = worker = None
-    try:
-        # a short wait before an enqueued run (deployment concurrency limit) tries again
-        server, api = stack.start_prefect_server(
-            home / "home", stack.free_port(), logs / "server.log",
-            extra_env={"PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "3"})
-        env = stack.client_env(api, home / "home", {**s3.env(), "PREFECT_WORKER_QUERY_SECONDS": "2"})
-        out = stack.deploy(env)
+    # a short wait before an enqueued run (deployment concurrency limit) tries again
+    with stack.prefect_with_worker({**s3.env(), "PREFECT_WORKER_QUERY_SECONDS": "2"},
+                                   server_env={"PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "3"},
+                                   worker_name=f"test-worker-{uuid.uuid4().hex[:6]}") as (api, env, out):
         assert "compress-archive/nightly-taid-samples" in out, out[-2000:]
-        worker = stack.start_worker(env, logs / "worker.log", name=f"test-worker-{uuid.uuid4().hex[:6]}")
         yield api, env
-    except BaseException:
-        for f in sorted(logs.glob("*.log")):
-            print(f"---- {f.name}\n{f.read_text(errors='replace')[-4000:]}", file=sys.stderr)
-        raise
-    finally:
-        if worker is not None:
-            stack.stop_worker(worker)
-        if server is not None:
-            stack.stop_group(server.pid, signal.SIGTERM, grace=10)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def deployment(api: str, name: str) -> dict:

@@ -137,30 +137,13 @@ def test_archive_on_a_two_node_cluster_equals_a_local_run(s3, bucket, cluster, t
 def worker_on_cluster(s3, cluster):
     """A Prefect server, the on-demand deployments, and a process worker whose environment names the
     cluster (TAID_RAY_ADDRESS) and holds the S3 keys: the flow runs it picks up send their actors
-    to the cluster without any parameter saying so. Stopped worker first, then the server."""
-    import shutil
-
+    to the cluster without any parameter saying so."""
     from infra import stack
 
-    home = Path(tempfile.mkdtemp(prefix="taid-prefect-mn-"))
-    server = worker = None
-    try:
-        server, api = stack.start_prefect_server(home / "home", stack.free_port(), home / "server.log")
-        env = stack.client_env(api, home / "home", {**LOCAL, **s3.env(), "TAID_RAY_ADDRESS": cluster["address"],
-                                                    "PREFECT_WORKER_QUERY_SECONDS": "2"})
-        stack.deploy(env, names=["compress-archive/on-demand", "rehydrate/sample"])
-        worker = stack.start_worker(env, home / "worker.log", name="mn-worker")
+    extra = {**LOCAL, **s3.env(), "TAID_RAY_ADDRESS": cluster["address"], "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    with stack.prefect_with_worker(extra, names=["compress-archive/on-demand", "rehydrate/sample"],
+                                   worker_name="mn-worker") as (_, env, _out):
         yield env
-    except BaseException:
-        for f in sorted(home.glob("*.log")):
-            print(f"---- {f.name}\n{f.read_text(errors='replace')[-4000:]}", file=sys.stderr)
-        raise
-    finally:
-        if worker is not None:
-            stack.stop_worker(worker)
-        if server is not None:
-            stack.stop_group(server.pid, signal.SIGTERM, grace=10)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_deployment_worker_with_taid_ray_address_runs_on_the_cluster(s3, bucket, cluster, worker_on_cluster):
