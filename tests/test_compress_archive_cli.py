@@ -63,5 +63,15 @@ def test_cli_filters_limits_and_resumes(tmp_path, ray_local, prefect_harness, ca
     assert {"bytes in (ok)", "bytes out (ok)", "ratio in/out", "images/s", "megapixels/s"} <= set(metrics)
     assert float(progress) == 100.0
 
+    # with a Prefect API configured (the harness) the CLI ran the flow: the job layer's log records
+    # are in the flow run's logs too
+    from prefect.client.schemas.sorting import LogSort
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()  # send the queued run logs now
+    with get_client(sync_client=True) as client:
+        messages = [log.message for log in client.read_logs(limit=200, sort=LogSort.TIMESTAMP_DESC)]
+    assert any("pipeline.jobs.compress: run" in m and "rows" in m for m in messages), messages[:20]
+
     assert main(args + ["--quality", "500"]) == 2  # a bad option is a usage error, not a traceback
     assert "quality" in capsys.readouterr()[1]
