@@ -335,7 +335,6 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def _serve(args: argparse.Namespace) -> int:
     import hashlib
-    import os
     import signal
     import threading
 

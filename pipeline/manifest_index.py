@@ -39,9 +39,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.manifest import MANIFEST_DIR, RUNS_DIR, SCHEMA, manifest_root
+from pipeline.manifest import RUNS_DIR, SCHEMA, manifest_root
 from pipeline.s3 import arrow_filesystem
-from pipeline.sorted_merge import count_at_most, first_of_group, merge_sorted, rebatch
+from pipeline.sorted_merge import first_of_group, merge_sorted, rebatch
 from pipeline.storage import atomic_write, filesystem
 
 INDEX_DIR = "_index"

@@ -188,5 +188,6 @@ def test_staged_run_puts_its_model_actor_on_the_gpu_node(s3, bucket, cluster):
     assert staged["dispatch"]["model_actors"][0]["tiles"] >= 3
     local = taid("compress-archive", f"s3://{bucket}/src", f"s3://{bucket}/local", "--model", "taid-x2",
                  "--workers", "2", "--stages", "single", env=driver)
+    assert local["by_status"] == {"ok": 3} and local["dispatch"]["stages"] == "single"
     a, b = manifest(fs, f"{bucket}/staged"), manifest(fs, f"{bucket}/local")
     assert {k: r["output_sha256"] for k, r in a.items()} == {k: r["output_sha256"] for k, r in b.items()}
