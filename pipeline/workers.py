@@ -55,9 +55,8 @@ class ModelUser(PoolWorker):
         import os
 
         self.server = servers[os.getpid() % len(servers)] if servers else None
-        self.device = "cpu" if servers else torch_device(params.gpus_per_worker or 0, params.cpus_per_worker)
-        if servers:
-            torch_device(0, params.cpus_per_worker)  # CPU threads for decode / encode only
+        # staged: the CPU, its threads for decode / encode only (the model actor has the GPU)
+        self.device = torch_device(0 if servers else (params.gpus_per_worker or 0), params.cpus_per_worker)
         self.inference = params.inference
 
     def prepare(self, pair):
