@@ -13,7 +13,7 @@ from pydantic import Field
 from pipeline.config import RayParams
 from pipeline.manifest import read_manifest
 from pipeline.rows import RESTORED_SCHEMA, present
-from pipeline.storage import filesystem
+from pipeline.storage import UnsafeKeyError, filesystem, protocol_prefix, safe_join
 
 REHYDRATE_SCHEMA = RESTORED_SCHEMA  # derived from pipeline.rows.RestoredRow
 SUFFIX = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "webp-lossy": ".webp", "tiff": ".tif"}
@@ -88,9 +88,34 @@ def output_key(row: dict, output_format: str | None) -> str:
     return stem + SUFFIX.get(output_format.lower(), "." + output_format.lower())
 
 
-def already_done(params: RehydrateParams) -> set[tuple[str, str]]:
-    """(source_key, small sha256) pairs an earlier run already rehydrated into `to`."""
+def restored_uri(params: RehydrateParams, row: dict, fs, root: str) -> str:
+    """Where this run writes `row`'s full image (raises UnsafeKeyError for a key escaping `to`)."""
+    return protocol_prefix(fs) + safe_join(root, output_key(row, params.output_format))
+
+
+def already_done(params: RehydrateParams) -> set[tuple[str, str, bool]]:
+    """(restored file, small sha256, preview) of every file an earlier run wrote into `to`: a rerun
+    skips a row only when it would write the same file from the same small file, with or without
+    the layer as before (a preview is redone in full when full is asked; another format is written)."""
     fs, root = params.fs(params.to)
-    table = read_manifest(fs, root, columns=["source_key", "small_sha256", "status"], schema=REHYDRATE_SCHEMA)
-    return {(k, s) for k, s, st in zip(*(table.column(c).to_pylist() for c in ("source_key", "small_sha256", "status")))
+    cols = ["restored_uri", "small_sha256", "preview", "status"]
+    table = read_manifest(fs, root, columns=cols, schema=REHYDRATE_SCHEMA)
+    return {(uri, sha, bool(preview)) for uri, sha, preview, st in zip(*(table.column(c).to_pylist() for c in cols))
             if st == "ok"}
+
+
+def not_done(params: RehydrateParams, rows: list[dict]) -> list[dict]:
+    """The selected rows this run still has to write (see already_done)."""
+    done = already_done(params)
+    if not done:
+        return rows
+    fs, root = params.fs(params.to)
+
+    def done_before(row: dict) -> bool:
+        try:
+            uri = restored_uri(params, row, fs, root)
+        except UnsafeKeyError:
+            return False  # the worker refuses it, as a row
+        return (uri, row["output_sha256"], params.skip_enhancement) in done
+
+    return [r for r in rows if not done_before(r)]

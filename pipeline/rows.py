@@ -123,6 +123,7 @@ class RestoredRow(ManifestRow):
     restored_format: str | None = None
     restored_size: int | None = None
     restored_sha256: str | None = None
+    preview: bool | None = None  # the enhancement layer was left out (skip_enhancement)
     width: I32 = None
     height: I32 = None
     model_id: str | None = None
@@ -200,11 +201,11 @@ class RestoredRows:
                            model_sha256=row.get("model_sha256"), width=row.get("width"), height=row.get("height"),
                            attempts=attempts, **fields)
 
-    def ok(self, row: dict, attempts: int, uri: str, fmt: str, data: bytes) -> RestoredRow:
+    def ok(self, row: dict, attempts: int, uri: str, fmt: str, data: bytes, preview: bool) -> RestoredRow:
         import hashlib
 
         return self._row(row, attempts, status="ok", restored_uri=uri, restored_format=fmt, restored_size=len(data),
-                         restored_sha256=hashlib.sha256(data).hexdigest())
+                         restored_sha256=hashlib.sha256(data).hexdigest(), preview=preview)
 
     def refused(self, row: dict, attempts: int, error: BaseException | str) -> RestoredRow:
         """The archive says no (modified small file, unknown model, unsafe key): retrying cannot help."""

@@ -143,16 +143,16 @@ class RehydrateWorker(ModelUser):
 
     def handle(self, row: dict, attempt: int):
         from pipeline.rehydrate import RehydrateRefused, rehydrate_row
-        from pipeline.rehydrate_batch import default_format, output_key
+        from pipeline.rehydrate_batch import default_format, restored_uri
 
         p = self.params
         try:
-            path = safe_join(self.root, output_key(row, p.output_format))
+            uri = restored_uri(p, row, self.fs, self.root)
             data = rehydrate_row(row, p.output_format, p.quality, p.registry, storage_options=p.storage_options,
                                  skip_enhancement=p.skip_enhancement, device=self.device, prepare=self.prepare)
-            write_checked(self.fs, path, data)
+            write_checked(self.fs, uri[len(self.prefix):], data)
         except (RehydrateRefused, UnsafeKeyError) as exc:
             return self.rows.refused(row, attempt, exc)
         except Exception as exc:
             return self.rows.failed(row, attempt, exc)
-        return self.rows.ok(row, attempt, self.prefix + path, p.output_format or default_format(row), data)
+        return self.rows.ok(row, attempt, uri, p.output_format or default_format(row), data, p.skip_enhancement)

@@ -16,7 +16,10 @@ from models.evaluate import evaluate
 from models.metrics import psnr, psnr_y
 from flows.cli import main
 from pipeline.config import CompressArchiveParams
+from pipeline.manifest import read_manifest
 from pipeline.rehydrate import RehydrateRefused, find_row, rehydrate, rehydrate_pil, rehydrate_row
+from pipeline.rows import RESTORED_SCHEMA
+from pipeline.storage import filesystem
 
 SET5 = Path(__file__).parent / "data" / "Set5"
 
@@ -89,6 +92,26 @@ def test_prefix_flow_writes_manifest_and_is_idempotent(archive):
     assert again["already_done"] == 3 and again["rows"] == 0
     with pytest.raises(ValueError, match="select something"):
         rehydrate_flow(RehydrateParams(archive=archive["uri"], to=to))
+
+
+def test_rerun_into_the_same_place_redoes_only_what_it_would_write_differently(archive):
+    """Idempotence is per file written: another format is a new file, and a full rehydrate after a
+    preview one (or the reverse) is not the same file either; the same request again is a no-op."""
+    from pipeline.jobs import run_rehydrate
+
+    to, fs = f"s3://{archive['bucket']}/again", archive["fs"]
+    ask = dict(archive=archive["uri"], to=to, prefix="set5/")
+    assert run_rehydrate(RehydrateParams(**ask))["by_status"] == {"ok": 3}
+    as_jpeg = run_rehydrate(RehydrateParams(**ask, output_format="jpeg"))
+    assert as_jpeg["already_done"] == 0 and as_jpeg["by_status"] == {"ok": 3}
+    assert decoded(fs.cat(f"{archive['bucket']}/again/set5/bird.jpg")).format == "JPEG"
+    preview = run_rehydrate(RehydrateParams(**ask, skip_enhancement=True))
+    assert preview["already_done"] == 0 and preview["by_status"] == {"ok": 3}
+    assert run_rehydrate(RehydrateParams(**ask, skip_enhancement=True))["already_done"] == 3
+    assert run_rehydrate(RehydrateParams(**ask, output_format="jpeg"))["already_done"] == 3
+    rows = read_manifest(*filesystem(to), schema=RESTORED_SCHEMA).to_pylist()
+    assert {(r["restored_uri"].rsplit(".", 1)[-1], r["preview"]) for r in rows} == {("png", False), ("jpg", False),
+                                                                                     ("png", True)}
 
 
 def test_refusals_write_nothing(archive, tmp_path):

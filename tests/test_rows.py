@@ -54,7 +54,7 @@ def test_rows_round_trip_through_parquet(tmp_path):
     archive_row = {"source_key": "a/cat.jpg", "output_uri": "s3://d/a/cat.jpg.webp", "output_sha256": "ab",
                    "model_id": "taid-x2", "model_sha256": "cd", "width": 10, "height": 20}
     writer = ManifestWriter(fs, root, "run2", schema=RESTORED_SCHEMA)
-    writer.add(rows.ok(archive_row, 1, "file:///r/a/cat.jpg.png", "png", b"pixels"))
+    writer.add(rows.ok(archive_row, 1, "file:///r/a/cat.jpg.png", "png", b"pixels", preview=False))
     writer.add(rows.refused(archive_row, 1, "small file modified"))
     writer.close()
     from pipeline.manifest import read_manifest

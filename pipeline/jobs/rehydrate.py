@@ -17,7 +17,7 @@ from typing import TypedDict
 from pipeline.jobs.common import new_run_id
 from pipeline.jobs.progress import NoProgress, Progress, Throttled
 from pipeline.manifest import ManifestWriter, write_run_stats
-from pipeline.rehydrate_batch import REHYDRATE_SCHEMA, RehydrateParams, already_done, select_rows
+from pipeline.rehydrate_batch import REHYDRATE_SCHEMA, RehydrateParams, not_done, select_rows
 from pipeline.rows import RestoredRow, RestoredRows
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ class RehydrateResult(TypedDict, total=False):
     archive: str
     to: str
     selected: int
-    already_done: int  # selected keys rehydrated earlier from the same small file
+    already_done: int  # selected keys whose file an earlier run wrote from the same small file
     dry_run: bool
     keys: list[str]  # dry runs only: what would be rehydrated
     rows: int
@@ -47,8 +47,7 @@ def run_rehydrate(params: RehydrateParams, progress: Progress | None = None,
     progress = Throttled(progress or NoProgress())
     started = time.time()
     selected = select_rows(params)
-    done = already_done(params)
-    todo = [r for r in selected if (r["source_key"], r["output_sha256"]) not in done]
+    todo = not_done(params, selected)
     log.info("rehydrate %s: %d selected, %d already rehydrated", run_id, len(selected), len(selected) - len(todo))
     result: RehydrateResult = {"run_id": run_id, "archive": params.archive, "to": params.to,
                                "selected": len(selected), "already_done": len(selected) - len(todo)}
