@@ -60,3 +60,8 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def pytest_addoption(parser):
+    parser.addoption("--save-screenshots", action="store_true",
+                     help="write the serve browser's screenshots to benchmarks/results (docs/serve.md) instead of a temp dir")

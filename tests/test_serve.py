@@ -293,8 +293,11 @@ def test_token_required_everywhere_but_healthz(token_client):
     assert status == 401 and headers["www-authenticate"].startswith("Basic ")  # the browser asks for it
 
 
-def test_browser_gallery_and_full_image(token_client, archive, tmp_path):
+def test_browser_gallery_and_full_image(token_client, archive, tmp_path, request):
     from playwright.sync_api import sync_playwright
+
+    # the committed screenshots (docs/serve.md) change only when asked: pytest --save-screenshots
+    shot = SCREENSHOT if request.config.getoption("--save-screenshots") else tmp_path / SCREENSHOT.name
 
     assert Path(CHROMIUM).exists(), "Debian's chromium is missing: .ci/run installs it (apt-get install chromium)"
     rows = {r["key"]: r for r in token_client.json("/api/rows?limit=500", {"Authorization": f"Bearer {TOKEN}"})["rows"]}
@@ -318,8 +321,8 @@ def test_browser_gallery_and_full_image(token_client, archive, tmp_path):
             errors = dict(page.eval_on_selector_all(
                 ".card.failed, .card.skipped", "els => els.map(e => [e.dataset.key, e.querySelector('.error').textContent])"))
             assert set(errors) == {"bad/cut.png", "bad/empty.png", "bad/notes.png"} and all(errors.values())
-            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shot), full_page=True)
 
             page.click(".card[data-key='set5/woman.png'] img.thumb")
             page.wait_for_function("document.getElementById('full-image').dataset.loaded === '1'", timeout=120_000)
@@ -327,7 +330,7 @@ def test_browser_gallery_and_full_image(token_client, archive, tmp_path):
             assert tuple(size) == decoded(archive["sources"]["set5/woman.png"]).size == (228, 344)
             info = page.inner_text("#full-info")
             assert "228×344 px" in info and " ms" in info
-            page.screenshot(path=str(SCREENSHOT.with_name("serve_browser_viewer.png")))
+            page.screenshot(path=str(shot.with_name("serve_browser_viewer.png")))
 
             page.click("#close")
             page.select_option("#status-filter", "failed")
@@ -336,7 +339,7 @@ def test_browser_gallery_and_full_image(token_client, archive, tmp_path):
             assert page.inner_text(".card .key") == "bad/cut.png"
         finally:
             browser.close()
-    assert os.path.getsize(SCREENSHOT) > 10_000
+    assert os.path.getsize(shot) > 10_000
 
 
 def test_preview_leaves_out_the_enhancement_layer(server, archive):
