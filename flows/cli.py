@@ -516,13 +516,13 @@ def setup(args: argparse.Namespace) -> None:
     import logging
 
     from pipeline.local_env import set_local_env_defaults
-    from pipeline.settings import get_settings
+    from pipeline.settings import LOGGERS, get_settings
 
     set_local_env_defaults()
     level = args.log_level or get_settings().log_level
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    for name in ("pipeline", "models", "flows"):
+    for name in LOGGERS:
         logger = logging.getLogger(name)
         logger.setLevel(level)
         if not any(getattr(h, "taid_cli", False) for h in logger.handlers):

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-OUR_LOGGERS = ("pipeline", "models")
+from pipeline.settings import LOGGERS
 
 
 class _ToRunLogger(logging.Handler):
@@ -25,7 +25,7 @@ class _ToRunLogger(logging.Handler):
 def run_logs():
     """Forward the job layer's records (and the actors' records it re-emits) to this run's logs."""
     handler = _ToRunLogger(get_run_logger())
-    loggers = [logging.getLogger(name) for name in OUR_LOGGERS]
+    loggers = [logging.getLogger(name) for name in LOGGERS]
     saved = [lg.level for lg in loggers]
     for lg in loggers:
         lg.addHandler(handler)

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 import ray
 from ray.exceptions import RayActorError, WorkerCrashedError
 
+from pipeline.settings import LOGGERS
+
 log = logging.getLogger(__name__)
-OUR_LOGGERS = ("pipeline", "models", "flows")
 
 
 def ensure_ray(address: str = "") -> None:
@@ -88,7 +89,7 @@ class PoolWorker:
         """The id of the node this actor runs on (run stats list them); records at `log_level`
         and above emitted while handling a batch go back to the driver with its rows."""
         self.log_level = log_level
-        for name in OUR_LOGGERS:  # ours at the driver's level; libraries stay at WARNING (the root's)
+        for name in LOGGERS:  # ours at the driver's level; libraries stay at WARNING (the root's)
             logging.getLogger(name).setLevel(log_level)
         logging.captureWarnings(True)  # warnings.warn from libraries too
         return ray.get_runtime_context().get_node_id()

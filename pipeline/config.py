@@ -33,6 +33,9 @@ class RayParams(BaseModel):
         default_factory=dict, description="custom Ray resources per model actor (e.g. {'taid_model': 1}: only the "
         "nodes started with that resource run the model)")
     max_attempts: int = Field(3, ge=1, description="tries per object across actor crashes")
+    batch_size: int = Field(2, ge=1, description="items per actor call")
+    registry: str | None = Field(None, description="model registry URI for fine-tuned model ids (default: the "
+                                 "TAID_MODEL_REGISTRY setting)")
     worker_resources: dict[str, float] = Field(
         default_factory=dict, description="staged: custom Ray resources per CPU worker (e.g. to keep them on nodes "
         "near the storage); single stage: unused (actor_resources)")
@@ -77,7 +80,6 @@ class CompressArchiveParams(RayParams):
     batch_size: int = Field(4, ge=1, description="objects per actor call")
     dry_run: bool = False
     verify: bool = Field(False, description="rehydrate each image once and record roundtrip_psnr")
-    registry: str | None = Field(None, description="model registry URI for fine-tuned model ids")
     rows_per_part: int = Field(5000, ge=1, description="manifest rows per Parquet part file")
     endpoint_url: str | None = Field(
         None, description="S3-compatible endpoint for s3:// URIs (default: AWS_ENDPOINT_URL, ~/.aws/config, AWS)"

@@ -40,7 +40,7 @@ def layout(p: RayParams) -> Layout:
 
 
 def dispatch(worker_cls: type, params: RayParams, run_id: str, name: str, items: Iterable, on_row: Callable,
-             crash_row: Callable, batch_size: int, model_ids: list[str], registry: str | None) -> dict:
+             crash_row: Callable, model_ids: list[str]) -> dict:
     """Run `items` through `worker_cls` actors (init args: params dict, run_id, model actors) and
     return the pool's counters, with the layout and, when staged, each model actor's report."""
     from pipeline.model_server import start_servers
@@ -50,12 +50,12 @@ def dispatch(worker_cls: type, params: RayParams, run_id: str, name: str, items:
     servers = []
     if plan.staged:
         inference = params.inference.model_dump() if params.inference else None
-        servers = start_servers(model_ids, registry, plan.model_actors, plan.gpus_per_model_actor, 1.0,
+        servers = start_servers(model_ids, params.registry, plan.model_actors, plan.gpus_per_model_actor, 1.0,
                                 params.actor_resources, name, params.tile_batch, inference)
         log.info("%s: %d CPU workers, %d model actors (%g GPU each)", name, params.workers, len(servers),
                  plan.gpus_per_model_actor)
     pool = ActorPool(worker_cls, (params.model_dump(), run_id, servers), PoolOptions(
-        workers=params.workers, cpus=params.cpus_per_worker, gpus=plan.gpus_per_worker, batch_size=batch_size,
+        workers=params.workers, cpus=params.cpus_per_worker, gpus=plan.gpus_per_worker, batch_size=params.batch_size,
         max_attempts=params.max_attempts, name=name,
         resources=params.worker_resources if plan.staged else params.actor_resources), crash_row=crash_row)
     try:

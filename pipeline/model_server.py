@@ -16,14 +16,13 @@ are the same 8-bit levels as running the pair locally on the model actor's devic
 bit-identical in fp32: tests/test_inference_options.py).
 
 Failures: a model actor that dies is restarted by Ray (max_restarts); a request that was in
-flight is retried (RETRIES) once it is back, then fails the object whose tile it was (a
+flight is asked again (workers.with_retries) once it is back, then fails the object whose tile it was (a
 `failed_processing` row, as any codec failure).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import defaultdict
 
@@ -31,9 +30,6 @@ import numpy as np
 import ray
 import torch
 from ray.exceptions import RayActorError
-
-log = logging.getLogger(__name__)
-RETRIES = 3
 
 
 class ModelServer:
@@ -116,10 +112,8 @@ class ModelServer:
 
     def _forward(self, step_key: tuple, parts: list[np.ndarray]) -> np.ndarray:
         t0 = time.perf_counter()
-        x = torch.from_numpy(np.concatenate(parts) if len(parts) > 1 else parts[0])
-        out = self._step(*step_key).run_uint8(x).numpy()
-        if self.device == "cuda":
-            torch.cuda.synchronize()
+        x = torch.from_numpy(np.concatenate(parts))  # a writable copy (Ray's arguments are read-only)
+        out = self._step(*step_key).run_uint8(x).numpy()  # back on the CPU: the GPU work is done
         self.stats["busy_s"] += time.perf_counter() - t0
         self.stats["forwards"] += 1
         self.stats["tiles"] += len(x)
@@ -129,7 +123,8 @@ class ModelServer:
         """Counters for the run stats: busy fraction of this actor's life, mean batch size."""
         alive = time.monotonic() - self.started
         s = self.stats
-        return {**s, "node": ray.get_runtime_context().get_node_id(), "device": self.device, "alive_s": alive, "busy_fraction": s["busy_s"] / alive if alive else 0.0,
+        return {**s, "node": ray.get_runtime_context().get_node_id(), "device": self.device, "alive_s": alive,
+                "busy_fraction": s["busy_s"] / alive if alive else 0.0,
                 "mean_batch": s["tiles"] / s["forwards"] if s["forwards"] else 0.0}
 
 
@@ -140,17 +135,16 @@ class RemoteStep:
         self.server, self.pair, self.up = server, pair, up
 
     def run_uint8(self, x: torch.Tensor) -> torch.Tensor:
+        from pipeline.workers import with_retries
+
         tiles = x.contiguous().numpy()
-        for attempt in range(RETRIES):
-            try:
-                ref = self.server.run.remote(self.pair.model_id, self.pair.weights_sha256, self.up, tiles)
-                return torch.from_numpy(ray.get(ref).copy())  # Ray hands back read-only memory
-            except RayActorError:  # the model actor died: Ray restarts it; ask again
-                if attempt == RETRIES - 1:
-                    raise
-                log.warning("model actor unavailable (attempt %d of %d), retrying", attempt + 1, RETRIES)
-                time.sleep(1.0 * (attempt + 1))
-        raise AssertionError("unreachable")
+
+        def ask():
+            ref = self.server.run.remote(self.pair.model_id, self.pair.weights_sha256, self.up, tiles)
+            return torch.from_numpy(ray.get(ref).copy())  # Ray hands back read-only memory
+
+        # a model actor that died is restarted by Ray: ask again once it had time to come back
+        return with_retries(ask, "model actor call", transient=RayActorError, delay=1.0)
 
 
 class Binding:

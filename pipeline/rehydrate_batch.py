@@ -30,8 +30,6 @@ class RehydrateParams(RayParams):
     quality: int | None = Field(None, ge=1, le=100)
     skip_enhancement: bool = Field(False, description="preview: leave out enhancement layers (the small files' own "
                                    "fidelity, faster)")
-    registry: str | None = None
-    batch_size: int = Field(2, ge=1, description="selected rows per actor call")
     dry_run: bool = False
     storage_options: dict = Field(default_factory=dict, repr=False)
 
@@ -88,9 +86,9 @@ def output_key(row: dict, output_format: str | None) -> str:
     return stem + SUFFIX.get(output_format.lower(), "." + output_format.lower())
 
 
-def restored_uri(params: RehydrateParams, row: dict, fs, root: str) -> str:
-    """Where this run writes `row`'s full image (raises UnsafeKeyError for a key escaping `to`)."""
-    return protocol_prefix(fs) + safe_join(root, output_key(row, params.output_format))
+def restored_path(params: RehydrateParams, row: dict, root: str) -> str:
+    """Where in `to` this run writes `row`'s full image (UnsafeKeyError for a key escaping it)."""
+    return safe_join(root, output_key(row, params.output_format))
 
 
 def already_done(params: RehydrateParams) -> set[tuple[str, str, bool]]:
@@ -110,10 +108,11 @@ def not_done(params: RehydrateParams, rows: list[dict]) -> list[dict]:
     if not done:
         return rows
     fs, root = params.fs(params.to)
+    prefix = protocol_prefix(fs)
 
     def done_before(row: dict) -> bool:
         try:
-            uri = restored_uri(params, row, fs, root)
+            uri = prefix + restored_path(params, row, root)
         except UnsafeKeyError:
             return False  # the worker refuses it, as a row
         return (uri, row["output_sha256"], params.skip_enhancement) in done

@@ -21,6 +21,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LOGGERS = ("pipeline", "models", "flows")  # the loggers `log_level` sets (libraries stay at WARNING)
 
 
 class Settings(BaseSettings):

@@ -19,14 +19,15 @@ log = logging.getLogger(__name__)
 RETRIES = 3  # transient storage errors, per read / write
 
 
-def with_retries(fn, what: str):
-    delay = 0.2
+def with_retries(fn, what: str, transient: type[Exception] = Exception, delay: float = 0.2):
+    """fn(), tried RETRIES times when it raises `transient` (waits `delay`, then 4x longer); a
+    missing or forbidden object is never transient."""
     for attempt in range(RETRIES):
         try:
             return fn()
         except (FileNotFoundError, PermissionError):
             raise  # not transient
-        except Exception as exc:
+        except transient as exc:
             if attempt == RETRIES - 1:
                 raise
             log.warning("%s failed (attempt %d of %d, retrying): %s: %s", what, attempt + 1, RETRIES,
@@ -143,16 +144,17 @@ class RehydrateWorker(ModelUser):
 
     def handle(self, row: dict, attempt: int):
         from pipeline.rehydrate import RehydrateRefused, rehydrate_row
-        from pipeline.rehydrate_batch import default_format, restored_uri
+        from pipeline.rehydrate_batch import default_format, restored_path
 
         p = self.params
         try:
-            uri = restored_uri(p, row, self.fs, self.root)
+            path = restored_path(p, row, self.root)
             data = rehydrate_row(row, p.output_format, p.quality, p.registry, storage_options=p.storage_options,
                                  skip_enhancement=p.skip_enhancement, device=self.device, prepare=self.prepare)
-            write_checked(self.fs, uri[len(self.prefix):], data)
+            write_checked(self.fs, path, data)
         except (RehydrateRefused, UnsafeKeyError) as exc:
             return self.rows.refused(row, attempt, exc)
         except Exception as exc:
             return self.rows.failed(row, attempt, exc)
-        return self.rows.ok(row, attempt, uri, p.output_format or default_format(row), data, p.skip_enhancement)
+        return self.rows.ok(row, attempt, self.prefix + path, p.output_format or default_format(row), data,
+                            p.skip_enhancement)

@@ -270,8 +270,8 @@ def run_compress(params: CompressArchiveParams, progress: Progress | None = None
             ensure_ray(params.ray_address)
             spec = params.fidelity_spec()
             dispatch = run_on_ray(CompressWorker, params, run_id, f"taid-compress-{run_id}",
-                                  checked(itertools.chain([first], planned)), on_row, rows.crash, params.batch_size,
-                                  list(spec.models) if spec else [params.model_id], params.registry)
+                                  checked(itertools.chain([first], planned)), on_row, rows.crash,
+                                  list(spec.models) if spec else [params.model_id])
     finally:
         writer.close()  # rows of finished objects are never lost, even if the run dies
         progress.close(done()[0])

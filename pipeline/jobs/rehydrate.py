@@ -60,14 +60,14 @@ def run_rehydrate(params: RehydrateParams, progress: Progress | None = None,
     def on_row(row: RestoredRow) -> None:
         writer.add(row)
         by_status[row.status] = by_status.get(row.status, 0) + 1
-        progress.update(writer.rows + len(writer.buffer), len(todo))
+        progress.update(sum(by_status.values()), len(todo))
 
     dispatch = {"actor_restarts": 0, "batches": 0}
     try:
         if todo:
             ensure_ray(params.ray_address)
             dispatch = run_on_ray(RehydrateWorker, params, run_id, f"taid-rehydrate-{run_id}", iter(todo), on_row,
-                                  RestoredRows(run_id).crash, params.batch_size, [], params.registry)
+                                  RestoredRows(run_id).crash, [])
     finally:
         writer.close()
         progress.close(writer.rows)
