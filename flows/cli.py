@@ -68,7 +68,7 @@ def _fidelity_spec(args: argparse.Namespace):
     from pipeline.fidelity import requested_fidelity
 
     return requested_fidelity(args.fidelity, args.target_psnr, args.model_id, args.small_format, args.quality,
-                              args.scale)
+                              args.scale, args.effort, args.preview_long_side)
 
 
 def _compress_file(args: argparse.Namespace) -> int:
@@ -108,7 +108,7 @@ def _compress_file(args: argparse.Namespace) -> int:
     )
     if layer is not None:
         print(f"enhancement layer: {layer_name(args.output)} ({record.enhancement_format}"
-              f"{f' q{record.enhancement_quality}' if record.enhancement_quality else ''}, {len(layer)} B)")
+              f"{f' level {record.enhancement_level}' if record.enhancement_level is not None else ''}, {len(layer)} B)")
     if record.psnr_y is not None:
         total = record.output_size + len(layer or b"")
         print(f"fidelity {record.fidelity}: Y-PSNR {record.psnr_y:.2f} dB (target {record.target_psnr:g}), "
@@ -292,8 +292,13 @@ def _resource(text: str) -> tuple[str, float]:
 def _fidelity_args(p: argparse.ArgumentParser) -> None:
     """What the small files should be: a fidelity (or target), or one fixed layer (model, format...)."""
     g = p.add_mutually_exclusive_group()  # names are checked by pipeline.fidelity (not imported here: it loads torch)
-    g.add_argument("--fidelity", metavar="NAME", help="preview (30 dB), standard (36, the default), high (40) or "
-                   "lossless: each image gets the cheapest verified representation reaching it (docs/fidelity.md)")
+    g.add_argument("--fidelity", metavar="NAME", help="preview (30 dB), standard (36, the default), high (40), "
+                   "lossless (exact pixels) or original (the source file back, byte for byte for JPEG): each image gets "
+                   "the cheapest verified representation reaching it (docs/fidelity.md)")
+    p.add_argument("--effort", choices=["fast", "default", "best"], help="how hard the fidelity search works for "
+                   "bytes: CPU against storage (docs/fidelity.md#effort; default: default)")
+    p.add_argument("--preview-long-side", dest="preview_long_side", type=int, metavar="PX",
+                   help="long side of the small file where a layer carries the fidelity (default 768)")
     g.add_argument("--target-psnr", dest="target_psnr", type=float, metavar="DB", help="explicit Y-PSNR floor instead")
     p.add_argument("--model", dest="model_id", help="zoo id, weights file or registered model id: with a fidelity, "
                    "the only base pair; without, exactly this pair's single small files (default taid-x2)")

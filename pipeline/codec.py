@@ -42,7 +42,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from pipeline import enhancement, image_io, small_file, tiling
 
-CODEC_VERSION = "1"
+CODEC_VERSION = "2"  # 2: AVIF layers by level (cq-level), jxl-jpeg layers, previews by size
 DEFAULT_MAX_PIXELS = 120_000_000
 DEFAULT_SMALL_FORMAT = "png"  # for lossless pairs; a codec-aware pair's `codec` block says its own
 DEFAULT_QUALITY = 90  # for a lossy small format the pair was not trained for
@@ -127,6 +127,13 @@ class CompressRecord(BaseModel):
     enhancement_quality: int | None = None
     enhancement_size: int | None = None
     enhancement_sha256: str | None = None
+    enhancement_level: int | None = None  # an AVIF layer's level (pipeline.enhancement: 63 - libaom cq-level)
+    cpu_decode_s: float | None = None
+    cpu_tad_s: float | None = None
+    cpu_tau_s: float | None = None
+    cpu_search_s: float | None = None
+    cpu_encode_s: float | None = None
+    cpu_verify_s: float | None = None
     codec_version: str = CODEC_VERSION
 
     @property
@@ -301,7 +308,11 @@ class Prediction(NamedTuple):
     exif: bytes | None
 
 
-def predict(small: bytes, record: CompressRecord | dict | None, pair, tile: int = tiling.DEFAULT_TILE) -> Prediction:
+def predict(small: bytes, record: CompressRecord | dict | None, pair, tile: int = tiling.DEFAULT_TILE,
+            color: bool = True) -> Prediction:
+    """TAU(small) at the original size, after checking that the pair is the one that made it.
+    `color=False` skips TAU on the colour (a prediction-free layer replaces it: the prediction's
+    colour is then a zero-cost stand-in of the right shape); an alpha channel is still upscaled."""
     try:
         im, embedded, icc, exif, _ = small_file.read_small(small)
     except small_file.SmallFileError as exc:
@@ -340,16 +351,20 @@ def predict(small: bytes, record: CompressRecord | dict | None, pair, tile: int 
     alpha_stored = bool(meta["alpha_stored"]) if meta.get("alpha_stored") is not None else im.mode in ("RGBA", "LA", "PA")
     is_gray = bool(meta["is_gray"]) if meta.get("is_gray") is not None else im.mode in ("L", "LA")
     has_alpha = bool(meta["has_alpha"]) if meta.get("has_alpha") is not None else alpha_stored
+    color_wanted = color
     arr = np.asarray(im.convert("RGBA" if alpha_stored else "RGB"))
     color = arr[..., :3]
     if is_gray:
         color = np.repeat(_gray(color)[..., None], 3, axis=2)
-    up, _ = tiling.upscale_array(pair, color, s, tile)
+    if color_wanted:
+        up = tiling.upscale_array(pair, color, s, tile)[0][:h, :w]
+    else:
+        up = np.broadcast_to(np.uint8(0), (h, w, 3))
     alpha = None
     if alpha_stored:
         a_up, _ = tiling.upscale_array(pair, np.repeat(arr[..., 3:4], 3, axis=2), s, tile)
         alpha = _gray(a_up[:h, :w])
-    return Prediction(up[:h, :w], alpha, is_gray, has_alpha, meta, icc, exif)
+    return Prediction(up, alpha, is_gray, has_alpha, meta, icc, exif)
 
 
 def enhance(pred: Prediction, layer: bytes | None, skip_layer: bool = False) -> np.ndarray:
@@ -373,9 +388,20 @@ def enhance(pred: Prediction, layer: bytes | None, skip_layer: bool = False) -> 
         raise RehydrateError(str(exc)) from exc
 
 
+def needs_prediction(layer: bytes | None, skip_layer: bool = False) -> bool:
+    """Whether restoring needs TAU's colour: not when a prediction-free layer (the image itself,
+    pipeline.enhancement.PREDICTION_FREE) is applied."""
+    if skip_layer or layer is None:
+        return True
+    try:
+        return enhancement.layer_codec(layer) not in enhancement.PREDICTION_FREE
+    except enhancement.LayerError:
+        return True  # enhance() says what is wrong with it
+
+
 def _rehydrate_pixels(small: bytes, record: CompressRecord | dict | None, pair, tile: int, layer: bytes | None = None,
                       skip_layer: bool = False):
-    pred = predict(small, record, pair, tile)
+    pred = predict(small, record, pair, tile, color=needs_prediction(layer, skip_layer))
     color = enhance(pred, layer, skip_layer)
     return _to_pil(color, pred.alpha, pred.is_gray, pred.has_alpha), pred.meta, pred.icc, pred.exif
 
@@ -391,13 +417,55 @@ def rehydrate_image(
     skip_layer: bool = False,
 ) -> bytes:
     """Full-resolution image bytes, upright, with the original's ICC profile and EXIF (Orientation=1).
+    `output_format="original"` (the default of a `--fidelity original` archive) gives the source file
+    itself where a jxl-jpeg layer holds it (byte for byte, checked against `source_sha256`), else
+    the exact pixels as PNG.
 
     Format: `output_format` if given, else the record's `rehydrate_format` (the source's format
     where it makes sense: JPEG stays JPEG at quality 95, PNG stays PNG; see image_io.default_output).
     `layer`: the enhancement layer the small file names (pipeline.enhancement), if it has one;
     `skip_layer` rehydrates without it (preview fidelity)."""
+    if (output_format or _embedded_format(small, record)) == "original":
+        if not skip_layer and layer is not None:
+            original = _original_file(small, record, pair, layer)
+            if original is not None:
+                return original
+        output_format = "png"  # no original file kept (not a JPEG source, or a preview): exact pixels, losslessly
     img, meta, icc, exif = _rehydrate_pixels(small, record, pair, tile, layer, skip_layer)
     return encode_restored(img, meta, icc, exif, output_format, quality)
+
+
+def _embedded_format(small: bytes, record) -> str | None:
+    rec = record.model_dump() if isinstance(record, CompressRecord) else (record or {})
+    fmt = rec.get("rehydrate_format")
+    if isinstance(fmt, str) and fmt:
+        return fmt
+    try:
+        return (small_file.read_small(small)[1] or {}).get("rehydrate_format")
+    except small_file.SmallFileError:
+        return None
+
+
+def _original_file(small: bytes, record, pair, layer: bytes) -> bytes | None:
+    """The source file itself from a jxl-jpeg layer (None for other layers), after the same checks
+    as any rehydration (pair, sha256s) and against the source's sha256 where the row has it."""
+    try:
+        if enhancement.layer_codec(layer) != "jxl-jpeg":
+            return None
+    except enhancement.LayerError as exc:
+        raise RehydrateError(str(exc)) from exc
+    pred = predict(small, record, pair, color=False)
+    if pred.meta.get("enhancement_sha256") != _sha256(layer):
+        raise RehydrateError("enhancement layer's sha256 differs from the one its small file names: wrong or damaged layer")
+    try:
+        data = enhancement.original_bytes(layer)
+    except enhancement.LayerError as exc:
+        raise RehydrateError(str(exc)) from exc
+    rec = record.model_dump() if isinstance(record, CompressRecord) else (record or {})
+    want = rec.get("source_sha256")
+    if _present(want) and _sha256(data) != want:
+        raise RehydrateError("the original file rebuilt from the layer differs from the manifest's source_sha256: refusing")
+    return data
 
 
 def encode_restored(img: Image.Image, meta: dict, icc: bytes | None, exif: bytes | None,

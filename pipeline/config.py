@@ -58,9 +58,13 @@ class CompressArchiveParams(RayParams):
     source: str = Field(description="URI of the images: a local folder or s3://bucket/prefix")
     dest: str = Field(description="URI where small files, _manifest/ and _runs/ are written")
     fidelity: str | None = Field(
-        None, description="fidelity preset: preview, standard, high or lossless (pipeline.fidelity); the default "
+        None, description="fidelity preset: preview, standard, high, lossless or original (pipeline.fidelity); the default "
         "(standard) unless a target PSNR, or an explicit model / small format / quality without one, is given")
     target_psnr: float | None = Field(None, gt=0, description="explicit Y-PSNR floor in dB instead of a preset")
+    effort: Literal["fast", "default", "best"] | None = Field(
+        None, description="how hard a fidelity search works for bytes (pipeline.fidelity.EFFORTS); default: default")
+    preview_long_side: int | None = Field(
+        None, ge=16, description="long side (px) of the small file where a layer carries the fidelity; default 768")
     model_id: str | None = Field(
         None, description="with a fidelity: the only base pair; without: write exactly this pair's single small "
         "file (no target). Default: the preset's pairs, or taid-x2 for a single layer")
@@ -139,7 +143,7 @@ class CompressArchiveParams(RayParams):
         from pipeline.fidelity import requested_fidelity
 
         return requested_fidelity(self.fidelity, self.target_psnr, self.model_id, self.small_format, self.quality,
-                                  self.scale)
+                                  self.scale, self.effort, self.preview_long_side)
 
     def fidelity_columns(self) -> dict:
         """What a row of this run was asked for (the manifest's `fidelity` and `target_psnr`)."""

@@ -21,6 +21,10 @@ File: `<small file name>.enh` (`layer_name`), a 5-byte header and an image:
     codec b"l": WebP lossless of the source itself; restored = decoded, exactly the source, the
                 prediction is not used (the `lossless` preset, and the fallback when no lossy layer
                 reaches the target). Written since issue 17, instead of b"w".
+    codec b"j": JPEG XL recompression of a JPEG source's own bytes (lossless, about 0.85x of the JPEG);
+                restored = the source JPEG decoded again (pipeline.image_io, the same policies as the
+                compressing side), and `original_bytes` gives the JPEG back byte for byte. The
+                prediction is not used. Written for `--fidelity original` and `lossless` since issue 21.
     codec b"w": WebP lossless of the residual modulo 256; restored = (prediction + decoded) mod 256.
                 Read, no longer written: exact only when TAU at rehydration computes bit for bit
                 what it computed at compression, and a prediction off by one level at a pixel of
@@ -32,6 +36,13 @@ File: `<small file name>.enh` (`layer_name`), a 5-byte header and an image:
 Cross-device: every layer but b"w" keeps rehydration on another device within the prediction's
 own difference (b"a": clipped, so a prediction off by d levels restores off by at most d; b"f" and
 b"l": not at all). The tolerance is stated and tested in tests/test_cross_device.py.
+
+AVIF settings (`avif_settings`, issue 21): libaom's own quantizer (`cq-level`, 0-63) instead of
+Pillow's 0-100 quality (which maps onto it unevenly: 66 -> 67 jumped +1.9 dB and +14 % bytes on one
+photo, because libavif's default quantisation matrices switch level there), quantisation matrices
+off, `tune=psnr` (the target is a PSNR: 4-6 % fewer bytes at equal Y-PSNR than the defaults tuned for
+the eye, and one level is a smooth 0.5-0.6 dB step). A layer's `level` is 63 - cq-level, so a higher
+level is finer, as a quality is. `speed` is libaom's effort (6 finest ... 9 fastest).
 
 Measured on held-out training photos (JPEG q90 sources; benchmarks/residual_coders.py): AVIF
 4:2:0 of the residual needs 2-3 % fewer bytes than 4:4:4, 11-20 % fewer than lossy WebP or JPEG XL;
@@ -54,19 +65,28 @@ from PIL import Image
 MAGIC = b"TEL"
 VERSION = 1
 SUFFIX = ".enh"
-CODECS = {"avif": b"a", "avif-full": b"f", "webp-lossless": b"w", "webp-lossless-full": b"l"}
-PREDICTION_FREE = ("avif-full", "webp-lossless-full")  # restored = the layer: device-independent
+CODECS = {"avif": b"a", "avif-full": b"f", "webp-lossless": b"w", "webp-lossless-full": b"l", "jxl-jpeg": b"j"}
+PREDICTION_FREE = ("avif-full", "webp-lossless-full", "jxl-jpeg")  # restored = the layer: device-independent
+EXACT_CODECS = ("webp-lossless-full", "jxl-jpeg")  # restored = the decoded source, every pixel
 _NAMES = {v: k for k, v in CODECS.items()}
 AVIF_SUBSAMPLING = "4:2:0"
-AVIF_SPEED = 6  # Pillow's default; the benchmarks' full-image AVIF uses the same
-# libaom's perceptual adaptive quantisation spends bits where the eye looks, not where the squared
-# error is: off, AVIF needs 3.5-5 % fewer bytes for the same PSNR (benchmarks/fidelity.py, default vs layer settings)
-AVIF_ADVANCED = {"deltaq-mode": "0"}
+AVIF_SPEED = 6  # Pillow's default; `effort` (pipeline.fidelity) picks another per run
+AVIF_LEVELS = 63  # level = 63 - libaom cq-level: 0 coarsest ... 63 finest
+# libaom's perceptual adaptive quantisation and quantisation matrices spend bits where the eye looks,
+# not where the squared error is; tune=psnr aims at what the fidelity target measures (module docstring)
+AVIF_ADVANCED = {"deltaq-mode": "0", "enable-qm": "0", "tune": "psnr", "end-usage": "q"}
 
 
-def avif_settings() -> dict:
-    """Pillow's AVIF save options of the layer (benchmarks code the full image with the same)."""
-    return {"subsampling": AVIF_SUBSAMPLING, "speed": AVIF_SPEED, "advanced": dict(AVIF_ADVANCED)}
+def avif_settings(level: int | None = None, speed: int = AVIF_SPEED) -> dict:
+    """Pillow's AVIF save options of the layer at `level` (benchmarks code the full image with the same)."""
+    advanced = dict(AVIF_ADVANCED)
+    if level is not None:
+        if not 0 <= level <= AVIF_LEVELS:
+            raise ValueError(f"AVIF level must be in 0..{AVIF_LEVELS}")
+        advanced["cq-level"] = str(AVIF_LEVELS - int(level))
+    # `quality` is overridden by cq-level; given so that Pillow does not pick its own default
+    return {"quality": 50, "subsampling": AVIF_SUBSAMPLING, "speed": int(speed), "advanced": advanced,
+            "max_threads": 1}
 
 
 class LayerError(ValueError):
@@ -82,17 +102,22 @@ def _image(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(arr), "L" if arr.ndim == 2 else "RGB")
 
 
-def encode_layer(source: np.ndarray, prediction: np.ndarray, codec: str, quality: int | None = None) -> bytes:
-    """The layer that takes `prediction` towards `source` (same shape: H x W x 3 or H x W uint8)."""
-    if source.shape != prediction.shape:
-        raise ValueError(f"source {source.shape} and prediction {prediction.shape} differ")
-    diff = source.astype(np.int16) - prediction.astype(np.int16)
+def encode_layer(source: np.ndarray, prediction: np.ndarray | None, codec: str, level: int | None = None,
+                 speed: int = AVIF_SPEED) -> bytes:
+    """The layer that takes `prediction` towards `source` (same shape: H x W x 3 or H x W uint8);
+    a prediction-free codec needs no prediction. `level`: the AVIF level (0..63, higher is finer)."""
+    if codec == "jxl-jpeg":
+        raise ValueError("a jxl-jpeg layer is made from the JPEG's bytes: encode_jpeg_layer")
+    if codec not in PREDICTION_FREE:
+        if prediction is None or source.shape != prediction.shape:
+            raise ValueError(f"source {source.shape} and prediction {getattr(prediction, 'shape', None)} differ")
+    diff = None if codec in PREDICTION_FREE else source.astype(np.int16) - prediction.astype(np.int16)
     buf = io.BytesIO()
     if codec in ("avif", "avif-full"):
-        if quality is None:
-            raise ValueError("an AVIF layer needs a quality")
+        if level is None:
+            raise ValueError("an AVIF layer needs a level")
         img = source if codec == "avif-full" else np.clip(diff + 128, 0, 255).astype(np.uint8)
-        _image(img).save(buf, "AVIF", quality=int(quality), **avif_settings())
+        _image(img).save(buf, "AVIF", **avif_settings(level, speed))
     elif codec in ("webp-lossless", "webp-lossless-full"):
         img = _image(source if codec == "webp-lossless-full" else (diff % 256).astype(np.uint8))
         if img.mode == "L":  # WebP holds RGB only; a grey residual is repeated, and decoded back from one channel
@@ -101,6 +126,42 @@ def encode_layer(source: np.ndarray, prediction: np.ndarray, codec: str, quality
     else:
         raise ValueError(f"unknown layer codec {codec!r} (choose from {tuple(CODECS)})")
     return MAGIC + bytes([VERSION]) + CODECS[codec] + buf.getvalue()
+
+
+def encode_jpeg_layer(jpeg: bytes) -> bytes:
+    """JPEG XL recompression of a JPEG file's own bytes (codec b"j"). Raises ValueError where libjxl
+    cannot transcode it (CMYK, arithmetic-coded, damaged...) or cannot give the same bytes back:
+    the caller then stores exact pixels instead."""
+    import hashlib
+
+    import pillow_jxl
+
+    try:
+        with Image.open(io.BytesIO(jpeg), formats=("JPEG",)) as im:
+            mode, size = im.mode, im.size
+        payload = pillow_jxl.Encoder(mode=mode if mode in ("RGB", "L") else "RGB", lossless=True, effort=7,
+                                     num_threads=1)(jpeg, size[0], size[1], jpeg_encode=True)
+    except Exception as exc:
+        raise ValueError(f"JPEG XL cannot recompress this JPEG: {type(exc).__name__}: {exc}") from exc
+    layer = MAGIC + bytes([VERSION]) + CODECS["jxl-jpeg"] + payload
+    if hashlib.sha256(original_bytes(layer)).digest() != hashlib.sha256(jpeg).digest():
+        raise ValueError("JPEG XL recompression does not give this JPEG back byte for byte")
+    return layer
+
+
+def original_bytes(layer: bytes) -> bytes:
+    """The source file a jxl-jpeg layer holds, byte for byte."""
+    if layer_codec(layer) != "jxl-jpeg":
+        raise LayerError("only a jxl-jpeg layer holds the original file")
+    import pillow_jxl
+
+    try:
+        is_jpeg, _, data, _, _ = pillow_jxl.Decoder()(layer[5:])
+    except Exception as exc:
+        raise LayerError(f"enhancement layer payload is unreadable: {type(exc).__name__}: {exc}") from exc
+    if not is_jpeg:
+        raise LayerError("the jxl-jpeg layer holds no JPEG reconstruction")
+    return bytes(data)
 
 
 def layer_codec(layer: bytes) -> str:
@@ -117,6 +178,8 @@ def layer_codec(layer: bytes) -> str:
 def apply_layer(prediction: np.ndarray, layer: bytes) -> np.ndarray:
     """prediction (H x W x 3 or H x W uint8) + layer -> the restored pixels, same shape."""
     codec = layer_codec(layer)
+    if codec == "jxl-jpeg":
+        return _decoded_jpeg(original_bytes(layer), prediction)
     try:
         im = Image.open(io.BytesIO(layer[5:]), formats=("WEBP",) if codec.startswith("webp") else ("AVIF",))
         im.load()
@@ -134,3 +197,17 @@ def apply_layer(prediction: np.ndarray, layer: bytes) -> np.ndarray:
     if codec == "avif":
         return np.clip(pred + decoded.astype(np.int16) - 128, 0, 255).astype(np.uint8)
     return ((pred + decoded) % 256).astype(np.uint8)
+
+
+def _decoded_jpeg(jpeg: bytes, prediction: np.ndarray) -> np.ndarray:
+    """The pixels the compressing side measured: the JPEG decoded by the same policies (image_io)."""
+    from pipeline import image_io
+
+    try:
+        dec = image_io.decode_image(jpeg, max_pixels=prediction.shape[0] * prediction.shape[1] + 1)
+    except image_io.DecodeFailure as exc:
+        raise LayerError(f"the layer's JPEG does not decode: {exc.message}") from exc
+    decoded = dec.rgb[..., 0] if prediction.ndim == 2 else dec.rgb
+    if decoded.shape != prediction.shape:
+        raise LayerError(f"enhancement layer is {decoded.shape}, the prediction {prediction.shape}")
+    return np.ascontiguousarray(decoded)

@@ -21,19 +21,35 @@ Fidelity is Y-PSNR (BT.601 luma in [16, 235], as the SR papers and `models.metri
 decoded source (EXIF orientation applied, grey kept grey), taken as the lower of the whole image and
 the image with `scale` border pixels shaved, so either convention sees at least the target.
 
+Effort (`--effort fast|default|best`, EFFORTS): how hard the search works for the bytes. `fast` and
+`default` run no TAU while compressing when a layer is needed: the layer is AVIF of the image itself
+(prediction-free), its AV1 level estimated on a sample of tiles at libaom's fastest speed and settled
+by one full-size encode at the effort's final speed (a second only when the first misses); the
+small file is then only the preview, made by TAD from a box-reduced copy when the image is large
+(`preview_long_side`). `best` also searches the residual of TAU(small) at full size, at speed 6,
+and tries one level coarser when the first encode overshoots. Bytes against CPU seconds per effort:
+benchmarks/results/economics.md, which chose the default.
+
 Presets (PRESETS, `--fidelity NAME`):
 - preview   30 dB: the small file alone where it can (x2 base, quality searched); thumbnail-grade.
 - standard  36 dB (the default): x4 base + AVIF layer; a faithful copy at about AVIF's bytes.
 - high      40 dB: same representation, finer layer.
 - lossless  exact: a thumbnail-grade x4 small file + lossless layer; every pixel of the decoded
-            source comes back, whatever device or precision rehydrates it.
+            source comes back, whatever device or precision rehydrates it. A JPEG source is kept as
+            JPEG XL recompression of its own bytes (about 0.85x of the JPEG), other sources as WebP
+            lossless of their pixels.
+- original  as lossless, and rehydration writes the original file: a JPEG comes back byte for byte
+            (sha256-checked against the manifest), any other source as its exact pixels.
 The base models and qualities were chosen on held-out training photos (docs/fidelity.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
+import time
+from contextlib import contextmanager
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -61,11 +77,34 @@ class Base(BaseModel):
     layer_quality: int | None = Field(None, description="small-file quality under a layer; None = the model's default")
 
 
+Effort = Literal["fast", "default", "best"]
+
+
+class EffortSettings(NamedTuple):
+    final_speed: int  # libaom speed of the stored layer (6 finest ... 9 fastest)
+    search_speed: int  # libaom speed of the sampled search on large images
+    residual: bool  # also search the residual of TAU(small) (TAD + TAU at full size)
+    refine: bool  # after a full-size encode that overshoots, try the next coarser level
+
+
+EFFORTS: dict[str, EffortSettings] = {
+    "fast": EffortSettings(final_speed=8, search_speed=9, residual=False, refine=False),
+    "default": EffortSettings(final_speed=7, search_speed=9, residual=False, refine=False),
+    "best": EffortSettings(final_speed=6, search_speed=9, residual=True, refine=True),
+}
+DEFAULT_EFFORT = "default"  # benchmarks/results/economics.md: payback against bytes
+PREVIEW_LONG_SIDE = 768  # a prediction-free layer's small file is only a preview: at most this long (px)
+
+
 class Fidelity(BaseModel):
     name: str
     target_psnr: float = Field(gt=0, description="Y-PSNR floor in dB; inf = exact")
     bases: list[Base]
     layer_codec: Literal["avif", "webp-lossless"] = "avif"
+    effort: Effort = DEFAULT_EFFORT
+    preview_long_side: int = Field(PREVIEW_LONG_SIDE, ge=16, description="long side of the small file when it is "
+                                   "only the preview (the layer carries the fidelity)")
+    original: bool = Field(False, description="rehydrate to the original file (byte for byte for JPEG sources)")
 
     @property
     def models(self) -> list[str]:
@@ -80,13 +119,18 @@ PRESETS: dict[str, Fidelity] = {
     "standard": Fidelity(name="standard", target_psnr=36.0, bases=_LAYERED),
     "high": Fidelity(name="high", target_psnr=40.0, bases=_LAYERED),
     "lossless": Fidelity(name="lossless", target_psnr=EXACT, bases=_LAYERED, layer_codec="webp-lossless"),
+    "original": Fidelity(name="original", target_psnr=EXACT, bases=_LAYERED, layer_codec="webp-lossless",
+                         original=True),
 }
 DEFAULT_FIDELITY = "standard"
 
 
-def resolve_fidelity(name: str | None = None, target_psnr: float | None = None, model_id: str | None = None) -> Fidelity:
+def resolve_fidelity(name: str | None = None, target_psnr: float | None = None, model_id: str | None = None,
+                     effort: str | None = None, preview_long_side: int | None = None) -> Fidelity:
     """The spec for a preset name or an explicit target (not both); `model_id` makes that pair the
     only base (its small file alone where it reaches the target, else with a layer)."""
+    if effort is not None and effort not in EFFORTS:
+        raise ValueError(f"unknown effort {effort!r} (choose from {', '.join(EFFORTS)})")
     if name is not None and target_psnr is not None:
         raise ValueError("give a fidelity preset or a target PSNR, not both")
     if target_psnr is not None:
@@ -101,12 +145,17 @@ def resolve_fidelity(name: str | None = None, target_psnr: float | None = None, 
         spec = PRESETS[name]
     if model_id:
         spec = spec.model_copy(update={"bases": [Base(model_id=model_id, qualities=[30, 45, 60, 75, 90])]})
+    if effort is not None:
+        spec = spec.model_copy(update={"effort": effort})
+    if preview_long_side is not None:
+        spec = Fidelity(**{**spec.model_dump(), "preview_long_side": preview_long_side})  # validated
     return spec
 
 
 def requested_fidelity(fidelity: str | None = None, target_psnr: float | None = None, model_id: str | None = None,
                        small_format: str | None = None, quality: int | None = None,
-                       scale: int | None = None) -> Fidelity | None:
+                       scale: int | None = None, effort: str | None = None,
+                       preview_long_side: int | None = None) -> Fidelity | None:
     """What a compress request asks for: the fidelity it guarantees, or None for one fixed small file
     (an explicit model, small format, quality or scale without a fidelity or target asks for exactly
     that). A fidelity picks format, quality and scale per image, so naming them too is refused. The
@@ -118,14 +167,58 @@ def requested_fidelity(fidelity: str | None = None, target_psnr: float | None = 
     if fixed:
         raise ValueError("a fidelity target picks the small file's format, quality and scale per image: drop "
                          f"{'/'.join(fixed)}, or drop the fidelity / target PSNR to write one fixed layer")
-    return resolve_fidelity(fidelity, target_psnr, model_id)
+    return resolve_fidelity(fidelity, target_psnr, model_id, effort, preview_long_side)
 
 
-def fidelity_psnr(out: np.ndarray, ref: np.ndarray, scale: int) -> float:
-    """The lower of whole-image and `scale`-shaved Y-PSNR (H x W x 3 uint8 each)."""
-    yo, yr = rgb_to_y(out), rgb_to_y(ref)
+def fidelity_psnr(out: np.ndarray, ref, scale: int) -> float:
+    """The lower of whole-image and `scale`-shaved Y-PSNR (H x W x 3 uint8 each; `ref` may be a
+    Reference, whose luma is computed once)."""
+    yr = ref.y if isinstance(ref, Reference) else rgb_to_y(ref)
+    yo = rgb_to_y(out)
     shaved = psnr(yo, yr, scale) if min(out.shape[:2]) > 2 * scale else math.inf
     return min(psnr(yo, yr), shaved)
+
+
+class Reference:
+    """The decoded source an image is measured against, its luma computed once (a 12 MP image's
+    luma costs about as much as a fast AVIF encode of a sample)."""
+
+    def __init__(self, rgb: np.ndarray):
+        self.rgb = rgb
+        self.y = rgb_to_y(rgb)
+        self.shape = rgb.shape
+        self._bicubic: dict = {}
+
+    def bicubic(self, size: tuple[int, int], scale: int) -> np.ndarray:
+        """Pillow's bicubic downscale of the (padded) source to `size`, Y: a thumbnail's reference."""
+        if size not in self._bicubic:
+            padded = tiling.pad_to_multiple(self.rgb, scale)
+            self._bicubic[size] = rgb_to_y(np.asarray(Image.fromarray(padded).resize(size, Image.BICUBIC)))
+        return self._bicubic[size]
+
+
+class Stages:
+    """CPU seconds of one image by stage (the record's cpu_*_s columns): `with stages("tad"): ...`."""
+
+    NAMES = ("tad", "tau", "search", "encode", "verify")
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(self.NAMES, 0.0)
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t = time.process_time()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.process_time() - t
+
+    def move(self, seconds: float, src: str, dst: str) -> None:
+        self.seconds[src] -= seconds
+        self.seconds[dst] += seconds
+
+    def columns(self) -> dict:
+        return {f"cpu_{k}_s": round(v, 4) for k, v in self.seconds.items()}
 
 
 class _Candidate(NamedTuple):
@@ -133,7 +226,7 @@ class _Candidate(NamedTuple):
     base: Base
     small_quality: int | None
     layer_codec: str | None = None
-    layer_quality: int | None = None
+    layer_level: int | None = None
 
 
 def _channel(arr: np.ndarray, grey: bool) -> np.ndarray:
@@ -147,23 +240,54 @@ def compress_to_target(data: bytes, pairs: dict, spec: Fidelity, options: codec.
     options = options or codec.CodecOptions()
     rec = codec.CompressRecord(source_size=len(data), source_sha256=codec._sha256(data), fidelity=spec.name,
                                target_psnr=spec.target_psnr)
-    files, rec = codec.decoded_then(data, options, rec, lambda dec, rec: _search(dec, pairs, spec, options, rec))
+    files, rec = codec.decoded_then(data, options, rec,
+                                    lambda dec, rec: _search(dec, pairs, spec, options, rec, data))
     small, layer = files or (None, None)
     return small, layer, rec
 
 
-class _Base:
-    """One base of one image: TAD once, small files and predictions per quality, cached."""
+def _preview_scale(pair, width: int, height: int, long_side: int) -> int:
+    """The smallest power of the pair's scale that brings the long side to at most `long_side`."""
+    s = pair.scale
+    while -(-max(width, height) // s) > long_side and s * pair.scale <= 128:
+        s *= pair.scale
+    return s
 
-    def __init__(self, dec, pair, base: Base, options: codec.CodecOptions, rec: codec.CompressRecord):
+
+def _reduced(dec, factor: int, scale: int):
+    """`dec` padded to a multiple of `scale` and box-reduced by `factor` (a preview's input: TAD
+    then runs on 1/factor^2 of the pixels)."""
+    if factor == 1:
+        return dec
+    rgb = np.asarray(Image.fromarray(tiling.pad_to_multiple(dec.rgb, scale)).reduce(factor))
+    alpha = None
+    if dec.alpha is not None:
+        alpha = np.asarray(Image.fromarray(tiling.pad_to_multiple(dec.alpha, scale)).reduce(factor))
+    return dataclasses.replace(dec, rgb=rgb, alpha=alpha)
+
+
+class _Base:
+    """One base of one image: TAD once, small files and predictions per quality, cached.
+    `preview_only`: the small file is only a preview (a prediction-free layer carries the
+    fidelity), so TAD runs on a box-reduced copy where the image is larger than a preview."""
+
+    def __init__(self, dec, pair, base: Base, options: codec.CodecOptions, rec: codec.CompressRecord,
+                 stages: Stages | None = None, preview_long_side: int | None = None):
         self.dec, self.pair, self.base = dec, pair, base
+        self.stages = stages or Stages()
+        scale = pair.scale
+        if preview_long_side is not None:
+            scale = _preview_scale(pair, dec.rgb.shape[1], dec.rgb.shape[0], preview_long_side)
         fmt, default_q = codec.small_file_settings(pair)
-        self.options = options.model_copy(update={"model_id": pair.model_id, "scale": pair.scale, "small_format": fmt,
+        self.options = options.model_copy(update={"model_id": pair.model_id, "scale": scale, "small_format": fmt,
                                                   "quality": default_q})
-        self.rec = rec.model_copy(update={"scale": pair.scale, "model_id": pair.model_id, "model_sha256": pair.weights_sha256})
-        self.img, tiles = codec._downscale(dec, pair, pair.scale, options.tile)
+        self.rec = rec.model_copy(update={"scale": scale, "model_id": pair.model_id, "model_sha256": pair.weights_sha256})
+        with self.stages("tad"):
+            self.img, tiles = codec._downscale(_reduced(dec, scale // pair.scale, scale), pair, pair.scale,
+                                               options.tile)
         self.rec = self.rec.model_copy(update={"tiles": tiles, "status": "ok"})
         self.lossy = fmt in codec.small_file.LOSSY_FORMATS
+        self.note: str | None = None  # for the record (e.g. why a JPEG is kept as pixels)
         self._cache: dict = {}
 
     def small(self, quality: int | None, **meta) -> tuple[bytes, codec.CompressRecord]:
@@ -174,7 +298,8 @@ class _Base:
         """(small-file bytes, TAU(decoded small file)) at that quality."""
         if quality not in self._cache:
             small, rec = self.small(quality)
-            pred = codec.predict(small, rec, self.pair, self.options.tile)
+            with self.stages("tau"):
+                pred = codec.predict(small, rec, self.pair, self.options.tile)
             self._cache[quality] = (len(small), pred, _small_pixels(small))
         size, pred, _ = self._cache[quality]
         return size, pred.color
@@ -186,19 +311,21 @@ class _Base:
         im, meta, icc, exif, _ = codec.small_file.read_small(small)
         if cached is not None and np.array_equal(np.asarray(im), cached[2]):
             return cached[1]._replace(meta=meta, icc=icc, exif=exif)
-        return codec.predict(small, None, self.pair, self.options.tile)
+        with self.stages("tau"):
+            return codec.predict(small, None, self.pair, self.options.tile)
 
 
 def _small_pixels(small: bytes) -> np.ndarray:
     return np.asarray(codec.small_file.read_small(small)[0])
 
 
-def _lowest_quality(measure, target: float, start: int = 60):
-    """(quality, result) of the lowest quality in 0..100 whose measure(q)[1] reaches `target`, by
-    interpolation search (fidelity rises with quality); None when even 100 does not."""
+def _lowest_quality(measure, target: float, start: int = 60, top: int = 100):
+    """(quality, result) of the lowest quality in 0..top whose measure(q)[1] reaches `target`, by
+    interpolation search (fidelity rises with quality); None when even `top` does not."""
     tried: dict[int, tuple] = {}
-    lo, hi = -1, 101  # lo: known to miss (or none yet), hi: known to reach (or none yet)
-    q = start
+    lo, hi = -1, top + 1  # lo: known to miss (or none yet), hi: known to reach (or none yet)
+    q = min(start, top)
+    step = max(2, top * 15 // 100)
     while True:
         tried[q] = measure(q)
         if tried[q][1] >= target:
@@ -213,16 +340,21 @@ def _lowest_quality(measure, target: float, start: int = 60):
             (k0, p0), (k1, p1) = below[-1], above[0]
             guess = round(k0 + (target - p0) * (k1 - k0) / (p1 - p0))
         elif below:  # everything so far misses: climb
-            guess = below[-1][0] + 15
+            guess = below[-1][0] + step
         else:
-            guess = above[0][0] - 15
+            guess = above[0][0] - step
         q = min(max(guess, lo + 1), hi - 1)
-    return (hi, tried[hi]) if hi <= 100 else None
+    return (hi, tried[hi]) if hi <= top else None
 
 
-SAMPLE_ABOVE_PIXELS = 1_500_000  # larger images: the layer's quality is searched on a sample of tiles first
+SAMPLE_ABOVE_PIXELS = 1_500_000  # larger images: the layer's level is searched on a sample of tiles first
 SAMPLE_TILE = 256  # a multiple of AV1's 64-pixel superblocks: tiles do not share blocks in the mosaic
 SAMPLE_FRACTION = 0.2
+# Y-PSNR of a full-size encode at the final speed minus that of the sample mosaic at the search speed,
+# at one level, per final speed (tools/calibrate in benchmarks/economics.py --calibrate; photos from
+# the training set): the sampled search aims this much below the target
+SAMPLE_OFFSET_DB = {6: 0.45, 7: 0.35, 8: 0.25, 9: 0.0}
+AIM_ABOVE_DB = 0.05  # where the estimate says a level just reaches the target, aim that much higher
 
 
 def _mosaic(arr: np.ndarray) -> np.ndarray:
@@ -237,9 +369,10 @@ def _mosaic(arr: np.ndarray) -> np.ndarray:
     return np.concatenate([np.concatenate(r, axis=1) for r in rows], axis=0)
 
 
-def _settle(measure, target: float, q: int):
-    """(layer, quality) at full size from a sampled estimate `q`: up (doubling steps, then bisection)
-    until the target is reached, or down a step or two while there is room; None if 100 misses."""
+def _settle(measure, target: float, q: int, top: int = 100, refine: bool = True, slope: float | None = None):
+    """(layer, level) at full size from an estimate `q`: up until the target is reached (a jump
+    sized by `slope`, dB per level, when known, else doubling steps, then bisection); when the
+    first try reaches it, down a level or two while there is room (`refine`). None if `top` misses."""
     tried: dict[int, tuple[bytes, float]] = {}
 
     def at(k: int) -> tuple[bytes, float]:
@@ -248,63 +381,109 @@ def _settle(measure, target: float, q: int):
         return tried[k]
 
     if at(q)[1] >= target:
-        for _ in range(2):  # the estimate may be a little high
-            if q == 0 or at(q)[1] - target < 0.25 or at(q - 1)[1] < target:
+        for _ in range(2 if refine else 0):  # the estimate may be a little high
+            room = at(q)[1] - target
+            if q == 0 or room < (slope if slope else 0.25) or at(q - 1)[1] < target:
                 break
             q -= 1
         return at(q)[0], q
-    lo, step = q, 1
+    lo = q
+    step = max(1, math.ceil((target - at(q)[1]) / slope)) if slope else 1
     while True:
-        hi = min(100, lo + step)
+        hi = min(top, lo + step)
         if at(hi)[1] >= target:
             break
-        if hi == 100:
+        if hi == top:
             return None
-        lo, step = hi, step * 2
+        lo, step = hi, (step * 2 if not slope else 1)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if at(mid)[1] >= target else (mid, hi)
     return at(hi)[0], hi
 
 
-def _layer_search(ref: np.ndarray, pred: np.ndarray, grey: bool, target: float, scale: int, codec_name: str):
-    """(layer bytes, codec, quality) of the cheapest layer reaching `target`: an AVIF of the
-    residual, or of the image itself where that is smaller (TAU predicts screenshots and text
-    badly); a lossless layer when the target is exact or no AVIF quality reaches it.
+def _measurer(kind: str, s: np.ndarray, p: np.ndarray | None, ref: Reference | None, scale: int, speed: int,
+              grey: bool):
+    """measure(level) -> (layer, Y-PSNR) of a layer of `kind` over `s` (the image or a mosaic of it).
+    `ref` given: fidelity_psnr of the restored image against the whole source (what verification
+    measures); None: plain Y-PSNR against `s` (a mosaic, whose borders are not the image's)."""
+    stand_in = np.broadcast_to(np.uint8(0), s.shape)  # a prediction-free layer needs only the shape
+    sy = None if ref is not None else rgb_to_y(_rgb(s))
 
-    Large images are searched on a mosaic of sampled tiles (a fifth of the pixels), then settled
-    at full size from that estimate (usually one or two full-size encodes instead of six to ten)."""
-    src, prd = _channel(ref, grey), _channel(pred, grey)
+    def measure(level: int) -> tuple[bytes, float]:
+        layer = enhancement.encode_layer(s, p, kind, level, speed)
+        out = _rgb(enhancement.apply_layer(p if p is not None else stand_in, layer))
+        if ref is None:
+            return layer, psnr(rgb_to_y(out), sy)
+        return layer, fidelity_psnr(out, ref, scale)
+    return measure
 
-    def measurer(kind: str, s: np.ndarray, p: np.ndarray, whole: bool):
-        def measure(q: int) -> tuple[bytes, float]:
-            layer = enhancement.encode_layer(s, p, kind, q)
-            out = enhancement.apply_layer(p, layer)
-            if not whole:  # a mosaic: plain Y-PSNR (its borders are not the image's)
-                return layer, psnr(rgb_to_y(_rgb(out)), rgb_to_y(_rgb(s)))
-            return layer, fidelity_psnr(_rgb(out), ref, scale)
-        return measure
 
-    if codec_name == "avif" and math.isfinite(target):
-        sampled = src.shape[0] * src.shape[1] > SAMPLE_ABOVE_PIXELS
-        s, p = (_mosaic(src), _mosaic(prd)) if sampled else (src, prd)
-        found = []
-        residual = _lowest_quality(measurer("avif", s, p, not sampled), target)
-        if residual:
-            found.append((residual[1][0], "avif", residual[0]))
-        # the image itself, searched from the residual's quality (usually two or three encodes)
-        full = _lowest_quality(measurer("avif-full", s, p, not sampled), target, residual[0] if residual else 80)
-        if full:
-            found.append((full[1][0], "avif-full", full[0]))
-        for layer, kind, q in sorted(found, key=lambda f: len(f[0])):
-            if not sampled:
-                return layer, kind, q
-            settled = _settle(measurer(kind, src, prd, True), target, q)
-            if settled:
-                return settled[0], kind, settled[1]
-    # exact: the source itself, losslessly; not the residual, whose exactness would depend on TAU
-    # computing the same bits on every device (pipeline/enhancement.py, docs/gpu.md)
-    return enhancement.encode_layer(src, prd, "webp-lossless-full"), "webp-lossless-full", None
+def _slope(points: dict[int, float]) -> float | None:
+    """dB per level from a search's measured points (the steepest-free estimate: end to end)."""
+    if len(points) < 2:
+        return None
+    (k0, p0), (k1, p1) = min(points.items()), max(points.items())
+    return (p1 - p0) / (k1 - k0) if k1 > k0 and p1 > p0 else None
+
+
+def _full_layer(ref: Reference, grey: bool, target: float, scale: int, effort: EffortSettings, stages: Stages):
+    """(layer, level) of the AVIF of the image itself at the coarsest level that
+    reaches `target`; None when no level does. Large images: the level is estimated on a mosaic of
+    tiles at the search speed, aimed SAMPLE_OFFSET_DB below the target, then settled at full size."""
+    src = _channel(ref.rgb, grey)
+    top = enhancement.AVIF_LEVELS
+    measured = _measurer("avif-full", src, None, ref, scale, effort.final_speed, grey)
+
+    if src.shape[0] * src.shape[1] <= SAMPLE_ABOVE_PIXELS:
+        with stages("search"):
+            found = _lowest_quality(measured, target, start=36, top=top)
+        if found is None:
+            return None
+        level, (layer, _) = found
+        return layer, level
+    with stages("search"):
+        points: dict[int, float] = {}
+        sampled = _measurer("avif-full", _mosaic(src), None, None, scale, effort.search_speed, grey)
+
+        def on_sample(level: int):
+            layer, p = sampled(level)
+            points[level] = p
+            return layer, p
+        aim = target - SAMPLE_OFFSET_DB.get(effort.final_speed, 0.0) + AIM_ABOVE_DB
+        estimate = _lowest_quality(on_sample, aim, start=36, top=top)
+    start = estimate[0] if estimate else top
+    with stages("encode"):
+        settled = _settle(measured, target, start, top, refine=effort.refine, slope=_slope(points))
+    return settled
+
+
+def _residual_search(ref: Reference, pred: np.ndarray, grey: bool, target: float, scale: int,
+                     effort: EffortSettings, stages: Stages):
+    """(layer, level) of the AVIF of the residual prediction -> source at the coarsest level that
+    reaches `target` (searched on a mosaic for large images, then settled); None if none does."""
+    src, prd = _channel(ref.rgb, grey), _channel(pred, grey)
+    top = enhancement.AVIF_LEVELS
+    whole = _measurer("avif", src, prd, ref, scale, effort.final_speed, grey)
+    with stages("search"):
+        if src.shape[0] * src.shape[1] <= SAMPLE_ABOVE_PIXELS:
+            found = _lowest_quality(whole, target, start=36, top=top)
+            return (found[1][0], found[0]) if found else None
+        sampled = _measurer("avif", _mosaic(src), _mosaic(prd), None, scale, effort.final_speed, grey)
+        estimate = _lowest_quality(sampled, target, start=36, top=top)
+        return _settle(whole, target, estimate[0] if estimate else top, top, refine=effort.refine)
+
+
+def _exact_layer(src: np.ndarray, data: bytes, dec) -> tuple[bytes, str, str | None]:
+    """(layer, codec, note): a JPEG source's own bytes recompressed by JPEG XL where libjxl can (and
+    gives them back byte for byte), else WebP lossless of the decoded pixels, with the reason."""
+    note = None
+    if dec.info.get("source_format") == "JPEG":
+        try:
+            return enhancement.encode_jpeg_layer(data), "jxl-jpeg", None
+        except ValueError as exc:
+            note = f"exact pixels instead of the original JPEG: {exc}"
+    return enhancement.encode_layer(src, None, "webp-lossless-full"), "webp-lossless-full", note
 
 
 def _rgb(arr: np.ndarray) -> np.ndarray:
@@ -314,75 +493,140 @@ def _rgb(arr: np.ndarray) -> np.ndarray:
 THUMBNAIL_FLOOR_DB = 33.0  # a preview-only small file stays a faithful thumbnail (>= 32 dB vs bicubic, with margin)
 
 
-def _cheapest_thumbnail(b: "_Base", ref: np.ndarray, quality: int, size: int) -> tuple[int, int]:
+def _cheapest_thumbnail(b: "_Base", ref: Reference, quality: int | None, size: int | None) -> tuple[int | None, int]:
+    """The lowest small-file quality that is still a faithful thumbnail (else `quality`)."""
+    if not b.lossy:
+        return None, len(b.small(None)[0])
     for q in (10, 20, 30, 40):
-        if q >= quality:
+        if quality is not None and q >= quality:
             break
         small, _ = b.small(q)
-        if thumbnail_psnr(small, ref, b.pair.scale) >= THUMBNAIL_FLOOR_DB:
+        if thumbnail_psnr(small, ref, b.options.scale) >= THUMBNAIL_FLOOR_DB:
             return q, len(small)
+    if size is None:
+        quality = quality if quality is not None else b.options.quality
+        size = len(b.small(quality)[0])
     return quality, size
 
 
-def _search(dec, pairs: dict, spec: Fidelity, options: codec.CodecOptions, rec: codec.CompressRecord):
-    ref = codec.reference_rgb(dec)
+def _search(dec, pairs: dict, spec: Fidelity, options: codec.CodecOptions, rec: codec.CompressRecord, data: bytes):
+    stages = Stages()
+    with stages("verify"):  # the reference's luma, used by every measurement and the verification
+        ref = Reference(codec.reference_rgb(dec))
     grey = bool(dec.info["is_gray"])
     target = spec.target_psnr + DEVICE_MARGIN_DB  # inf stays inf (exact)
+    effort = EFFORTS[spec.effort]
+    # a layer that does not use the prediction carries the fidelity alone: TAU is not needed to
+    # compress or rehydrate it, except for an alpha channel (restored from the small file)
+    prediction_free = not effort.residual and dec.alpha is None
     best: tuple[_Candidate, _Base, bytes | None] | None = None
     for base in spec.bases:
-        b = _Base(dec, pairs[base.model_id], base, options, rec)
+        pair = pairs[base.model_id]
         found = None
-        for q in (base.qualities if b.lossy else [None]):
-            size, pred = b.prediction(q)
-            if fidelity_psnr(pred, ref, b.pair.scale) >= target:
-                found = (_Candidate(total=size, base=base, small_quality=q), None)
-                break
-        if found is None:
+        preview = spec.preview_long_side if dec.alpha is None else None  # alpha comes from the small file: full size
+        if base.qualities and math.isfinite(target):  # the small file alone, where it can reach the target
+            b = _Base(dec, pair, base, options, rec, stages)
+            for q in (base.qualities if b.lossy else [None]):
+                size, pred = b.prediction(q)
+                with stages("search"):
+                    reached = fidelity_psnr(pred, ref, pair.scale) >= target
+                if reached:
+                    found = (_Candidate(total=size, base=base, small_quality=q), b, None)
+                    break
+        if found is None and not math.isfinite(target):  # exact: the source itself, losslessly
+            b = _Base(dec, pair, base, options, rec, stages, preview_long_side=preview)
+            with stages("encode"):
+                layer, lcodec, b.note = _exact_layer(_channel(ref.rgb, grey), data, dec)
+                q, size = _cheapest_thumbnail(b, ref, None, None)
+            found = (_Candidate(total=size + len(layer), base=base, small_quality=q, layer_codec=lcodec), b, layer)
+        if found is None and prediction_free:
+            b = _Base(dec, pair, base, options, rec, stages, preview_long_side=preview)
+            full = _full_layer(ref, grey, target, pair.scale, effort, stages)
+            if full is not None:
+                layer, level = full
+                with stages("encode"):
+                    q, size = _cheapest_thumbnail(b, ref, None, None)
+                found = (_Candidate(total=size + len(layer), base=base, small_quality=q, layer_codec="avif-full",
+                                    layer_level=level), b, layer)
+        if found is None:  # the residual of TAU(small), or the image itself, whichever is smaller
+            b = _Base(dec, pair, base, options, rec, stages)
             q = base.layer_quality if base.layer_quality is not None else b.options.quality
             size, pred = b.prediction(q)
-        if found is None and fidelity_psnr(pred, ref, b.pair.scale) >= target:  # smooth images: no layer needed
-            found = (_Candidate(total=size, base=base, small_quality=q), None)
-        if found is None:
-            layer, lcodec, lq = _layer_search(ref, pred, grey, target, b.pair.scale, spec.layer_codec)
-            if lcodec in enhancement.PREDICTION_FREE and b.lossy:  # the small file is then only the preview: the cheapest faithful one
-                q, size = _cheapest_thumbnail(b, ref, q, size)
-            found = (_Candidate(total=size + len(layer), base=base, small_quality=q, layer_codec=lcodec, layer_quality=lq), layer)
+            with stages("search"):
+                alone = fidelity_psnr(pred, ref, pair.scale) >= target
+            if alone:  # smooth images: no layer needed
+                found = (_Candidate(total=size, base=base, small_quality=q), b, None)
+            else:
+                options_found = []
+                residual = _residual_search(ref, pred, grey, target, pair.scale, effort, stages)
+                if residual:
+                    options_found.append((residual[0], "avif", residual[1]))
+                full = _full_layer(ref, grey, target, pair.scale, effort, stages)
+                if full:
+                    options_found.append((full[0], "avif-full", full[1]))
+                if options_found:
+                    layer, lcodec, level = min(options_found, key=lambda f: len(f[0]))
+                else:
+                    with stages("encode"):
+                        layer, lcodec, b.note = _exact_layer(_channel(ref.rgb, grey), data, dec)
+                    level = None
+                if lcodec in enhancement.PREDICTION_FREE and b.lossy:  # the small file is then only the preview
+                    with stages("encode"):
+                        q, size = _cheapest_thumbnail(b, ref, q, size)
+                found = (_Candidate(total=size + len(layer), base=base, small_quality=q, layer_codec=lcodec,
+                                    layer_level=level), b, layer)
         if best is None or found[0].total < best[0].total:
-            best = (found[0], b, found[1])
-    return _finalize(best, ref, spec.target_psnr, dec, options)
+            best = found
+    return _finalize(best, ref, spec, dec, options, stages)
 
 
-def thumbnail_psnr(small: bytes, ref: np.ndarray, scale: int) -> float:
+def thumbnail_psnr(small: bytes, ref, scale: int) -> float:
     """Y-PSNR of the decoded small file against Pillow's bicubic downscale of the (padded) source:
     is the preview still a faithful thumbnail?"""
     thumb = Image.open(io.BytesIO(small)).convert("RGB")
-    padded = tiling.pad_to_multiple(ref, scale)
-    bicubic = Image.fromarray(padded).resize(thumb.size, Image.BICUBIC)
-    return psnr(rgb_to_y(np.asarray(thumb)), rgb_to_y(np.asarray(bicubic)))
+    ref = ref if isinstance(ref, Reference) else Reference(ref)
+    return psnr(rgb_to_y(np.asarray(thumb)), ref.bicubic(thumb.size, scale))
 
 
-def _finalize(best, ref: np.ndarray, target: float, dec, options: codec.CodecOptions):
+def _finalize(best, ref: Reference, spec: Fidelity, dec, options: codec.CodecOptions, stages: Stages):
     cand, b, layer = best
-    scale = b.pair.scale
+    target = spec.target_psnr
+    scale = b.options.scale
     # rehydrate to a lossless format unless told otherwise: a JPEG of the restored pixels would add
-    # its own loss on top of the fidelity just verified
-    fmt, q = (options.rehydrate_format, options.rehydrate_quality) if options.rehydrate_format else ("png", None)
+    # its own loss on top of the fidelity just verified; `original` writes the source file itself
+    if options.rehydrate_format:
+        fmt, q = options.rehydrate_format, options.rehydrate_quality
+    else:
+        fmt, q = ("original" if spec.original else "png"), None
     meta = {"rehydrate_format": fmt, "rehydrate_quality": q,
             "enhancement_sha256": codec._sha256(layer) if layer is not None else None}
-    small, rec = b.small(cand.small_quality, **meta)
-    # verify: decode exactly what is written, as rehydration does (TAU is reused when the written small
-    # file decodes to the very pixels it was run on), to the output it writes
-    pred = b.verified_prediction(small, cand.small_quality)
-    img = codec._to_pil(codec.enhance(pred, layer), pred.alpha, pred.is_gray, pred.has_alpha)
-    if fmt not in LOSSLESS_OUTPUTS:
-        img = codec.decode_output(codec.encode_restored(img, pred.meta, pred.icc, pred.exif))
-    out = np.asarray(img.convert("RGB"))
-    achieved = fidelity_psnr(out, ref, scale)
+    with stages("encode"):
+        small, rec = b.small(cand.small_quality, **meta)
+    # verify: decode exactly what is written, as rehydration does, to the output it writes (a
+    # prediction-free layer without alpha restores from the layer alone: no TAU, as rehydration)
+    with stages("verify"):
+        lossless_out = fmt in LOSSLESS_OUTPUTS or fmt == "original"
+        if (cand.layer_codec in enhancement.PREDICTION_FREE and dec.alpha is None and lossless_out):
+            if cand.layer_codec == "jxl-jpeg":  # encode_jpeg_layer checked it gives the source's bytes back
+                achieved = rgb_psnr = math.inf
+            else:
+                shape = _channel(ref.rgb, bool(dec.info["is_gray"])).shape
+                out = _rgb(enhancement.apply_layer(np.broadcast_to(np.uint8(0), shape), layer))
+                achieved, rgb_psnr = fidelity_psnr(out, ref, b.pair.scale), psnr(out, ref.rgb)
+        else:
+            pred = b.verified_prediction(small, cand.small_quality)
+            img = codec._to_pil(codec.enhance(pred, layer), pred.alpha, pred.is_gray, pred.has_alpha)
+            if not lossless_out:
+                img = codec.decode_output(codec.encode_restored(img, pred.meta, pred.icc, pred.exif))
+            out = np.asarray(img.convert("RGB"))
+            achieved, rgb_psnr = fidelity_psnr(out, ref, b.pair.scale), psnr(out, ref.rgb)
+        thumb = thumbnail_psnr(small, ref, scale)
     rec = rec.model_copy(update={
-        "psnr_y": achieved, "psnr_rgb": psnr(out, ref), "thumbnail_psnr": thumbnail_psnr(small, ref, scale),
-        "enhancement_format": cand.layer_codec, "enhancement_quality": cand.layer_quality,
+        "psnr_y": achieved, "psnr_rgb": rgb_psnr, "thumbnail_psnr": thumb,
+        "enhancement_format": cand.layer_codec, "enhancement_level": cand.layer_level,
         "enhancement_size": len(layer) if layer is not None else None,
-        "enhancement_sha256": meta["enhancement_sha256"],
+        "enhancement_sha256": meta["enhancement_sha256"], **stages.columns(),
+        "notes": "; ".join(filter(None, [rec.notes, b.note])) or None,
     })
     if achieved < target - TOLERANCE_DB:
         return None, rec.model_copy(update={

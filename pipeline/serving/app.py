@@ -248,7 +248,7 @@ class ArchiveServer:
                 raise HTTPException(400, str(exc)) from None
             raise HTTPException(409, str(exc)) from None  # small file or weights differ from the row
         if query.max_side and max(row["width"], row["height"]) > query.max_side:
-            data = downsize(data, query.max_side, query.format, query.quality)
+            data = downsize(data, query.max_side, None if query.format == "original" else query.format, query.quality)
         return data
 
     @api.get("/meta/{key:path}")

@@ -8,7 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.storage import secret_option_keys
 
-OutputFormat = Literal["png", "jpeg", "webp", "webp-lossy", "tiff"]
+# "original": the source file itself where the archive keeps it (a JPEG under --fidelity original), else exact pixels
+OutputFormat = Literal["png", "jpeg", "webp", "webp-lossy", "tiff", "original"]
 
 
 class ServeParams(BaseModel):
