@@ -48,7 +48,10 @@ def encode(arr: np.ndarray, fmt: str, q: int) -> bytes:
     """Full-image baselines. AVIF: the layer's own settings (pipeline.enhancement.avif_settings);
     AVIF-default: Pillow's defaults (4:2:0, speed 6, libaom's perceptual delta-q on)."""
     buf = io.BytesIO()
-    kw = {"AVIF": avif_settings(), "AVIF-default": {}, "WEBP": {"method": 4}, "JPEG": {}}[fmt]
+    if fmt == "AVIF":  # quality 0..100 onto the layer's 64 levels
+        Image.fromarray(arr).save(buf, "AVIF", **avif_settings(round(q * 63 / 100)))
+        return buf.getvalue()
+    kw = {"AVIF-default": {}, "WEBP": {"method": 4}, "JPEG": {}}[fmt]
     Image.fromarray(arr).save(buf, fmt.split("-")[0], quality=q, **kw)
     return buf.getvalue()
 
@@ -94,7 +97,7 @@ def measure(path: Path, i: int, specs: dict, pairs: dict) -> dict:
         small, layer, rec = compress_to_target(data, pairs, spec)
         seconds = time.perf_counter() - t0
         run = {"status": rec.status, "seconds": seconds, "model_id": rec.model_id, "small_quality": rec.small_quality,
-               "layer": rec.enhancement_format, "layer_quality": rec.enhancement_quality}
+               "layer": rec.enhancement_format, "layer_level": rec.enhancement_level}
         if small is not None:
             stored = len(small) + (len(layer) if layer else 0)
             pair = pairs[rec.model_id]

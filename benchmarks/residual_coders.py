@@ -48,9 +48,9 @@ def encode(arr: np.ndarray, coder: str, q: int) -> bytes:
     buf = io.BytesIO()
     im = Image.fromarray(arr)
     if coder == "avif420":  # the layer's own settings
-        im.save(buf, "AVIF", quality=q, **avif_settings())
+        im.save(buf, "AVIF", **avif_settings(round(q * 63 / 100)))
     elif coder == "avif444":
-        im.save(buf, "AVIF", quality=q, **{**avif_settings(), "subsampling": "4:4:4"})
+        im.save(buf, "AVIF", **{**avif_settings(round(q * 63 / 100)), "subsampling": "4:4:4"})
     elif coder == "webp":
         im.save(buf, "WEBP", quality=q, method=4)
     else:

@@ -1,0 +1,248 @@
+"""Does the archive pay for itself? Bytes, CPU seconds and payback on photographs of the size people keep.
+
+    python benchmarks/economics.py [--sizes 9.4 12 16] [--presets standard high] [--out DIR]
+
+Sources: no large photos ship with the project, so each source is a mosaic of real photographs
+(the B100 evaluation set, never tuned on; tests/data/Set14 where ../shared is absent), mirrored
+tiles laid edge to edge to 9-16 MP, saved as JPEG at quality 85, 90 and 95 in turn (Pillow 4:2:0:
+what cameras write). A mosaic has more edges per pixel than one large photo, so its bytes per pixel
+are higher than a camera's; ratios against AVIF are what to read.
+
+Per image, side by side in one process (one thread: CPU seconds are per core):
+- every preset x effort through the real codec (`pipeline.fidelity.compress_to_target`): stored
+  bytes (small file + layer), verified Y-PSNR and its overshoot above the target, CPU seconds by
+  stage, MP/s per core;
+- full-image AVIF at libaom speed 6 and 8 with the layer's settings, its bytes interpolated (log-rate,
+  linear between two adjacent levels) at the Y-PSNR our archive reached;
+- `original`: JPEG XL recompression of the JPEG, thumbnail included, and whether rehydration gives
+  the JPEG back byte for byte;
+- rehydration (`codec.rehydrate_image`, PNG out) CPU and wall seconds per layer kind;
+- payback months on each storage class of the default price table (pipeline.prices).
+
+Writes <out>/economics.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.zoo import load_pair  # noqa: E402
+from pipeline import codec, enhancement, fidelity, image_io  # noqa: E402
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "eval" / "B100"
+SIZES = {9.4: (4096, 2304), 12: (4000, 3000), 16: (4608, 3456), 24: (6000, 4000)}
+QUALITIES = (90, 85, 95)
+EFFORTS = ("fast", "default", "best")
+
+
+def photos() -> list[Path]:
+    found = sorted(SHARED.glob("*.png")) if SHARED.is_dir() else []
+    return found or sorted((ROOT / "tests" / "data" / "Set14").glob("*.png"))
+
+
+def mosaic(files: list[Path], width: int, height: int, seed: int) -> np.ndarray:
+    """Real photos laid edge to edge (landscape, mirrored on alternate rows) to width x height."""
+    rng = np.random.default_rng(seed)
+    order = [files[i] for i in rng.permutation(len(files))]
+    canvas = np.zeros((height, width, 3), np.uint8)
+    y = i = 0
+    while y < height:
+        x, row_h = 0, 0
+        while x < width:
+            im = Image.open(order[i % len(order)]).convert("RGB")
+            i += 1
+            if im.height > im.width:
+                im = im.transpose(Image.Transpose.ROTATE_90)
+            a = np.asarray(im)[: height - y, : width - x]
+            canvas[y:y + a.shape[0], x:x + a.shape[1]] = a if (y // 300) % 2 == 0 else a[:, ::-1]
+            x, row_h = x + a.shape[1], max(row_h, a.shape[0])
+        y += row_h
+    return canvas
+
+
+def jpeg(arr: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def cpu_wall(fn):
+    c, w = time.process_time(), time.perf_counter()
+    out = fn()
+    return out, time.process_time() - c, time.perf_counter() - w
+
+
+def avif_at(ref: fidelity.Reference, psnr_target: float, speed: int) -> dict:
+    """Full-image AVIF bytes at exactly `psnr_target` (interpolated between adjacent levels), and one
+    encode's CPU seconds."""
+    measure = fidelity._measurer("avif-full", ref.rgb, None, ref, 4, speed, False)
+    seen: dict[int, tuple[int, float, float]] = {}
+
+    def timed(level: int):
+        (layer, p), cpu, _ = cpu_wall(lambda: measure(level))
+        seen[level] = (len(layer), p, cpu)
+        return layer, p
+    found = fidelity._lowest_quality(timed, psnr_target, start=32, top=enhancement.AVIF_LEVELS)
+    hi = found[0]
+    if hi - 1 not in seen and hi > 0:
+        timed(hi - 1)
+    b1, p1, _ = seen[hi]
+    b0, p0, _ = seen.get(hi - 1, seen[hi])
+    if p1 > p0:
+        t = (psnr_target - p0) / (p1 - p0)
+        size = math.exp(math.log(b0) + t * (math.log(b1) - math.log(b0)))
+    else:
+        size = b1
+    return {"bytes": size, "encode_cpu_s": seen[hi][2], "level": hi}
+
+
+def payback(source: int, objects: list[int], cpu_s: float) -> dict:
+    """Months to pay back per storage class of the default price table (each object billed at
+    least the class's minimum size)."""
+    from pipeline import prices
+
+    table = prices.load_prices(None)
+    return {cls: prices.payback_months(source, objects, len(objects), cpu_s, table, cls) for cls in table.storage}
+
+
+def run_image(data: bytes, presets: list[str], pairs: dict, rows: list, name: str) -> None:
+    dec = image_io.decode_image(data, 10**9)
+    ref = fidelity.Reference(codec.reference_rgb(dec))
+    mp = ref.shape[0] * ref.shape[1] / 1e6
+    print(f"{name}: {mp:.1f} MP, {len(data)} B", flush=True)
+    for preset in presets:
+        base = None
+        for effort in EFFORTS:
+            spec = fidelity.resolve_fidelity(preset, effort=effort)
+            (small, layer, rec), cpu, wall = cpu_wall(lambda: fidelity.compress_to_target(data, pairs, spec))
+            stored = len(small) + len(layer or b"")
+            out, r_cpu, r_wall = cpu_wall(lambda: codec.rehydrate_image(small, rec, pairs[rec.model_id],
+                                                                         output_format="png", layer=layer))
+            row = {"image": name, "megapixels": mp, "source_bytes": len(data), "preset": preset, "effort": effort,
+                   "status": rec.status, "stored_bytes": stored, "small_bytes": len(small),
+                   "layer": rec.enhancement_format, "level": rec.enhancement_level, "preview": [rec.out_width, rec.out_height],
+                   "psnr_y": rec.psnr_y, "overshoot_db": rec.psnr_y - rec.target_psnr, "cpu_s": cpu, "wall_s": wall,
+                   "mp_per_s_per_core": mp / cpu, "stages": {k: getattr(rec, f"cpu_{k}_s") for k in fidelity.Stages.NAMES},
+                   "stored_over_source": stored / len(data), "rehydrate_cpu_s": r_cpu, "rehydrate_wall_s": r_wall,
+                   "rehydrate_mp_per_s": mp / r_wall, "objects": [len(small)] + ([len(layer)] if layer else [])}
+            if effort == "default":
+                base = row
+            rows.append(row)
+            print(f"  {preset}/{effort}: {stored} B ({stored / len(data):.3f}x) {rec.psnr_y:.2f} dB "
+                  f"{cpu:.1f} CPU-s ({mp / cpu:.2f} MP/s) rehydrate {r_wall:.1f} s", flush=True)
+        for speed in (6, 8):
+            a = avif_at(ref, base["psnr_y"], speed)
+            for row in rows:
+                if row["image"] == name and row["preset"] == preset:
+                    row[f"avif_s{speed}_bytes"] = a["bytes"]
+                    row[f"avif_s{speed}_encode_cpu_s"] = a["encode_cpu_s"]
+                    row[f"over_avif_s{speed}"] = row["stored_bytes"] / a["bytes"]
+            print(f"  AVIF speed {speed} at {base['psnr_y']:.2f} dB: {a['bytes']:.0f} B, one encode {a['encode_cpu_s']:.1f} CPU-s",
+                  flush=True)
+    spec = fidelity.resolve_fidelity("original")
+    (small, layer, rec), cpu, _ = cpu_wall(lambda: fidelity.compress_to_target(data, pairs, spec))
+    back, r_cpu, r_wall = cpu_wall(lambda: codec.rehydrate_image(small, rec, pairs[rec.model_id], layer=layer))
+    stored = len(small) + len(layer)
+    rows.append({"image": name, "megapixels": mp, "source_bytes": len(data), "preset": "original", "effort": "-",
+                 "status": rec.status, "stored_bytes": stored, "small_bytes": len(small), "layer": rec.enhancement_format,
+                 "stored_over_source": stored / len(data), "cpu_s": cpu, "mp_per_s_per_core": mp / cpu,
+                 "byte_exact": hashlib.sha256(back).hexdigest() == hashlib.sha256(data).hexdigest(),
+                 "rehydrate_cpu_s": r_cpu, "rehydrate_wall_s": r_wall, "rehydrate_mp_per_s": mp / r_wall,
+                 "objects": [len(small), len(layer)], "overshoot_db": None})
+    print(f"  original: {stored / len(data):.3f}x, byte-exact {rows[-1]['byte_exact']}, {cpu:.1f} CPU-s", flush=True)
+    for row in rows:
+        if row["image"] == name:
+            row["payback_months"] = payback(row["source_bytes"], row["objects"], row["cpu_s"])
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    out = []
+    keys = sorted({(r["preset"], r["effort"]) for r in rows}, key=lambda k: (k[0], EFFORTS.index(k[1]) if k[1] in EFFORTS else 9))
+    for preset, effort in keys:
+        rs = [r for r in rows if r["preset"] == preset and r["effort"] == effort]
+        over = [r["overshoot_db"] for r in rs if r.get("overshoot_db") is not None]
+        out.append({
+            "preset": preset, "effort": effort, "images": len(rs), "ok": sum(r["status"] == "ok" for r in rs),
+            "mp_per_s_per_core": sum(r["megapixels"] for r in rs) / sum(r["cpu_s"] for r in rs),
+            "stored_over_source": sum(r["stored_bytes"] for r in rs) / sum(r["source_bytes"] for r in rs),
+            "over_avif_s6": _mean(r.get("over_avif_s6") for r in rs), "over_avif_s8": _mean(r.get("over_avif_s8") for r in rs),
+            "overshoot_mean_db": _mean(over), "overshoot_p95_db": float(np.percentile(over, 95)) if over else None,
+            "rehydrate_mp_per_s": _mean(r["rehydrate_mp_per_s"] for r in rs),
+            "payback_months": {cls: _mean(r["payback_months"][cls] for r in rs if math.isfinite(r["payback_months"][cls]))
+                               for cls in rs[0]["payback_months"]},
+            "byte_exact": all(r.get("byte_exact", True) for r in rs),
+        })
+    return out
+
+
+def markdown(summary: list[dict], rows: list[dict], meta: dict) -> str:
+    f = lambda v, d=3: "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))  # noqa: E731
+    classes = list(summary[0]["payback_months"]) if summary else []
+    lines = ["# Economics: bytes, CPU and payback on large photos", "",
+             f"`python benchmarks/economics.py` ({meta['when']}, {meta['machine']}). Sources: {meta['sources']}.", "",
+             "| preset | effort | ok | MP/s per core | stored / source | vs AVIF s6 | vs AVIF s8 | overshoot mean / p95 (dB) "
+             "| rehydrate MP/s | " + " | ".join(f"payback {c} (months)" for c in classes) + " |",
+             "|---|---|---|---:|---:|---:|---:|---|---:|" + "---:|" * len(classes)]
+    for s in summary:
+        lines.append(f"| {s['preset']} | {s['effort']} | {s['ok']}/{s['images']} | {f(s['mp_per_s_per_core'], 2)} | "
+                     f"{f(s['stored_over_source'])} | {f(s['over_avif_s6'])} | {f(s['over_avif_s8'])} | "
+                     f"{f(s['overshoot_mean_db'], 2)} / {f(s['overshoot_p95_db'], 2)} | {f(s['rehydrate_mp_per_s'], 2)} | "
+                     + " | ".join(f(s["payback_months"][c], 1) for c in classes) + " |")
+    lines += ["", "Per image:", "", "| image | MP | preset | effort | layer | preview | bytes | Y-PSNR | CPU s (tad/search/encode/verify) | rehydrate s |",
+              "|---|---:|---|---|---|---|---:|---:|---|---:|"]
+    for r in rows:
+        st = r.get("stages") or {}
+        lines.append(f"| {r['image']} | {r['megapixels']:.1f} | {r['preset']} | {r['effort']} | {r['layer']} | "
+                     f"{'x'.join(map(str, r.get('preview') or [])) or '-'} | {r['stored_bytes']} | {f(r.get('psnr_y'), 2)} | "
+                     f"{r['cpu_s']:.1f} ({'/'.join(f(st.get(k), 1) for k in ('tad', 'search', 'encode', 'verify'))}) | "
+                     f"{r['rehydrate_wall_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=float, nargs="+", default=[9.4, 12, 16])
+    ap.add_argument("--presets", nargs="+", default=["standard", "high"])
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = ap.parse_args(argv)
+    files = photos()
+    pairs = {m: load_pair(m) for m in ("taid-x2-webp", "taid-x4-webp")}
+    rows: list[dict] = []
+    for i, size in enumerate(args.sizes):
+        w, h = SIZES[size]
+        q = QUALITIES[i % len(QUALITIES)]
+        run_image(jpeg(mosaic(files, w, h, seed=i), q), args.presets, pairs, rows, f"mosaic{i + 1}-{size:g}MP-q{q}")
+    summary = summarize(rows)
+    meta = {"when": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores, one thread, shared VM",
+            "sources": f"JPEG mosaics of {'B100' if SHARED.is_dir() else 'Set14'} photos, {', '.join(f'{s:g}' for s in args.sizes)} MP"}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "economics.json").write_text(json.dumps({"meta": meta, "summary": summary, "images": rows}, indent=2))
+    (args.out / "economics.md").write_text(markdown(summary, rows, meta))
+    print(markdown(summary, [], meta))
+
+
+if __name__ == "__main__":
+    main()
