@@ -61,10 +61,11 @@ def _arrow_type(hint) -> pa.DataType:
 
 class ArchiveRow(ManifestRow):
     """A row of the archive manifest (pipeline.manifest). Versions: 2 added `small_quality`, 3 the
-    fidelity and enhancement-layer columns. Columns are only ever added."""
+    fidelity and enhancement-layer columns, 4 the CPU-seconds of each stage (`cpu_*_s`, the cost
+    report). Columns are only ever added: parts of every earlier version still read."""
 
     SCHEMA_KEY: ClassVar[str] = "taid_manifest_schema"
-    SCHEMA_VERSION: ClassVar[str] = "3"
+    SCHEMA_VERSION: ClassVar[str] = "4"
 
     run_id: str
     source_key: str
@@ -103,6 +104,12 @@ class ArchiveRow(ManifestRow):
     enhancement_quality: I32 = None
     enhancement_size: int | None = None
     enhancement_sha256: str | None = None
+    cpu_decode_s: float | None = None  # CPU-seconds of each stage of this image (pipeline.codec.CompressRecord)
+    cpu_tad_s: float | None = None
+    cpu_tau_s: float | None = None
+    cpu_search_s: float | None = None
+    cpu_encode_s: float | None = None
+    cpu_verify_s: float | None = None
     notes: str | None = None
     attempts: I32 = None
     pipeline_version: str | None = None
