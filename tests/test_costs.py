@@ -14,7 +14,7 @@ from PIL import Image
 
 from pipeline.codec import CompressRecord
 from pipeline.config import CompressArchiveParams
-from pipeline.jobs.compress import RunStats, run_compress, summary_table
+from pipeline.jobs.compress import RunStats, gpu_seconds_held, run_compress, summary_table
 from pipeline.prices import (DEFAULT_PRICES, PriceTableError, Prices, StorageClass, billable_bytes, load_prices,
                              payback_months)
 from pipeline.rows import ArchiveRows
@@ -139,6 +139,18 @@ def test_run_stats_add_up_stages_objects_and_bills():
     table = {r["metric"]: r["value"] for r in summary_table(result)}
     assert table["CPU-s per MP: tau"] == "not measured" and table["objects written per image"] == 1.5
     assert table["payback months: cold"] == f"{cold['months']:.2f}" and table["prices"].startswith("prices.toml")
+
+
+def test_gpu_seconds_are_what_the_run_held():
+    params = CompressArchiveParams(source="s", dest="d", workers=3)
+    staged = {"gpus_per_worker": 0.0, "model_actors": [{"device": "cuda:0", "alive_s": 100.0},
+                                                        {"device": "cuda:0", "alive_s": 90.0},
+                                                        {"device": "cpu", "alive_s": 100.0}]}
+    assert gpu_seconds_held(staged, params, 120.0) == 190.0  # CUDA model actors, one GPU each by default
+    assert gpu_seconds_held(staged, params.model_copy(update={"gpus_per_model_actor": 0.5}), 120.0) == 95.0
+    assert gpu_seconds_held({"gpus_per_worker": 0.25}, params, 120.0) == 0.25 * 3 * 120.0  # single stage: the shares
+    assert gpu_seconds_held({"gpus_per_worker": 0.0}, params, 120.0) == 0.0
+    assert gpu_seconds_held({"actor_restarts": 0, "batches": 0}, params, 1.0) == 0.0  # nothing dispatched
 
 
 def _png(seed: int, size: int) -> bytes:

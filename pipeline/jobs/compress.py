@@ -234,8 +234,8 @@ class RunStats:
                             "months": months if math.isfinite(months) else None}  # None: never
         return {
             "cpu_s": cpu, "cpu_s_per_mp": {k: (v / mp if v is not None and mp else None) for k, v in cpu.items()},
-            "gpu_s": gpu_seconds, "objects_written": self.objects, "objects_per_image": self.objects / ok if ok else None,
-            "run_objects": run_objects, "payback": payback,
+            "gpu_s": gpu_seconds, "objects_written": self.objects,
+            "objects_per_image": self.objects / ok if ok else None, "run_objects": run_objects, "payback": payback,
             "prices": {"source": self.prices_source, "as_of": self.prices.as_of, "region": self.prices.region,
                        "currency": self.prices.currency},
         }
@@ -394,8 +394,6 @@ def _months(entry: dict) -> str:
 
 def cost_table(result: CompressResult) -> list[dict]:
     """The cost report's (metric, value) rows (docs/costs.md)."""
-    if "cpu_s_per_mp" not in result:  # run stats written before the cost report
-        return []
     rows = [{"metric": f"CPU-s per MP: {stage}", "value": "not measured" if v is None else round(v, 4)}
             for stage, v in result["cpu_s_per_mp"].items()]
     if result["gpu_s"]:
