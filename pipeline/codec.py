@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -128,6 +129,8 @@ class CompressRecord(BaseModel):
     enhancement_size: int | None = None
     enhancement_sha256: str | None = None
     enhancement_level: int | None = None  # an AVIF layer's level (pipeline.enhancement: 63 - libaom cq-level)
+    # cost (pipeline.prices, the run's cost report): CPU-seconds of this process for each stage of this
+    # image (time.process_time() deltas); None where the stage did not run or was not measured
     cpu_decode_s: float | None = None
     cpu_tad_s: float | None = None
     cpu_tau_s: float | None = None
@@ -184,13 +187,14 @@ def compress_image(data: bytes, pair, options: CodecOptions | None = None) -> tu
 def decoded_then(data: bytes, options: CodecOptions, rec: CompressRecord, work):
     """Decode `data`, then `work(decoded, record) -> (result, record)`; bad input and failures of
     the work become (None, record with a status): the one failure policy of every codec entry."""
+    started = time.process_time()
     try:
         dec = image_io.decode_image(data, options.max_pixels, options.multi_frame, options.high_bit_depth)
     except image_io.DecodeFailure as f:
         return None, rec.model_copy(update={**_known(f.info), "status": f.status, "error_message": f.message})
     except Exception as exc:  # belt and braces: a decoder bug must not kill the batch
         return None, rec.model_copy(update={"status": "failed_decode", "error_message": f"{type(exc).__name__}: {exc}"})
-    rec = rec.model_copy(update=_known(dec.info))
+    rec = rec.model_copy(update={**_known(dec.info), "cpu_decode_s": time.process_time() - started})
     try:
         return work(dec, rec)
     except MemoryError:

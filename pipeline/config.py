@@ -102,6 +102,10 @@ class CompressArchiveParams(RayParams):
     compact: Literal["auto", "always", "never"] = Field(
         "auto", description="fold the run partitions into the manifest index after the run (auto: when worth it)"
     )
+    prices: str | None = Field(
+        None, description="price table of the cost report: a JSON or TOML file (local path or URI) over the built-in "
+        "list prices (docs/costs.md); default: the TAID_PRICES setting, else the built-in table"
+    )
 
     @field_validator("source", "dest")
     @classmethod
@@ -154,6 +158,21 @@ class CompressArchiveParams(RayParams):
     def single_model(self) -> str:
         """The model of a fixed single-layer run."""
         return self.model_id or DEFAULT_MODEL
+
+    def price_table(self):
+        """The prices of this run's cost report (pipeline.prices.Prices): this run's `prices` file, else
+        the TAID_PRICES setting's, over the built-in table. A file that is missing or wrong raises
+        PriceTableError, whose message says which file and what is wrong."""
+        from pipeline.prices import load_prices
+
+        return load_prices(self.prices_source, self.storage_options, self.endpoint_url)
+
+    @property
+    def prices_source(self) -> str | None:
+        """The price file this run uses (None: the built-in table)."""
+        from pipeline.settings import get_settings
+
+        return self.prices or get_settings().prices
 
     def codec_options(self, model_scale: int) -> CodecOptions:
         return CodecOptions(

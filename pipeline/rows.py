@@ -61,8 +61,8 @@ def _arrow_type(hint) -> pa.DataType:
 
 class ArchiveRow(ManifestRow):
     """A row of the archive manifest (pipeline.manifest). Versions: 2 added `small_quality`, 3 the
-    fidelity and enhancement-layer columns, 4 `enhancement_level` and the per-stage `cpu_*_s`. Columns are only
-    ever added."""
+    fidelity and enhancement-layer columns, 4 `enhancement_level` and the CPU-seconds of each stage (`cpu_*_s`,
+    the cost report). Columns are only ever added: parts of every earlier version still read."""
 
     SCHEMA_KEY: ClassVar[str] = "taid_manifest_schema"
     SCHEMA_VERSION: ClassVar[str] = "4"
@@ -105,7 +105,7 @@ class ArchiveRow(ManifestRow):
     enhancement_size: int | None = None
     enhancement_sha256: str | None = None
     enhancement_level: I32 = None  # an AVIF layer's level, 0-63 (63 - libaom cq-level); enhancement_quality: older rows
-    cpu_decode_s: float | None = None  # CPU seconds of this image by stage (pipeline.fidelity.Stages)
+    cpu_decode_s: float | None = None  # CPU-seconds of each stage of this image (pipeline.codec.CompressRecord)
     cpu_tad_s: float | None = None
     cpu_tau_s: float | None = None
     cpu_search_s: float | None = None

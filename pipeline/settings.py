@@ -42,6 +42,9 @@ class Settings(BaseSettings):
         "auto", description="CLI runs of compress-archive / rehydrate: through the Prefect flow (always), the job "
         "layer directly (never), or the flow only when a Prefect API URL is configured (auto); --prefect / "
         "--no-prefect win")
+    prices: str | None = Field(None, description="price table (JSON or TOML file, local path or URI) over the "
+                               "built-in list prices for the cost report (pipeline/prices.py); a job's `prices` "
+                               "parameter wins")
     # storage: read by botocore/s3fs themselves; named here for our error messages and pyarrow's S3
     aws_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
                                          description="S3-compatible endpoint (a job's endpoint_url wins)")

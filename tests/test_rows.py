@@ -18,7 +18,9 @@ def test_schemas_are_derived_from_the_models():
     assert SCHEMA.names == list(ArchiveRow.model_fields)
     assert SCHEMA.field("width").type == pa.int32() and SCHEMA.field("source_size").type == pa.int64()
     assert SCHEMA.field("processed_at").type == pa.timestamp("us", tz="UTC")
-    assert SCHEMA.metadata == {b"taid_manifest_schema": b"3"}
+    assert SCHEMA.metadata == {b"taid_manifest_schema": b"4"}
+    assert all(SCHEMA.field(f"cpu_{stage}_s").type == pa.float64()
+               for stage in ("decode", "tad", "tau", "search", "encode", "verify"))
     assert {"small_uri", "restored_uri", "restored_sha256"} <= set(RESTORED_SCHEMA.names)
     assert not any(n.startswith("output_") for n in RESTORED_SCHEMA.names)  # one meaning per name
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -22,6 +23,7 @@ from pipeline.config import PIPELINE_VERSION, CompressArchiveParams
 from pipeline.jobs.common import new_run_id, s3_counts
 from pipeline.jobs.progress import NoProgress, Progress, Throttled
 from pipeline.manifest import ManifestWriter, PreviousState, write_run_stats
+from pipeline.prices import DEFAULT_PRICES, Prices, billable_bytes, monthly_saving, months_to_pay_back, one_time_cost
 from pipeline.rows import ArchiveRow, ArchiveRows
 from pipeline.storage import ObjectInfo, UnsafeKeyError, safe_join
 
@@ -57,6 +59,15 @@ class CompressResult(TypedDict, total=False):
     stored_fraction_ok: float | None
     psnr_y_mean: float | None
     psnr_y_min: float | None
+    # cost (RunStats, pipeline.prices; docs/costs.md)
+    cpu_s: dict  # CPU-seconds by stage (CPU_STAGES) and "total", over every row; None: no row measured it
+    cpu_s_per_mp: dict  # the same per megapixel decoded
+    gpu_s: float  # GPU-seconds the run held (a GPU is paid while held, busy or not)
+    objects_written: int  # small files + layers of the ok rows
+    objects_per_image: float | None
+    run_objects: int  # manifest parts + this run stats file
+    payback: dict  # storage class -> billable bytes, saving per month, one-time cost, months (None: never)
+    prices: dict  # which price table: source file (None: built-in), as_of, region, currency
     seconds: float
     images_per_s: float
     megapixels_per_s: float
@@ -150,19 +161,48 @@ def compact_manifest(params: CompressArchiveParams) -> dict:
     return compact_if_needed(fs, root, always=params.compact == "always")
 
 
-class RunStats:
-    """Counters for the summary and the run stats JSON."""
+CPU_STAGES = ("decode", "tad", "tau", "search", "encode", "verify")  # the rows' cpu_<stage>_s columns
 
-    def __init__(self) -> None:
+
+def gpu_seconds_held(dispatch: dict, params: CompressArchiveParams, seconds: float) -> float:
+    """GPU-seconds a run held: each CUDA model actor for its life (staged), else each single-stage
+    actor's GPU share for the run's `seconds`."""
+    if dispatch.get("model_actors"):
+        share = params.gpus_per_model_actor if params.gpus_per_model_actor is not None else 1.0
+        return sum(a.get("alive_s", 0.0) * share for a in dispatch["model_actors"]
+                   if str(a.get("device", "")).startswith("cuda"))
+    return (dispatch.get("gpus_per_worker") or 0.0) * params.workers * seconds
+
+
+class RunStats:
+    """Counters for the summary and the run stats JSON, the cost report among them (billable bytes
+    are summed per storage class as rows arrive: every object is billed as at least its minimum)."""
+
+    def __init__(self, prices: Prices = DEFAULT_PRICES, prices_source: str | None = None) -> None:
         self.started = time.time()
         self.by_status: dict[str, int] = {}
         self.bytes_in = self.bytes_out = self.bytes_layer = self.pixels = 0
         self.psnr_sum, self.psnr_n, self.psnr_min, self.layers = 0.0, 0, None, 0
+        self.prices, self.prices_source = prices, prices_source
+        self.cpu: dict[str, float | None] = dict.fromkeys(CPU_STAGES)  # None until a row measures the stage
+        self.decoded_pixels = self.objects = 0
+        self.billable = {key: [0, 0] for key in prices.storage}  # class -> [source, stored]
 
     def add(self, row: ArchiveRow) -> None:
         self.by_status[row.status] = self.by_status.get(row.status, 0) + 1
+        for stage in CPU_STAGES:  # every row: the compute of an image that failed is spent too
+            spent = getattr(row, f"cpu_{stage}_s")
+            if spent is not None:
+                self.cpu[stage] = (self.cpu[stage] or 0.0) + spent
+        self.decoded_pixels += (row.width or 0) * (row.height or 0)
         if row.status != "ok":
             return
+        stored = [row.output_size or 0] + ([row.enhancement_size or 0] if row.enhancement_uri else [])
+        self.objects += len(stored)
+        for key, totals in self.billable.items():
+            storage = self.prices.storage[key]
+            totals[0] += billable_bytes(row.source_size or 0, storage)
+            totals[1] += billable_bytes(stored, storage)
         self.bytes_in += row.source_size or 0
         self.bytes_out += (row.output_size or 0) + (row.enhancement_size or 0)
         self.bytes_layer += row.enhancement_size or 0
@@ -177,9 +217,33 @@ class RunStats:
     def rows(self) -> int:
         return sum(self.by_status.values())
 
-    def summary(self) -> dict:
+    def cost(self, run_objects: int = 0, gpu_seconds: float = 0.0) -> dict:
+        """CPU-seconds by stage, objects written and, per storage class, when the run pays for
+        itself. `run_objects`: the run's own objects (manifest parts, stats file), PUTs too."""
+        measured = [v for v in self.cpu.values() if v is not None]
+        cpu = {**self.cpu, "total": sum(measured) if measured else None}
+        mp = self.decoded_pixels / 1e6
+        ok = self.by_status.get("ok", 0)
+        payback = {}
+        for key, (source, stored) in self.billable.items() if ok else ():
+            saving = monthly_saving(source, stored, self.prices, key)
+            once = one_time_cost(self.objects + run_objects, cpu["total"] or 0.0, self.prices, key, gpu_seconds)
+            months = months_to_pay_back(once, saving)
+            payback[key] = {"name": self.prices.storage[key].name or key, "billable_source_bytes": source,
+                            "billable_stored_bytes": stored, "saving_per_month": saving, "one_time_cost": once,
+                            "months": months if math.isfinite(months) else None}  # None: never
+        return {
+            "cpu_s": cpu, "cpu_s_per_mp": {k: (v / mp if v is not None and mp else None) for k, v in cpu.items()},
+            "gpu_s": gpu_seconds, "objects_written": self.objects,
+            "objects_per_image": self.objects / ok if ok else None, "run_objects": run_objects, "payback": payback,
+            "prices": {"source": self.prices_source, "as_of": self.prices.as_of, "region": self.prices.region,
+                       "currency": self.prices.currency},
+        }
+
+    def summary(self, run_objects: int = 0, gpu_seconds: float = 0.0) -> dict:
         elapsed = max(time.time() - self.started, 1e-9)
         return {
+            **self.cost(run_objects, gpu_seconds),
             "rows": self.rows, "by_status": dict(sorted(self.by_status.items())), "bytes_in_ok": self.bytes_in,
             "bytes_out_ok": self.bytes_out, "ratio_ok": (self.bytes_in / self.bytes_out) if self.bytes_out else None,
             "bytes_saved_ok": self.bytes_in - self.bytes_out, "enhancement_bytes_ok": self.bytes_layer,
@@ -220,6 +284,7 @@ def run_compress(params: CompressArchiveParams, progress: Progress | None = None
     progress = Throttled(progress or NoProgress())
     dst_fs, dest_root = params.fs(params.dest)
     check_storage(params)  # one line saying what to set, before any work
+    prices = params.price_table()  # a wrong price file fails the run here, before any work
     s3_before = dict(s3.STATS)
     if params.incremental and params.compact != "never":
         compact_if_needed(dst_fs, dest_root)  # e.g. runs that crashed before their compaction
@@ -238,7 +303,7 @@ def run_compress(params: CompressArchiveParams, progress: Progress | None = None
     if params.dry_run:
         return {"run_id": run_id, "dry_run": True, "to_process": sum(1 for _ in planned), "plan": counts}
 
-    stats = RunStats()
+    stats = RunStats(prices, params.prices_source)
     writer = ManifestWriter(dst_fs, dest_root, run_id, params.rows_per_part)
     rows = ArchiveRows(run_id, {"model_id": params.model_id, **params.fidelity_columns()}, PIPELINE_VERSION)
 
@@ -280,7 +345,9 @@ def run_compress(params: CompressArchiveParams, progress: Progress | None = None
         "scale": params.scale, "small_format": params.small_format, "quality": params.quality,
         **params.fidelity_columns(),
         "pipeline_version": PIPELINE_VERSION, "plan": counts, "dispatch": dispatch,
-        "manifest_parts": writer.parts, **stats.summary(),
+        "manifest_parts": writer.parts,
+        **stats.summary(run_objects=writer.parts + 1,  # + the run stats file written below
+                        gpu_seconds=gpu_seconds_held(dispatch, params, time.time() - stats.started)),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     result["s3"] = s3_counts(s3_before)  # throttled answers, retries, list requests (this driver)
@@ -318,4 +385,23 @@ def summary_table(result: CompressResult) -> list[dict]:
         {"metric": "megapixels/s", "value": round(result["megapixels_per_s"], 3)},
         {"metric": "actor restarts", "value": result["dispatch"]["actor_restarts"]},
     ]
+    return rows + cost_table(result)
+
+
+def _months(entry: dict) -> str:
+    return "never (nothing saved)" if entry["months"] is None else f"{entry['months']:.2f}"
+
+
+def cost_table(result: CompressResult) -> list[dict]:
+    """The cost report's (metric, value) rows (docs/costs.md)."""
+    rows = [{"metric": f"CPU-s per MP: {stage}", "value": "not measured" if v is None else round(v, 4)}
+            for stage, v in result["cpu_s_per_mp"].items()]
+    if result["gpu_s"]:
+        rows.append({"metric": "GPU-s held", "value": round(result["gpu_s"], 1)})
+    per_image = result["objects_per_image"]
+    rows.append({"metric": "objects written per image", "value": None if per_image is None else round(per_image, 3)})
+    rows += [{"metric": f"payback months: {e['name']}", "value": _months(e)} for e in result["payback"].values()]
+    p = result["prices"]
+    rows.append({"metric": "prices", "value": f"{p['source'] or 'built-in list prices'} ({p['currency']}, "
+                 f"{p['region'] or 'no region'}, as of {p['as_of']})"})
     return rows
