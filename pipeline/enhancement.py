@@ -21,6 +21,12 @@ File: `<small file name>.enh` (`layer_name`), a 5-byte header and an image:
     codec b"l": WebP lossless of the source itself; restored = decoded, exactly the source, the
                 prediction is not used (the `lossless` preset, and the fallback when no lossy layer
                 reaches the target). Written since issue 17, instead of b"w".
+    codec b"g": AVIF of the image itself in horizontal bands, each its own AVIF at its own level:
+                payload = band count (1 byte), then per band its height and byte length (two
+                little-endian uint32), then the bands' AVIF files; restored = the bands stacked.
+                Mixing two adjacent levels across bands is a quantizer finer than libaom's
+                (pipeline.fidelity: a large image lands within a fraction of a level of its
+                target); 8 bands of a 12 MP photo cost 0.7 % more bytes than one AVIF at one level.
     codec b"j": JPEG XL recompression of a JPEG source's own bytes (lossless, about 0.85x of the JPEG);
                 restored = the source JPEG decoded again (pipeline.image_io, the same policies as the
                 compressing side), and `original_bytes` gives the JPEG back byte for byte. The
@@ -58,6 +64,7 @@ Pure functions on numpy arrays: no storage, no model.
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 from PIL import Image
@@ -65,8 +72,9 @@ from PIL import Image
 MAGIC = b"TEL"
 VERSION = 1
 SUFFIX = ".enh"
-CODECS = {"avif": b"a", "avif-full": b"f", "webp-lossless": b"w", "webp-lossless-full": b"l", "jxl-jpeg": b"j"}
-PREDICTION_FREE = ("avif-full", "webp-lossless-full", "jxl-jpeg")  # restored = the layer: device-independent
+CODECS = {"avif": b"a", "avif-full": b"f", "avif-bands": b"g", "webp-lossless": b"w", "webp-lossless-full": b"l",
+          "jxl-jpeg": b"j"}
+PREDICTION_FREE = ("avif-full", "avif-bands", "webp-lossless-full", "jxl-jpeg")  # restored = the layer: device-independent
 EXACT_CODECS = ("webp-lossless-full", "jxl-jpeg")  # restored = the decoded source, every pixel
 _NAMES = {v: k for k, v in CODECS.items()}
 AVIF_SUBSAMPLING = "4:2:0"
@@ -128,6 +136,51 @@ def encode_layer(source: np.ndarray, prediction: np.ndarray | None, codec: str, 
     return MAGIC + bytes([VERSION]) + CODECS[codec] + buf.getvalue()
 
 
+def encode_avif(arr: np.ndarray, level: int, speed: int = AVIF_SPEED) -> bytes:
+    """One AVIF file (no layer header) of `arr` (H x W x 3 or H x W uint8) at `level`."""
+    buf = io.BytesIO()
+    _image(arr).save(buf, "AVIF", **avif_settings(level, speed))
+    return buf.getvalue()
+
+
+def pack_bands(bands: list[tuple[int, bytes]]) -> bytes:
+    """An avif-bands layer (codec b"g") of (height, AVIF file) bands, top to bottom."""
+    if not 1 <= len(bands) <= 255:
+        raise ValueError("an avif-bands layer holds 1 to 255 bands")
+    index = b"".join(struct.pack("<II", h, len(data)) for h, data in bands)
+    return MAGIC + bytes([VERSION]) + CODECS["avif-bands"] + bytes([len(bands)]) + index + b"".join(d for _, d in bands)
+
+
+def _unpack_bands(payload: bytes) -> list[tuple[int, bytes]]:
+    if not payload:
+        raise LayerError("avif-bands layer without bands")
+    n, pos = payload[0], 1
+    if len(payload) < pos + 8 * n:
+        raise LayerError("avif-bands layer index is truncated")
+    sizes = [struct.unpack_from("<II", payload, pos + 8 * i) for i in range(n)]
+    pos += 8 * n
+    bands = []
+    for h, length in sizes:
+        if pos + length > len(payload):
+            raise LayerError("avif-bands layer is truncated")
+        bands.append((h, payload[pos:pos + length]))
+        pos += length
+    if pos != len(payload):
+        raise LayerError("avif-bands layer has trailing bytes")
+    return bands
+
+
+def decode_avif(data: bytes, grey: bool) -> np.ndarray:
+    """H x W x 3 (or H x W for grey) uint8 pixels of one AVIF file."""
+    try:
+        im = Image.open(io.BytesIO(data), formats=("AVIF",))
+        im.load()
+    except Exception as exc:
+        raise LayerError(f"enhancement layer payload is unreadable: {type(exc).__name__}: {exc}") from exc
+    arr = np.asarray(im.convert("RGB"))
+    return arr[..., 0] if grey else arr
+
+
 def encode_jpeg_layer(jpeg: bytes) -> bytes:
     """JPEG XL recompression of a JPEG file's own bytes (codec b"j"). Raises ValueError where libjxl
     cannot transcode it (CMYK, arithmetic-coded, damaged...) or cannot give the same bytes back:
@@ -180,6 +233,15 @@ def apply_layer(prediction: np.ndarray, layer: bytes) -> np.ndarray:
     codec = layer_codec(layer)
     if codec == "jxl-jpeg":
         return _decoded_jpeg(original_bytes(layer), prediction)
+    if codec == "avif-bands":
+        grey = prediction.ndim == 2
+        parts = [(h, decode_avif(d, grey)) for h, d in _unpack_bands(layer[5:])]
+        if any(part.shape[0] != h for h, part in parts):
+            raise LayerError("an avif-bands layer's band is not the height its index says")
+        decoded = np.concatenate([part for _, part in parts], axis=0)
+        if decoded.shape != prediction.shape:
+            raise LayerError(f"enhancement layer is {decoded.shape}, the prediction {prediction.shape}")
+        return np.ascontiguousarray(decoded)
     try:
         im = Image.open(io.BytesIO(layer[5:]), formats=("WEBP",) if codec.startswith("webp") else ("AVIF",))
         im.load()

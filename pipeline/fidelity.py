@@ -85,15 +85,20 @@ class EffortSettings(NamedTuple):
     search_speed: int  # libaom speed of the sampled search on large images
     residual: bool  # also search the residual of TAU(small) (TAD + TAU at full size)
     refine: bool  # after a full-size encode that overshoots, try the next coarser level
+    aim_below: float  # large images: the first pass aims this many levels (of ~0.55 dB) low, bands fill the gap
+    trim_above: float  # ... and where it still lands more than this many levels above, bands are made coarser
 
 
 EFFORTS: dict[str, EffortSettings] = {
-    "fast": EffortSettings(final_speed=8, search_speed=9, residual=False, refine=False),
-    "default": EffortSettings(final_speed=7, search_speed=9, residual=False, refine=False),
-    "best": EffortSettings(final_speed=6, search_speed=9, residual=True, refine=True),
+    "fast": EffortSettings(final_speed=8, search_speed=9, residual=False, refine=False, aim_below=0.0,
+                           trim_above=math.inf),
+    "default": EffortSettings(final_speed=7, search_speed=9, residual=False, refine=False, aim_below=0.5,
+                              trim_above=0.4),
+    "best": EffortSettings(final_speed=6, search_speed=9, residual=True, refine=True, aim_below=0.5, trim_above=0.0),
 }
 DEFAULT_EFFORT = "default"  # benchmarks/results/economics.md: payback against bytes
 PREVIEW_LONG_SIDE = 768  # a prediction-free layer's small file is only a preview: at most this long (px)
+PREVIEW_TAD_PIXELS = 2_000_000  # ... and its TAD runs on at most this many (box-reduced) pixels
 
 
 class Fidelity(BaseModel):
@@ -247,9 +252,12 @@ def compress_to_target(data: bytes, pairs: dict, spec: Fidelity, options: codec.
 
 
 def _preview_scale(pair, width: int, height: int, long_side: int) -> int:
-    """The smallest power of the pair's scale that brings the long side to at most `long_side`."""
+    """The smallest power of the pair's scale that brings the long side to at most `long_side` and
+    TAD's (box-reduced) input to at most PREVIEW_TAD_PIXELS: TAD at full size costs about as much
+    CPU as the layer's own encode, for a thumbnail nobody looks at in full."""
     s = pair.scale
-    while -(-max(width, height) // s) > long_side and s * pair.scale <= 128:
+    while s * pair.scale <= 128 and (-(-max(width, height) // s) > long_side
+                                     or width * height / (s // pair.scale) ** 2 > PREVIEW_TAD_PIXELS):
         s *= pair.scale
     return s
 
@@ -354,7 +362,6 @@ SAMPLE_FRACTION = 0.2
 # at one level, per final speed (tools/calibrate in benchmarks/economics.py --calibrate; photos from
 # the training set): the sampled search aims this much below the target
 SAMPLE_OFFSET_DB = {6: 0.45, 7: 0.35, 8: 0.25, 9: 0.0}
-AIM_ABOVE_DB = 0.05  # where the estimate says a level just reaches the target, aim that much higher
 
 
 def _mosaic(arr: np.ndarray) -> np.ndarray:
@@ -369,10 +376,9 @@ def _mosaic(arr: np.ndarray) -> np.ndarray:
     return np.concatenate([np.concatenate(r, axis=1) for r in rows], axis=0)
 
 
-def _settle(measure, target: float, q: int, top: int = 100, refine: bool = True, slope: float | None = None):
-    """(layer, level) at full size from an estimate `q`: up until the target is reached (a jump
-    sized by `slope`, dB per level, when known, else doubling steps, then bisection); when the
-    first try reaches it, down a level or two while there is room (`refine`). None if `top` misses."""
+def _settle(measure, target: float, q: int, top: int = 100, refine: bool = True):
+    """(layer, quality) at full size from a sampled estimate `q`: up (doubling steps, then bisection)
+    until the target is reached, or (`refine`) down a step or two while there is room; None if `top` misses."""
     tried: dict[int, tuple[bytes, float]] = {}
 
     def at(k: int) -> tuple[bytes, float]:
@@ -382,20 +388,18 @@ def _settle(measure, target: float, q: int, top: int = 100, refine: bool = True,
 
     if at(q)[1] >= target:
         for _ in range(2 if refine else 0):  # the estimate may be a little high
-            room = at(q)[1] - target
-            if q == 0 or room < (slope if slope else 0.25) or at(q - 1)[1] < target:
+            if q == 0 or at(q)[1] - target < 0.25 or at(q - 1)[1] < target:
                 break
             q -= 1
         return at(q)[0], q
-    lo = q
-    step = max(1, math.ceil((target - at(q)[1]) / slope)) if slope else 1
+    lo, step = q, 1
     while True:
         hi = min(top, lo + step)
         if at(hi)[1] >= target:
             break
         if hi == top:
             return None
-        lo, step = hi, (step * 2 if not slope else 1)
+        lo, step = hi, step * 2
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if at(mid)[1] >= target else (mid, hi)
@@ -427,21 +431,27 @@ def _slope(points: dict[int, float]) -> float | None:
     return (p1 - p0) / (k1 - k0) if k1 > k0 and p1 > p0 else None
 
 
+MIN_BAND_ROWS = 256  # a band of the avif-bands layer: at least four 64-px superblock rows
+MAX_BANDS = 8
+DEFAULT_SLOPE_DB = 0.55  # dB per AVIF level when the search measured none (about 5 % bytes)
+
+
 def _full_layer(ref: Reference, grey: bool, target: float, scale: int, effort: EffortSettings, stages: Stages):
-    """(layer, level) of the AVIF of the image itself at the coarsest level that
-    reaches `target`; None when no level does. Large images: the level is estimated on a mosaic of
-    tiles at the search speed, aimed SAMPLE_OFFSET_DB below the target, then settled at full size."""
+    """(layer, codec, level) of AVIF of the image itself at the coarsest level(s) that reach
+    `target`; None when no level does. Small images: one AVIF, level searched at the final speed.
+    Large images: the level is estimated on a mosaic of tiles at the search speed, aimed
+    SAMPLE_OFFSET_DB below the target, then the image is encoded in bands (`_Bands`) whose levels
+    are settled one band at a time, so it lands within a fraction of a level of the target."""
     src = _channel(ref.rgb, grey)
     top = enhancement.AVIF_LEVELS
-    measured = _measurer("avif-full", src, None, ref, scale, effort.final_speed, grey)
-
-    if src.shape[0] * src.shape[1] <= SAMPLE_ABOVE_PIXELS:
+    if src.shape[0] * src.shape[1] <= SAMPLE_ABOVE_PIXELS or src.shape[0] < 2 * MIN_BAND_ROWS:
+        measured = _measurer("avif-full", src, None, ref, scale, effort.final_speed, grey)
         with stages("search"):
             found = _lowest_quality(measured, target, start=36, top=top)
         if found is None:
             return None
         level, (layer, _) = found
-        return layer, level
+        return layer, "avif-full", level
     with stages("search"):
         points: dict[int, float] = {}
         sampled = _measurer("avif-full", _mosaic(src), None, None, scale, effort.search_speed, grey)
@@ -450,12 +460,93 @@ def _full_layer(ref: Reference, grey: bool, target: float, scale: int, effort: E
             layer, p = sampled(level)
             points[level] = p
             return layer, p
-        aim = target - SAMPLE_OFFSET_DB.get(effort.final_speed, 0.0) + AIM_ABOVE_DB
+        aim = target - SAMPLE_OFFSET_DB.get(effort.final_speed, 0.0) - effort.aim_below * DEFAULT_SLOPE_DB
         estimate = _lowest_quality(on_sample, aim, start=36, top=top)
-    start = estimate[0] if estimate else top
     with stages("encode"):
-        settled = _settle(measured, target, start, top, refine=effort.refine, slope=_slope(points))
-    return settled
+        bands = _Bands(src, ref, scale, effort.final_speed, grey)
+        settled = bands.settle(estimate[0] if estimate else top, target, _slope(points) or DEFAULT_SLOPE_DB,
+                               trim_above=effort.trim_above)
+    if not settled:
+        return None
+    return bands.layer(), "avif-bands", min(bands.levels)
+
+
+class _Bands:
+    """The avif-bands layer of one image under construction: per horizontal band its level, AVIF
+    bytes and squared luma error (over the whole image and over the `scale`-shaved part), so the
+    image's fidelity_psnr is known exactly from the sums without decoding the whole again."""
+
+    def __init__(self, src: np.ndarray, ref: Reference, scale: int, speed: int, grey: bool):
+        self.src, self.ref, self.scale, self.speed, self.grey = src, ref, scale, speed, grey
+        h, w = src.shape[:2]
+        k = max(1, min(MAX_BANDS, h // MIN_BAND_ROWS))
+        edges = sorted({min(h, round(i * h / k / 64) * 64) for i in range(k)} | {h})
+        self.rows = list(zip(edges, edges[1:]))
+        self.levels = [0] * len(self.rows)
+        self.data: list[bytes] = [b""] * len(self.rows)
+        self.sse = [(0.0, 0.0)] * len(self.rows)
+        shaved_ok = min(h, w) > 2 * scale
+        self.n_whole = h * w
+        self.n_shaved = (h - 2 * scale) * (w - 2 * scale) if shaved_ok else 0
+
+    def encode(self, i: int, level: int) -> None:
+        a, b = self.rows[i]
+        data = enhancement.encode_avif(self.src[a:b], level, self.speed)
+        out = enhancement.decode_avif(data, self.grey)
+        err = (rgb_to_y(_rgb(out)) - self.ref.y[a:b]) ** 2
+        s = self.scale
+        shaved = err[max(0, s - a):max(0, min(b, self.ref.shape[0] - s) - a), s:err.shape[1] - s]
+        self.levels[i], self.data[i] = level, data
+        self.sse[i] = (float(err.sum()), float(shaved.sum()) if self.n_shaved else 0.0)
+
+    def psnr(self, sse: list[tuple[float, float]] | None = None) -> float:
+        """fidelity_psnr of the bands as they stand (or with `sse` instead)."""
+        sse = sse or self.sse
+        whole = sum(e[0] for e in sse) / self.n_whole
+        values = [whole] + ([sum(e[1] for e in sse) / self.n_shaved] if self.n_shaved else [])
+        mse = max(values)
+        return math.inf if mse == 0 else 10.0 * math.log10(255.0 ** 2 / mse)
+
+    def _all(self, level: int) -> None:
+        for i in range(len(self.rows)):
+            self.encode(i, max(0, min(enhancement.AVIF_LEVELS, level)))
+
+    def settle(self, level: int, target: float, slope: float, trim_above: float) -> bool:
+        """Every band at `level`, then whole levels while far off, then one band at a time: finer
+        where the error per byte is largest until the target is reached; then, where the bands
+        stand more than `trim_above` levels above the target, coarser where the error per byte is
+        smallest while the target still holds. False when the finest level misses."""
+        top = enhancement.AVIF_LEVELS
+        self._all(level)
+        over = self.psnr() - target
+        if over > 1.5 * slope:  # the estimate was far too fine: a whole level or more down, then back up
+            self._all(level - int(over // slope))
+        while (gap := target - self.psnr()) > 0:
+            if all(lv >= top for lv in self.levels):
+                return False
+            if gap > 0.75 * slope:
+                self._all(min(self.levels) + max(1, int(gap // slope)))
+                continue
+            i = max((j for j in range(len(self.rows)) if self.levels[j] < top),
+                    key=lambda j: self.sse[j][0] / len(self.data[j]))
+            self.encode(i, self.levels[i] + 1)
+        if self.psnr() - target > trim_above * slope:
+            gain = 10 ** (slope / 10)  # a level coarser multiplies a band's squared error about this much
+            for i in sorted(range(len(self.rows)), key=lambda j: self.sse[j][0] / len(self.data[j])):
+                if self.levels[i] == 0:
+                    continue
+                trial = list(self.sse)
+                trial[i] = (self.sse[i][0] * gain, self.sse[i][1] * gain)
+                if self.psnr(trial) < target + 0.02:
+                    continue
+                kept = (self.levels[i], self.data[i], self.sse[i])
+                self.encode(i, self.levels[i] - 1)
+                if self.psnr() < target:
+                    self.levels[i], self.data[i], self.sse[i] = kept
+        return True
+
+    def layer(self) -> bytes:
+        return enhancement.pack_bands([(b - a, d) for (a, b), d in zip(self.rows, self.data)])
 
 
 def _residual_search(ref: Reference, pred: np.ndarray, grey: bool, target: float, scale: int,
@@ -515,6 +606,8 @@ def _search(dec, pairs: dict, spec: Fidelity, options: codec.CodecOptions, rec: 
         ref = Reference(codec.reference_rgb(dec))
     grey = bool(dec.info["is_gray"])
     target = spec.target_psnr + DEVICE_MARGIN_DB  # inf stays inf (exact)
+    # a layer that is the image itself restores the same pixels on every device: no margin needed
+    free_target = spec.target_psnr
     effort = EFFORTS[spec.effort]
     # a layer that does not use the prediction carries the fidelity alone: TAU is not needed to
     # compress or rehydrate it, except for an alpha channel (restored from the small file)
@@ -541,12 +634,12 @@ def _search(dec, pairs: dict, spec: Fidelity, options: codec.CodecOptions, rec: 
             found = (_Candidate(total=size + len(layer), base=base, small_quality=q, layer_codec=lcodec), b, layer)
         if found is None and prediction_free:
             b = _Base(dec, pair, base, options, rec, stages, preview_long_side=preview)
-            full = _full_layer(ref, grey, target, pair.scale, effort, stages)
+            full = _full_layer(ref, grey, free_target, pair.scale, effort, stages)
             if full is not None:
-                layer, level = full
+                layer, lcodec, level = full
                 with stages("encode"):
                     q, size = _cheapest_thumbnail(b, ref, None, None)
-                found = (_Candidate(total=size + len(layer), base=base, small_quality=q, layer_codec="avif-full",
+                found = (_Candidate(total=size + len(layer), base=base, small_quality=q, layer_codec=lcodec,
                                     layer_level=level), b, layer)
         if found is None:  # the residual of TAU(small), or the image itself, whichever is smaller
             b = _Base(dec, pair, base, options, rec, stages)
@@ -561,9 +654,9 @@ def _search(dec, pairs: dict, spec: Fidelity, options: codec.CodecOptions, rec: 
                 residual = _residual_search(ref, pred, grey, target, pair.scale, effort, stages)
                 if residual:
                     options_found.append((residual[0], "avif", residual[1]))
-                full = _full_layer(ref, grey, target, pair.scale, effort, stages)
+                full = _full_layer(ref, grey, free_target, pair.scale, effort, stages)
                 if full:
-                    options_found.append((full[0], "avif-full", full[1]))
+                    options_found.append(full)
                 if options_found:
                     layer, lcodec, level = min(options_found, key=lambda f: len(f[0]))
                 else:

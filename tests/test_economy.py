@@ -58,8 +58,10 @@ def test_default_effort_runs_no_tau_and_meets_the_target(pairs, monkeypatch):
     real = tiling.upscale_array
     monkeypatch.setattr(tiling, "upscale_array", lambda *a, **k: calls.append(1) or real(*a, **k))
     small, layer, rec = compress_to_target(data, pairs, resolve_fidelity("standard"))
-    assert rec.status == "ok" and rec.enhancement_format == "avif-full" and calls == []
+    assert rec.status == "ok" and rec.enhancement_format == "avif-bands" and calls == []
     assert rec.psnr_y >= 36 and rec.cpu_tau_s == 0 and rec.cpu_encode_s > 0 and rec.cpu_search_s > 0
+    # bands at two adjacent levels: a quantizer finer than libaom's own step (about 0.5 dB)
+    assert rec.psnr_y - 36 < 0.25
     out = _restored(small, layer, rec, pairs)
     assert calls == []  # rehydration: the layer alone
     ref = codec.reference_rgb(__import__("pipeline.image_io", fromlist=["x"]).decode_image(data, 10**8))
@@ -116,3 +118,18 @@ def test_original_falls_back_to_exact_pixels_and_says_why(pairs):
 def test_jpeg_layer_refuses_what_libjxl_cannot_give_back():
     with pytest.raises(ValueError, match="JPEG XL"):
         enhancement.encode_jpeg_layer(b"\xff\xd8\xff\xe0 not really a jpeg")
+
+
+def test_avif_bands_layer_round_trips_and_refuses_damage():
+    src = np.asarray(Image.open(DATA / "Set14" / "lenna.png").convert("RGB"))[:320, :256]
+    bands = [(128, enhancement.encode_avif(src[:128], 40)), (192, enhancement.encode_avif(src[128:], 20))]
+    layer = enhancement.pack_bands(bands)
+    out = enhancement.apply_layer(np.broadcast_to(np.uint8(0), src.shape), layer)
+    assert out.shape == src.shape
+    top, bottom = (fidelity.psnr(out[a:b], src[a:b]) for a, b in ((0, 128), (128, 320)))
+    assert top > bottom  # each band at its own level
+    for bad in (layer[:-10], layer + b"x", layer[:6] + bytes([200]) + layer[7:]):
+        with pytest.raises(enhancement.LayerError):
+            enhancement.apply_layer(np.broadcast_to(np.uint8(0), src.shape), bad)
+    with pytest.raises(enhancement.LayerError, match="is \\("):
+        enhancement.apply_layer(np.zeros((300, 256, 3), np.uint8), layer)
