@@ -471,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--inventory", help="S3 Inventory manifest.json (CSV or Parquet) to plan from instead of a listing")
     a.add_argument("--list-workers", dest="list_workers", type=int, help="S3 sub-prefixes listed in parallel (default 8)")
     a.add_argument("--compact", choices=["auto", "always", "never"], help="manifest index compaction after the run")
+    a.add_argument("--prices", help="price table file (JSON or TOML) over the built-in list prices, for the run's "
+                   "cost report (default: TAID_PRICES; docs/costs.md)")
     _prefect_args(a)
     a.set_defaults(func=_compress_archive)
 

@@ -50,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = compress_archive(params)
         print(f"\ncompress-archive {source} -> {dest}  (run {result['run_id']})")
-        for row in summary_table(result):
-            print(f"  {row['metric']:<28} {row['value']}")
+        table = summary_table(result)
+        width = max(len(row["metric"]) for row in table)
+        for row in table:
+            print(f"  {row['metric']:<{width}} {row['value']}")
         again = compress_archive(params)
         print(f"second run (incremental): {again['rows']} processed, plan {again['plan']}")
     finally:

@@ -248,15 +248,20 @@ def _encode_small(img: Image.Image, dec: image_io.Decoded, options: CodecOptions
 
 
 def _compress_decoded(dec: image_io.Decoded, pair, options: CodecOptions, rec: CompressRecord):
+    t0 = time.process_time()
     img, tiles = _downscale(dec, pair, options.scale, options.tile)
+    t1 = time.process_time()
     fmt, q = _rehydrate_settings(dec, rec, options)
     rec = rec.model_copy(update={"rehydrate_format": fmt, "rehydrate_quality": q, "tiles": tiles, "status": "ok"})
     out, rec = _encode_small(img, dec, options, rec)
+    t2 = time.process_time()
+    rec = rec.model_copy(update={"cpu_tad_s": round(t1 - t0, 4), "cpu_encode_s": round(t2 - t1, 4)})
     if options.verify:
         restored = _rehydrate_pixels(out, rec.model_dump(), pair, options.tile)[0]
         from models.metrics import psnr
 
-        rec = rec.model_copy(update={"roundtrip_psnr": psnr(np.asarray(restored.convert("RGB")), reference_rgb(dec))})
+        rec = rec.model_copy(update={"roundtrip_psnr": psnr(np.asarray(restored.convert("RGB")), reference_rgb(dec)),
+                                     "cpu_verify_s": round(time.process_time() - t2, 4)})
     return out, rec
 
 

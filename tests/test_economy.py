@@ -133,3 +133,33 @@ def test_avif_bands_layer_round_trips_and_refuses_damage():
             enhancement.apply_layer(np.broadcast_to(np.uint8(0), src.shape), bad)
     with pytest.raises(enhancement.LayerError, match="is \\("):
         enhancement.apply_layer(np.zeros((300, 256, 3), np.uint8), layer)
+
+
+def test_cli_archive_at_original_with_effort_and_prices(tmp_path, ray_local, monkeypatch, capsys):
+    """`taid compress-archive --fidelity original --effort fast --prices FILE` then `taid rehydrate KEY`:
+    the JPEG comes back byte for byte, the PNG as its exact pixels; the summary carries the cost."""
+    from flows.cli import main
+    from pipeline.manifest import read_manifest
+    from pipeline.storage import filesystem
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    src, dest = tmp_path / "src", tmp_path / "archive"
+    (src / "photos").mkdir(parents=True)
+    jpeg = _photo(512, 384)
+    (src / "photos" / "a.jpg").write_bytes(jpeg)
+    (src / "photos" / "b.png").write_bytes((DATA / "Set5" / "bird.png").read_bytes())
+    prices = tmp_path / "prices.toml"
+    prices.write_text("vcpu_hour = 0.5\n")
+    assert main(["compress-archive", str(src), str(dest), "--fidelity", "original", "--effort", "fast",
+                 "--prices", str(prices), "--no-prefect"]) == 0
+    rows = {r["source_key"]: r for r in read_manifest(*filesystem(str(dest), {})).to_pylist()}
+    assert {k: r["enhancement_format"] for k, r in rows.items()} == {"photos/a.jpg": "jxl-jpeg",
+                                                                    "photos/b.png": "webp-lossless-full"}
+    assert all(r["fidelity"] == "original" and r["cpu_decode_s"] is not None for r in rows.values())
+    out = tmp_path / "a.jpg"
+    assert main(["rehydrate", str(dest), "photos/a.jpg", "-o", str(out)]) == 0
+    assert out.read_bytes() == jpeg
+    png = tmp_path / "b.png"
+    assert main(["rehydrate", str(dest), "photos/b.png", "-o", str(png)]) == 0
+    assert np.array_equal(np.asarray(Image.open(png).convert("RGB")),
+                          np.asarray(Image.open(DATA / "Set5" / "bird.png").convert("RGB")))

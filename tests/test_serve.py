@@ -71,6 +71,11 @@ def archive(s3, ray_local, prefect_harness):
     layered = compress_archive(CompressArchiveParams(
         source=f"s3://{BUCKET}/layered", dest=f"s3://{BUCKET}/archive-layered", fidelity="high"))
     assert layered["by_status"] == {"ok": 1} and layered["images_with_layer"] == 1
+    # and one at `original` (issue 21), beside it in the same archive: the JPEG itself comes back
+    fs.pipe(f"{BUCKET}/originals/orig/bird.jpg", sources["photos/bird.jpg"])
+    original = compress_archive(CompressArchiveParams(
+        source=f"s3://{BUCKET}/originals", dest=f"s3://{BUCKET}/archive-layered", fidelity="original", effort="fast"))
+    assert original["by_status"] == {"ok": 1}
     return {"uri": f"s3://{BUCKET}/archive", "fs": fs, "sources": sources, "layered": f"s3://{BUCKET}/archive-layered"}
 
 
@@ -361,3 +366,10 @@ def test_preview_leaves_out_the_enhancement_layer(server, archive):
     full_px, preview_px = (np.asarray(decoded(b).convert("RGB")) for b in (full, preview))
     assert full_px.shape == preview_px.shape == src.shape
     assert psnr_y(full_px, src) >= 40 > psnr_y(preview_px, src)
+    # `original`: the source JPEG byte for byte, on request and as that archive row's default
+    jpeg = archive["sources"]["photos/bird.jpg"]
+    for query in ("?format=original", ""):
+        status, headers, body = client.get(f"/image/orig/bird.jpg{query}")
+        assert status == 200 and body == jpeg and headers["content-type"] == "image/jpeg"
+    status, _, body = client.get("/image/orig/bird.jpg?format=png")  # its exact pixels on request
+    assert status == 200 and np.array_equal(np.asarray(decoded(body).convert("RGB")), src)
