@@ -222,12 +222,39 @@ def markdown(summary: list[dict], rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def calibrate(out: Path) -> None:
+    """pipeline.fidelity.SAMPLE_OFFSET_DB: Y-PSNR of a full-size encode at each final speed minus
+    that of the sample mosaic at the search speed, at one level, on mosaics of *training* photos
+    (BSD200; the evaluation photos never tune anything)."""
+    train = sorted((ROOT.parent / "shared" / "data" / "train" / "BSD200").glob("*.png"))
+    offsets: dict[int, list[float]] = {6: [], 7: [], 8: []}
+    for i, size in enumerate((9.4, 12)):
+        w, h = SIZES[size]
+        data = jpeg(mosaic(train, w, h, seed=100 + i), QUALITIES[i])
+        ref = fidelity.Reference(codec.reference_rgb(image_io.decode_image(data, 10**9)))
+        sample = fidelity._measurer("avif-full", fidelity._mosaic(ref.rgb), None, None, 4, 9, False)
+        for level in (26, 30, 34):
+            m9 = sample(level)[1]
+            for speed in offsets:
+                full = fidelity._measurer("avif-full", ref.rgb, None, ref, 4, speed, False)(level)[1]
+                offsets[speed].append(full - m9)
+                print(f"train mosaic {i} level {level} speed {speed}: full - sample = {full - m9:+.3f} dB", flush=True)
+    result = {speed: {"median_db": float(np.median(v)), "min_db": min(v), "max_db": max(v), "n": len(v)}
+              for speed, v in offsets.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "economics_calibration.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=float, nargs="+", default=[9.4, 12, 16])
     ap.add_argument("--presets", nargs="+", default=["standard", "high"])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--calibrate", action="store_true", help="measure SAMPLE_OFFSET_DB on training photos instead")
     args = ap.parse_args(argv)
+    if args.calibrate:
+        return calibrate(args.out)
     files = photos()
     pairs = {m: load_pair(m) for m in ("taid-x2-webp", "taid-x4-webp")}
     rows: list[dict] = []

@@ -85,16 +85,17 @@ class EffortSettings(NamedTuple):
     search_speed: int  # libaom speed of the sampled search on large images
     residual: bool  # also search the residual of TAU(small) (TAD + TAU at full size)
     refine: bool  # after a full-size encode that overshoots, try the next coarser level
-    aim_below: float  # large images: the first pass aims this many levels (of ~0.55 dB) low, bands fill the gap
-    trim_above: float  # ... and where it still lands more than this many levels above, bands are made coarser
+    aim_above: float  # large images: the first pass aims this many levels (of ~0.55 dB) above the target, so
+    # that it rarely needs finer bands (each a fraction of an encode) ...
+    trim_above: float  # ... and where it lands more than this many levels above, bands are made coarser
 
 
 EFFORTS: dict[str, EffortSettings] = {
-    "fast": EffortSettings(final_speed=8, search_speed=9, residual=False, refine=False, aim_below=0.0,
+    "fast": EffortSettings(final_speed=8, search_speed=9, residual=False, refine=False, aim_above=0.4,
                            trim_above=math.inf),
-    "default": EffortSettings(final_speed=7, search_speed=9, residual=False, refine=False, aim_below=0.5,
+    "default": EffortSettings(final_speed=7, search_speed=9, residual=False, refine=False, aim_above=0.2,
                               trim_above=0.4),
-    "best": EffortSettings(final_speed=6, search_speed=9, residual=True, refine=True, aim_below=0.5, trim_above=0.0),
+    "best": EffortSettings(final_speed=6, search_speed=9, residual=True, refine=True, aim_above=0.0, trim_above=0.0),
 }
 DEFAULT_EFFORT = "default"  # benchmarks/results/economics.md: payback against bytes
 PREVIEW_LONG_SIDE = 768  # a prediction-free layer's small file is only a preview: at most this long (px)
@@ -359,9 +360,9 @@ SAMPLE_ABOVE_PIXELS = 1_500_000  # larger images: the layer's level is searched 
 SAMPLE_TILE = 256  # a multiple of AV1's 64-pixel superblocks: tiles do not share blocks in the mosaic
 SAMPLE_FRACTION = 0.2
 # Y-PSNR of a full-size encode at the final speed minus that of the sample mosaic at the search speed,
-# at one level, per final speed (tools/calibrate in benchmarks/economics.py --calibrate; photos from
-# the training set): the sampled search aims this much below the target
-SAMPLE_OFFSET_DB = {6: 0.45, 7: 0.35, 8: 0.25, 9: 0.0}
+# at one level, per final speed: the sampled search aims this much below the target. Medians measured
+# on training photos by `python benchmarks/economics.py --calibrate` (benchmarks/results/economics_calibration.json)
+SAMPLE_OFFSET_DB = {6: 0.95, 7: 0.60, 8: 0.27, 9: 0.0}
 
 
 def _mosaic(arr: np.ndarray) -> np.ndarray:
@@ -460,7 +461,7 @@ def _full_layer(ref: Reference, grey: bool, target: float, scale: int, effort: E
             layer, p = sampled(level)
             points[level] = p
             return layer, p
-        aim = target - SAMPLE_OFFSET_DB.get(effort.final_speed, 0.0) - effort.aim_below * DEFAULT_SLOPE_DB
+        aim = target - SAMPLE_OFFSET_DB.get(effort.final_speed, 0.0) + effort.aim_above * DEFAULT_SLOPE_DB
         estimate = _lowest_quality(on_sample, aim, start=36, top=top)
     with stages("encode"):
         bands = _Bands(src, ref, scale, effort.final_speed, grey)

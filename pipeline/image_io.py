@@ -364,7 +364,9 @@ def encode_output(img: Image.Image, fmt: str, quality: int | None, icc: bytes | 
             raise ValueError("JPEG cannot hold the alpha channel; ask for png, webp or tiff")
         kw.update(format="JPEG", quality=quality or DEFAULT_JPEG_QUALITY, subsampling=0 if (quality or 95) >= 90 else 2)
     elif fmt == "png":
-        kw.update(format="PNG", compress_level=6)
+        # zlib level 1: a 12 MP photo encodes in 1.1 CPU-s instead of 3.3 at 6, for 3 % more bytes; a
+        # rehydrated file is a working copy, and its encode was half of rehydration's time
+        kw.update(format="PNG", compress_level=1)
     elif fmt in ("webp", "webp-lossy"):
         lossless = fmt == "webp" and quality is None
         kw.update(format="WEBP", lossless=lossless, quality=100 if lossless else (quality or 90), exact=True)
