@@ -130,10 +130,9 @@ def compact_if_needed(fs, root: str, always: bool = False) -> dict:
     """Fold run partitions into the manifest index when policy says so. A failure is logged and
     left to the next run: the run partitions are the source of truth, nothing is lost."""
     from pipeline.manifest_index import compact, needs_compaction, snapshot
-    from pipeline.s3 import arrow_filesystem
 
     try:
-        if not (always or needs_compaction(snapshot(fs, root), arrow_filesystem(fs))):
+        if not (always or needs_compaction(snapshot(fs, root), fs)):
             return {"compacted": False}
         result = compact(fs, root)
     except Exception as exc:  # noqa: BLE001 - compaction is an optimisation; the run itself succeeded
