@@ -50,10 +50,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from pipeline.archive_paths import archive_base, relativize, resolve_row, resolve_table
 from pipeline.manifest import RUNS_DIR, SCHEMA, manifest_root
 from pipeline.parquet_io import (FORMAT, LOOKUP_BLOCK, READ_ERRORS, WRITE_OPTIONS, open_parquet, read_table,
                                  reading_filesystem)
-from pipeline.rows import present
 from pipeline.s3 import arrow_filesystem
 from pipeline.sorted_merge import first_of_group, merge_sorted, rebatch
 from pipeline.storage import atomic_write, filesystem, protocol_prefix
@@ -76,7 +76,6 @@ INFLIGHT = "inflight-"  # _index/inflight-<version>.json: a compaction writing t
 GRACE_S = 900.0  # an unreferenced index version younger than this stays (a reader may still stream it)
 INFLIGHT_TTL_S = 24 * 3600.0  # an in-flight marker older than this is a crashed compaction's
 MULTIPART_GRACE_S = 24 * 3600.0  # incomplete multipart uploads older than this are aborted
-PATH_COLUMNS = ("output_uri", "enhancement_uri")
 
 
 def index_root(dest: str) -> str:
@@ -117,67 +116,6 @@ def conform(table: pa.Table | pa.RecordBatch, schema: pa.Schema) -> pa.Table:
         else:
             cols.append(pa.nulls(table.num_rows, f.type))
     return pa.Table.from_arrays(cols, schema=schema)
-
-
-# ---- file paths: relative to the archive root ----------------------------------------------
-
-def archive_base(fs, root: str) -> str:
-    """The prefix that a relative path in a row is joined to: the archive's URI and a slash."""
-    return protocol_prefix(fs) + root.rstrip("/") + "/"
-
-
-def is_relative(path) -> bool:
-    return present(path) and "://" not in path and not path.startswith("/")
-
-
-def resolve_row(row: dict, base: str) -> dict:
-    """`row` with its file columns as URIs: a relative path joined to `base`, an absolute URI
-    (an archive written before paths were relative) as it is."""
-    out = dict(row)
-    for c in PATH_COLUMNS:
-        if is_relative(out.get(c)):
-            out[c] = base + out[c]
-    return out
-
-
-def resolve_table(t: pa.Table, base: str) -> pa.Table:
-    """resolve_row for a table."""
-    for c in PATH_COLUMNS:
-        if c in t.column_names:
-            col = t.column(c)
-            relative = pc.invert(pc.or_(pc.match_substring(col, "://"), pc.starts_with(col, "/")))
-            joined = pc.binary_join_element_wise(pa.scalar(base), col, "")
-            t = t.set_column(t.column_names.index(c), c, pc.if_else(relative, joined, col))
-    return t
-
-
-def relative_path(uri, key: str, base: str):
-    """The archive-relative path of a row's file URI. Under `base`: the rest of it. Elsewhere (an
-    archive copied from there): the writer's layout puts a file at KEY + a suffix under its root,
-    so the path is that tail. Relative paths and URIs of no known layout come back unchanged."""
-    if not present(uri) or is_relative(uri):
-        return uri
-    if uri.startswith(base):
-        return uri[len(base):]
-    i = uri.rfind("/" + key)
-    if i >= 0 and "/" not in uri[i + 1 + len(key):]:
-        return uri[i + 1:]
-    return uri
-
-
-def relativize(t: pa.Table, base: str) -> pa.Table:
-    """Rows with their file columns relative to the archive root (see relative_path)."""
-    for c in PATH_COLUMNS:
-        if c not in t.column_names:
-            continue
-        col = t.column(c)
-        absolute = pc.or_(pc.match_substring(col, "://"), pc.starts_with(col, "/")).fill_null(False)
-        if not pc.any(absolute).as_py():
-            continue
-        keys = t.column(KEY).to_pylist()
-        values = [relative_path(u, k, base) for u, k in zip(col.to_pylist(), keys)]
-        t = t.set_column(t.column_names.index(c), c, pa.array(values, col.type))
-    return t
 
 
 # ---- snapshot: the pointer and what it did not fold ------------------------------------------
@@ -338,10 +276,11 @@ class ManifestReader:
             self._snap = snapshot(self.fs, self.root)
         return self._snap
 
-    def _without_index(self, exc: BaseException) -> Snapshot:
-        """The index could not be read: the raw snapshot (kept like any snapshot for max_age_s)."""
+    def without_index(self, problem: BaseException | str) -> Snapshot:
+        """The index cannot be read: the raw snapshot (kept like any snapshot for max_age_s)."""
         self._footers.clear()
-        self._snap = raw_snapshot(self.fs, self.root, f"{type(exc).__name__}: {exc}")
+        why = problem if isinstance(problem, str) else f"{type(problem).__name__}: {problem}"
+        self._snap = raw_snapshot(self.fs, self.root, why)
         return self._snap
 
     def has_manifest(self, snap: Snapshot | None = None) -> bool:
@@ -371,7 +310,7 @@ class ManifestReader:
                 raise
             after = ds.field(KEY) > last if last is not None else None
             rest = after if filter is None else (filter if after is None else filter & after)
-            yield from self._latest(self._without_index(exc), columns, rest, ok_only, keep)
+            yield from self._latest(self.without_index(exc), columns, rest, ok_only, keep)
 
     def _latest(self, snap: Snapshot, columns, filter, ok_only: bool, keep) -> Iterator[pa.Table]:
         cols = _with_order_columns(columns)
@@ -444,7 +383,7 @@ class ManifestReader:
                 if not snap.files:
                     raise
                 if attempt == 1:
-                    raw = self._without_index(exc)
+                    raw = self.without_index(exc)
         raise AssertionError("unreachable")
 
     def lookup(self, key: str, ok_only: bool = True, snap: Snapshot | None = None) -> dict | None:
@@ -668,10 +607,18 @@ def read_pointer_or_none(fs, dest: str) -> dict | None:
 
 
 def _rm(fs, path: str) -> None:
+    """Remove a file or folder if it is there. On S3 also the folder's own entry: SeaweedFS keeps
+    an emptied folder listed until its "path/" key is deleted (on AWS that is a no-op)."""
     try:
         fs.rm(path, recursive=True)
     except FileNotFoundError:
         pass
+    if protocol_prefix(fs) in ("s3://", "s3a://") and "/" in path.strip("/"):
+        bucket, key = path.strip("/").split("/", 1)
+        try:
+            fs.call_s3("delete_object", Bucket=bucket, Key=key + "/")
+        except FileNotFoundError:
+            pass
 
 
 def _counting_keys(tables: Iterator[pa.Table], counter: dict) -> Iterator[pa.Table]:
