@@ -169,3 +169,19 @@ def test_reader_on_s3_and_local_finds_rows_of_runs_newer_than_the_index(layout, 
     mi.compact(fs, path, file_rows=200, row_group=50)
     write_runs(root, runs=1, keys=600, per_run=100, seed=5, first_run=2)  # not compacted
     check_reader(root)
+
+
+def test_a_stream_that_breaks_mid_index_continues_from_the_run_partitions(tmp_path, caplog):
+    root = str(tmp_path / "archive")
+    write_runs(root, runs=2, keys=3000, per_run=1500)
+    fs, _ = filesystem(root)
+    result = mi.compact(fs, root, file_rows=900, row_group=128)
+    second = tmp_path / "archive" / "_index" / result["files"][1]["path"]
+    data = bytearray(second.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a data page in the middle of the second file: its checksum fails
+    second.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="pipeline.manifest_index"):
+        check_reader(root)  # streams (the first file, then the partitions after its last key) and lookups
+    assert "reading the run partitions directly" in caplog.text
+    assert "corrupt" in mi.compact(fs, root, repair=True)["rebuilt"]
+    check_reader(root)
