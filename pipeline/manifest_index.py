@@ -220,11 +220,10 @@ def _read_parts(fs, paths: list[str], schema: pa.Schema, columns: list[str] | No
     sub = pa.schema([schema.field(c) for c in columns]) if columns else schema
     if not paths:
         return sub.empty_table()
-    tables = [conform(read_table(fs, p, None if filter is not None else sub.names), schema if filter is not None
-                      else sub) for p in paths]
-    table = pa.concat_tables(tables)
-    if filter is not None:
-        table = table.filter(filter).select(sub.names)
+    if filter is None:
+        table = pa.concat_tables([conform(read_table(fs, p, sub.names), sub) for p in paths])
+    else:  # a filter may name any column: whole rows, filtered, then the columns asked for
+        table = pa.concat_tables([conform(read_table(fs, p), schema).filter(filter) for p in paths]).select(sub.names)
     return table.sort_by(ORDER)
 
 
@@ -295,9 +294,9 @@ class ManifestReader:
     def latest(self, columns: list[str] | None = None, filter=None, ok_only: bool = False,
                keep=None) -> Iterator[pa.Table]:
         """Key-sorted tables, one row per key (the latest row, or the latest ok row), of the
-        given columns, file paths resolved. Index files stream; the unfolded parts (one run's worth when compaction
-        runs after each run) are read whole. If the index breaks mid-way, the rest (keys after
-        the last one given) comes from the run partitions."""
+        given columns, file paths resolved. Index files stream; the unfolded parts (one run's
+        worth when compaction runs after each run) are read whole. If the index breaks mid-way,
+        the rest (keys after the last one given) comes from the run partitions."""
         snap = self.snapshot()
         last = None
         try:
@@ -509,11 +508,9 @@ def index_problem(fs, snap: Snapshot, full: bool = False) -> str | None:
             return f"{f.path} (named by {POINTER}) is missing"
     if full:
         for f in snap.files:
-            try:
-                if sum(b.num_rows for b in _file_batches(fs, f.path, SCHEMA, [KEY])) != f.rows:
+            try:  # every page of every column: their checksums are verified as they are read
+                if sum(b.num_rows for b in _file_batches(fs, f.path, SCHEMA, None)) != f.rows:
                     return f"{f.path} does not hold the {f.rows} rows {POINTER} says"
-                for _ in _file_batches(fs, f.path, SCHEMA, None):
-                    pass
             except READ_ERRORS as exc:
                 return f"{f.path} is corrupt ({type(exc).__name__}: {exc})"
     return None
@@ -709,8 +706,11 @@ def abort_stale_uploads(fs, dest: str, *, now: float | None = None, grace_s: flo
 
 
 def needs_compaction(snap: Snapshot, fs, max_parts: int = 8, max_share: float = 0.02) -> bool:
-    """Policy "auto": compact when something is unfolded and there is no index yet, or the
-    unfolded parts are many (each costs a read per lookup) or large (held while planning)."""
+    """Policy "auto": compact when the index names a missing file (a rebuild), or something is
+    unfolded and there is no index yet, or the unfolded parts are many (each costs a read per
+    lookup) or large (held while planning)."""
+    if snap.files and index_problem(fs, snap):
+        return True
     if not snap.delta:
         return False
     if not snap.files or len(snap.delta) >= max_parts:

@@ -223,6 +223,7 @@ def test_a_pointer_naming_a_missing_version_is_rebuilt_by_compact(local_archive,
     pointer = json.loads((Path(root) / "_index" / "CURRENT.json").read_text())
     shutil.rmtree(Path(root) / "_index" / f"v-{pointer['version']}")
     every_key_rehydrates(root, local_archive["keys"])  # readers: the run partitions, with a warning
+    assert mi.needs_compaction(mi.snapshot(fs, path), fs)  # so the next run's compaction rebuilds it
     result = mi.compact(fs, path)
     assert result["compacted"] and "missing" in result["rebuilt"]
     (Path(root) / "_index" / "CURRENT.json").write_text('{"files": [')  # truncated
