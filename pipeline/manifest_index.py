@@ -680,7 +680,11 @@ def collect(fs, dest: str, *, now: float | None = None, grace_s: float = GRACE_S
     for version in sorted(set(markers) - live):
         _rm(fs, markers[version])
         removed["markers"].append(posixpath.basename(markers[version]))
-    removed["multipart_uploads"] = abort_stale_uploads(fs, dest, now=now, grace_s=multipart_grace_s)
+    try:
+        removed["multipart_uploads"] = abort_stale_uploads(fs, dest, now=now, grace_s=multipart_grace_s)
+    except Exception as exc:  # noqa: BLE001 - e.g. no s3:ListBucketMultipartUploads permission: the rest is done
+        log.warning("could not abort stale multipart uploads under %s: %s: %s", dest, type(exc).__name__, exc)
+        removed["error"] = f"multipart uploads: {type(exc).__name__}: {exc}"
     return {k: v for k, v in removed.items() if v}
 
 
