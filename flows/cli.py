@@ -214,17 +214,23 @@ def _compress_archive(args: argparse.Namespace) -> int:
     except ValueError as exc:  # pydantic's errors are ValueErrors; they never echo the input
         print(f"taid compress-archive: {exc}", file=sys.stderr)
         return 2
-    if use_prefect(args):
-        from pipeline.jobs.compress import check_storage
+    from pipeline.lease import DestinationBusy
 
-        check_storage(params)  # missing keys / endpoint / bucket: one line from main(), before the flow starts
-        from flows.compress_archive import compress_archive
+    try:
+        if use_prefect(args):
+            from pipeline.jobs.compress import check_storage
 
-        result = compress_archive(params)
-    else:
-        from pipeline.jobs import TqdmProgress, run_compress
+            check_storage(params)  # missing keys / endpoint / bucket: one line from main(), before the flow starts
+            from flows.compress_archive import compress_archive
 
-        result = dict(run_compress(params, TqdmProgress("compress-archive")))
+            result = compress_archive(params)
+        else:
+            from pipeline.jobs import TqdmProgress, run_compress
+
+            result = dict(run_compress(params, TqdmProgress("compress-archive")))
+    except DestinationBusy as exc:  # another run writes there: one line, nothing done
+        print(f"taid compress-archive: {exc}", file=sys.stderr)
+        return 2
     return report(result, failed_prefix="failed")
 
 
@@ -235,11 +241,26 @@ def _compact(args: argparse.Namespace) -> int:
 
     fs, root = filesystem(args.dest, endpoint_url=args.endpoint_url)
     check_access(fs, root)
-    result = compact(fs, root)
+    result = compact(fs, root, repair=args.repair)
     result.pop("runs", None)
     result["files"] = len(result.get("files", []))
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from pipeline.verify import report_ok, verify_archive
+
+    options = {"client_kwargs": {"endpoint_url": args.endpoint_url}} if args.endpoint_url else None
+    report = verify_archive(args.archive, options)
+    for what in ("missing", "corrupt"):
+        for f in report[what]:
+            print(f"{what}: {f['key']} ({f['file']}) {f['uri']}")
+    if report["index"]:
+        print(f"index: {report['index']} (`taid compact --repair` rebuilds it)")
+    print(f"{report['rows']} rows, {report['files']} files: {len(report['missing'])} missing, "
+          f"{len(report['corrupt'])} corrupt, index {'broken' if report['index'] else 'ok'}")
+    return 0 if report_ok(report) else 1
 
 
 def _rehydrate(args: argparse.Namespace) -> int:
@@ -479,7 +500,15 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("compact", help="fold an archive's run partitions into its manifest index (atomic, idempotent)")
     x.add_argument("dest", help="the compress-archive destination URI")
     x.add_argument("--endpoint-url", dest="endpoint_url", help="S3-compatible endpoint for s3:// URIs")
+    x.add_argument("--repair", action="store_true", help="read every index file whole first and rebuild the index "
+                   "from the run partitions if any is missing or corrupt (compaction alone rebuilds on what it sees)")
     x.set_defaults(func=_compact)
+
+    y = sub.add_parser("verify", help="check every image's files in an archive against their sha256 (exit 1 when any "
+                       "is missing or corrupt, or the index is broken)")
+    y.add_argument("archive", help="the compress-archive destination URI")
+    y.add_argument("--endpoint-url", dest="endpoint_url", help="S3-compatible endpoint for s3:// URIs")
+    y.set_defaults(func=_verify)
 
     h = sub.add_parser("rehydrate", help="full resolution back from an archive (one key, or many with --to)")
     h.add_argument("archive", help="the compress-archive destination URI")

@@ -25,6 +25,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from pipeline.archive_paths import archive_base, resolve_table
+from pipeline.parquet_io import FORMAT, WRITE_OPTIONS, reading_filesystem
 from pipeline.rows import ARCHIVE_SCHEMA, ArchiveRow, ManifestRow
 from pipeline.storage import atomic_write
 
@@ -67,7 +69,8 @@ class ManifestWriter:
         """Write one part file from a table of this writer's schema."""
         buf = io.BytesIO()
         # sorted by key: row-group statistics then let a one-key lookup skip most of the data
-        pq.write_table(table.sort_by("source_key"), buf, compression="zstd", row_group_size=ROW_GROUP)
+        pq.write_table(table.sort_by("source_key"), buf, compression="zstd", row_group_size=ROW_GROUP,
+                       **WRITE_OPTIONS)
         atomic_write(self.fs, f"{self.folder}/part-{self.parts:05d}.parquet", buf.getvalue())
         self.parts += 1
         self.rows += table.num_rows
@@ -80,27 +83,27 @@ def manifest_dataset(fs, dest: str, schema: pa.Schema = SCHEMA) -> ds.Dataset | 
     """The manifest under DEST as a pyarrow dataset (None when there is none yet), every part read
     with `schema` (columns a part of an older version lacks read as null).
 
-    It reads through fsspec (a Python filesystem): scan it with use_threads=False. Threaded scans
+    It reads through fsspec (a Python filesystem; files in blocks through storage.read_bytes, page
+    checksums verified: pipeline.parquet_io): scan it with use_threads=False. Threaded scans
     over a Python filesystem can abort the interpreter at exit ("terminate called without an
     active exception", seen with pyarrow 26), and the GIL serialises them anyway."""
     root = manifest_root(dest)
     fs.invalidate_cache()  # parts written by other processes since the last listing
     if not fs.exists(root):
         return None
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
     # the run partition column duplicates run_id: keep the file schema only
-    return ds.dataset(root, format="parquet", filesystem=PyFileSystem(FSSpecHandler(fs)), schema=schema,
+    return ds.dataset(root, format=FORMAT, filesystem=reading_filesystem(fs), schema=schema,
                       partitioning=None, exclude_invalid_files=True)
 
 
 def read_manifest(fs, dest: str, columns: list[str] | None = None, filter=None, schema: pa.Schema = SCHEMA) -> pa.Table:
-    """All manifest rows under DEST (optionally a column subset / pyarrow filter expression)."""
+    """All manifest rows under DEST (optionally a column subset / pyarrow filter expression), file
+    paths resolved to URIs (pipeline.archive_paths)."""
     dataset = manifest_dataset(fs, dest, schema)
     if dataset is None:
         empty = schema.empty_table()
         return empty if columns is None else empty.select(columns)
-    return dataset.to_table(columns=columns, filter=filter, use_threads=False)
+    return resolve_table(dataset.to_table(columns=columns, filter=filter, use_threads=False), archive_base(fs, dest))
 
 
 @dataclass(frozen=True, slots=True)

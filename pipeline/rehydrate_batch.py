@@ -40,8 +40,8 @@ class RehydrateParams(RayParams):
 
 def select_rows(params: RehydrateParams) -> list[dict]:
     """Latest ok row per selected key, through the shared manifest reader (index + newer runs;
-    a run_id selection reads only that run's partition)."""
-    from pipeline.manifest_index import ManifestReader, keep_latest_ok, run_rows
+    a run_id selection reads only that run's partition), file paths resolved to URIs."""
+    from pipeline.manifest_index import ManifestReader, keep_latest_ok, resolve_table, run_rows
 
     reader = ManifestReader(params.archive, params.storage_options)
     if not reader.has_manifest():
@@ -57,7 +57,7 @@ def select_rows(params: RehydrateParams) -> list[dict]:
     for f in filters:
         expr = expr & f
     if params.run_id:
-        tables = [keep_latest_ok(run_rows(reader, params.run_id, expr))]
+        tables = [resolve_table(keep_latest_ok(run_rows(reader, params.run_id, expr)), reader.base)]
     else:
         tables = reader.latest(filter=expr, ok_only=True)
     rows = []

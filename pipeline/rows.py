@@ -83,7 +83,7 @@ class ArchiveRow(ManifestRow):
     height: I32 = None
     status: str
     error_message: str | None = None
-    output_uri: str | None = None  # the small file (only on ok rows)
+    output_uri: str | None = None  # the small file (only on ok rows), relative to the archive root (older: a URI)
     output_format: str | None = None
     small_quality: I32 = None
     output_size: int | None = None
@@ -99,7 +99,7 @@ class ArchiveRow(ManifestRow):
     psnr_y: float | None = None
     psnr_rgb: float | None = None
     thumbnail_psnr: float | None = None
-    enhancement_uri: str | None = None  # the layer beside the small file (only on ok rows that have one)
+    enhancement_uri: str | None = None  # the layer beside the small file (only on ok rows that have one), relative too
     enhancement_format: str | None = None
     enhancement_quality: I32 = None
     enhancement_size: int | None = None

@@ -131,3 +131,10 @@ def atomic_write(fs, path: str, data: bytes) -> None:
     else:
         fs.pipe_file(tmp, data)
         fs.mv(tmp, path)
+
+
+def read_bytes(fs, path: str, start: int | None = None, end: int | None = None) -> bytes:
+    """The whole object (or bytes [start, end) of it) in one call: the one read that Parquet
+    readers go through (pipeline.parquet_io), so a retry policy set here covers them, and a
+    failed read raises instead of leaving a half-read buffer."""
+    return fs.cat_file(path, start=start, end=end)

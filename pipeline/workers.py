@@ -90,7 +90,6 @@ class CompressWorker(ModelUser):
             self.options = self.params.codec_options(self.pair.scale)
         self.src_fs, _ = self.params.fs(self.params.source)
         self.dst_fs, self.dest_root = self.params.fs(self.params.dest)
-        self.dest_prefix = protocol_prefix(self.dst_fs)
 
     def _compress(self, data: bytes):
         """(small file, enhancement layer or None, record)."""
@@ -115,7 +114,8 @@ class CompressWorker(ModelUser):
         if small is None:
             return self.rows.from_codec(obj, attempt, record)
         try:
-            out_path = safe_join(self.dest_root, obj.key + SUFFIX[record.output_format])
+            rel = obj.key + SUFFIX[record.output_format]  # rows name files relative to the archive root
+            out_path = safe_join(self.dest_root, rel)
         except UnsafeKeyError as exc:
             return self.rows.skipped(obj, attempt, "skipped_unsafe_key", str(exc), record)
         layer_path = layer_name(out_path) if layer is not None else None
@@ -125,8 +125,7 @@ class CompressWorker(ModelUser):
             write_checked(self.dst_fs, out_path, small)
         except Exception as exc:
             return self.rows.failed(obj, attempt, "failed_write", exc, record)
-        return self.rows.ok(obj, attempt, record, self.dest_prefix + out_path,
-                            self.dest_prefix + layer_path if layer_path else None)
+        return self.rows.ok(obj, attempt, record, rel, layer_name(rel) if layer is not None else None)
 
 
 class RehydrateWorker(ModelUser):

@@ -7,7 +7,6 @@ import threading
 import time
 
 import numpy as np
-import pyarrow.dataset as ds
 import pytest
 from PIL import Image
 
@@ -48,10 +47,9 @@ def fill_bucket(fs, prefix: str, count: int, size: int = 48) -> dict[str, bytes]
 
 
 def manifest(fs, dest: str):
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
+    from pipeline.manifest import read_manifest
 
-    return ds.dataset(f"{dest}/_manifest", format="parquet", partitioning="hive",
-                      filesystem=PyFileSystem(FSSpecHandler(fs))).to_table(use_threads=False).to_pylist()
+    return read_manifest(fs, dest).to_pylist()  # file paths resolved to URIs
 
 
 def run(s3_bucket: str, **kw) -> dict:

@@ -40,9 +40,9 @@ def test_cli_filters_limits_and_resumes(tmp_path, ray_local, prefect_harness, ca
 
     rows = ds.dataset(str(dest / "_manifest"), format="parquet", partitioning="hive").to_table().to_pylist()
     assert sorted(r["source_key"] for r in rows) == ["a/1.png", "a/2.png", "b/3.png"]
-    for r in rows:
-        small = Image.open(r["output_uri"])
-        assert small.size == (16, 16) and r["output_uri"].startswith(str(dest))
+    for r in rows:  # files named relative to the archive root
+        small = Image.open(dest / r["output_uri"])
+        assert small.size == (16, 16) and r["output_uri"].startswith(r["source_key"] + ".")
     assert len(list((dest / "_runs").glob("*.json"))) == 2
 
     # Prefect artifacts of the last run: the summary table and the progress bar at 100 %

@@ -69,12 +69,9 @@ def upload(fs, prefix: str, count: int, size: int = 64) -> dict[str, bytes]:
 
 
 def manifest_rows(fs, uri_path: str) -> list[dict]:
-    import pyarrow.dataset as ds
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
+    from pipeline.manifest import read_manifest
 
-    fs.invalidate_cache()
-    return ds.dataset(f"{uri_path}/_manifest", format="parquet", partitioning="hive",
-                      filesystem=PyFileSystem(FSSpecHandler(fs))).to_table().to_pylist()
+    return read_manifest(fs, uri_path).to_pylist()  # file paths resolved to URIs
 
 
 def run_stats(fs, uri_path: str) -> list[dict]:

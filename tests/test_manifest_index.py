@@ -17,7 +17,7 @@ import pytest
 
 from pipeline import manifest_index as mi
 from pipeline.manifest import ManifestWriter, latest_states, read_manifest
-from pipeline.storage import filesystem
+from pipeline.storage import filesystem, protocol_prefix
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 STATUSES = ["ok", "ok", "ok", "failed_decode", "skipped_empty"]
@@ -34,7 +34,7 @@ def write_runs(root: str, runs: int, keys: int, per_run: int, seed: int = 0, fir
             status = rng.choice(STATUSES)
             w.add({"run_id": f"run{r:03d}", "source_key": f"k/{k:06d}.jpg", "source_etag": f"e{r}-{k}",
                    "source_size": k, "status": status, "model_id": "taid-x2",
-                   "output_uri": f"{root}/k/{k:06d}.jpg.png" if status == "ok" else None,
+                   "output_uri": f"{protocol_prefix(fs)}{root}/k/{k:06d}.jpg.png" if status == "ok" else None,
                    "processed_at": T0 + timedelta(hours=r, seconds=rng.choice([0, 1])), "attempts": 1})
         w.close()
 
@@ -146,8 +146,12 @@ def test_a_crash_mid_compaction_loses_nothing(tmp_path):
     assert pointer["version"] == before["version"]  # readers still see the old, whole index
     assert read_manifest(fs, root).num_rows == rows
     assert reader_state(root) == latest and reader_state(root, ok_only=True) == latest_ok
-    after = mi.compact(fs, root)  # the next compaction finishes the job and clears the leftovers
+    after = mi.compact(fs, root)  # the next compaction finishes the job
     assert after["compacted"] and after["keys"] == len(latest)
+    killed = [d.name for d in index.iterdir() if d.name.startswith("inflight-")]
+    assert len(killed) == 1  # the killed compaction's marker: its folder is kept until the marker expires
+    removed = mi.collect(fs, root, now=time.time() + mi.INFLIGHT_TTL_S + 1)
+    assert removed["markers"] == killed and removed["index"] == [f"v-{killed[0][9:-5]}"]
     assert sorted(d.name for d in index.iterdir()) == sorted(
         ["CURRENT.json", f"v-{before['version']}", f"v-{after['version']}"])
     assert reader_state(root) == latest
@@ -164,4 +168,20 @@ def test_reader_on_s3_and_local_finds_rows_of_runs_newer_than_the_index(layout, 
     fs, path = filesystem(root)
     mi.compact(fs, path, file_rows=200, row_group=50)
     write_runs(root, runs=1, keys=600, per_run=100, seed=5, first_run=2)  # not compacted
+    check_reader(root)
+
+
+def test_a_stream_that_breaks_mid_index_continues_from_the_run_partitions(tmp_path, caplog):
+    root = str(tmp_path / "archive")
+    write_runs(root, runs=2, keys=3000, per_run=1500)
+    fs, _ = filesystem(root)
+    result = mi.compact(fs, root, file_rows=900, row_group=128)
+    second = tmp_path / "archive" / "_index" / result["files"][1]["path"]
+    data = bytearray(second.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a data page in the middle of the second file: its checksum fails
+    second.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="pipeline.manifest_index"):
+        check_reader(root)  # streams (the first file, then the partitions after its last key) and lookups
+    assert "reading the run partitions directly" in caplog.text
+    assert "corrupt" in mi.compact(fs, root, repair=True)["rebuilt"]
     check_reader(root)

@@ -141,10 +141,9 @@ def compact_if_needed(fs, root: str, always: bool = False) -> dict:
     """Fold run partitions into the manifest index when policy says so. A failure is logged and
     left to the next run: the run partitions are the source of truth, nothing is lost."""
     from pipeline.manifest_index import compact, needs_compaction, snapshot
-    from pipeline.s3 import arrow_filesystem
 
     try:
-        if not (always or needs_compaction(snapshot(fs, root), arrow_filesystem(fs))):
+        if not (always or needs_compaction(snapshot(fs, root), fs)):
             return {"compacted": False}
         result = compact(fs, root)
     except Exception as exc:  # noqa: BLE001 - compaction is an optimisation; the run itself succeeded
@@ -275,7 +274,21 @@ def resolve_models(params: CompressArchiveParams) -> CompressArchiveParams:
 
 def run_compress(params: CompressArchiveParams, progress: Progress | None = None,
                  run_id: str | None = None) -> CompressResult:
-    """One compress run: returns (and writes last, as DEST/_runs/<run_id>.json) its stats."""
+    """One compress run: returns (and writes last, as DEST/_runs/<run_id>.json) its stats. A run
+    that writes holds the destination's lease (pipeline.lease): while another run holds it, this
+    one raises DestinationBusy (one line) before any work."""
+    from pipeline.lease import Lease
+
+    run_id = run_id or new_run_id()
+    if params.dry_run:
+        return _run_compress(params, progress, run_id)
+    check_storage(params)  # before the lease: bad credentials or a missing bucket say so in one line
+    dst_fs, dest_root = params.fs(params.dest)
+    with Lease(dst_fs, dest_root, run_id):
+        return _run_compress(params, progress, run_id)
+
+
+def _run_compress(params: CompressArchiveParams, progress: Progress | None, run_id: str) -> CompressResult:
     from pipeline.actor_pool import ensure_ray
     from pipeline.dispatch import dispatch as run_on_ray
     from pipeline.workers import CompressWorker
