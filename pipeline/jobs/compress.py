@@ -280,24 +280,22 @@ def run_compress(params: CompressArchiveParams, progress: Progress | None = None
     from pipeline.lease import Lease
 
     run_id = run_id or new_run_id()
-    if params.dry_run:
-        return _run_compress(params, progress, run_id)
     check_storage(params)  # before the lease: bad credentials or a missing bucket say so in one line
+    prices = params.price_table()  # so does a wrong price file
+    if params.dry_run:
+        return _run_compress(params, progress, run_id, prices)
     dst_fs, dest_root = params.fs(params.dest)
     with Lease(dst_fs, dest_root, run_id):
-        return _run_compress(params, progress, run_id)
+        return _run_compress(params, progress, run_id, prices)
 
 
-def _run_compress(params: CompressArchiveParams, progress: Progress | None, run_id: str) -> CompressResult:
+def _run_compress(params: CompressArchiveParams, progress: Progress | None, run_id: str, prices) -> CompressResult:
     from pipeline.actor_pool import ensure_ray
     from pipeline.dispatch import dispatch as run_on_ray
     from pipeline.workers import CompressWorker
 
-    run_id = run_id or new_run_id()
     progress = Throttled(progress or NoProgress())
     dst_fs, dest_root = params.fs(params.dest)
-    check_storage(params)  # one line saying what to set, before any work
-    prices = params.price_table()  # a wrong price file fails the run here, before any work
     s3_before = dict(s3.STATS)
     if params.incremental and params.compact != "never":
         compact_if_needed(dst_fs, dest_root)  # e.g. runs that crashed before their compaction
