@@ -303,21 +303,37 @@ def pip_download(spec: str, dest: Path, python_version: str) -> Path:
     return found[0]
 
 
+PROJECT_FILES = ("pyproject.toml", "README.md")
+
+
+def project_packages(root: Path = ROOT) -> list[str]:
+    """The top-level folders pyproject.toml packages ([tool.setuptools] packages)."""
+    text = (root / "pyproject.toml").read_text()
+    listed = re.search(r"^packages\s*=\s*\[([^\]]*)\]", text, re.M)
+    if not listed:
+        raise ValueError("pyproject.toml: no [tool.setuptools] packages list")
+    return sorted({name.strip().strip('"').split(".")[0] for name in listed.group(1).split(",") if name.strip()})
+
+
 def build_project(dest: Path) -> Path:
-    """The project's wheel (models/weights included through package-data), built offline."""
+    """The project's wheel (models/weights included through package-data), built offline with the
+    interpreter's setuptools. Built from a copy of pyproject.toml, README.md and the packages: the
+    checkout gets no build/ or egg-info, and needs no git (a device call's copy has no .git)."""
     dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.glob("taid_archive-*.whl"):
+        old.unlink()
     with tempfile.TemporaryDirectory(prefix="taid-wheel-") as tmp:
         src = Path(tmp) / "src"
-        # a copy of what git tracks: no build/ or egg-info left in the checkout, no stray files packed
-        names = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True,
-                               check=True).stdout.split(b"\0")
-        for n in filter(None, names):
-            p = ROOT / os.fsdecode(n)
-            if p.is_file():
-                (src / os.fsdecode(n)).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(p, src / os.fsdecode(n))
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps",
-                        "--no-build-isolation", "--no-index", "-w", str(dest), str(src)], check=True)
+        src.mkdir()
+        for name in PROJECT_FILES:
+            shutil.copy2(ROOT / name, src / name)
+        for pkg in project_packages():
+            shutil.copytree(ROOT / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps",
+                               "--no-build-isolation", "--no-index", "-w", str(dest), str(src)],
+                              capture_output=True, text=True)  # setuptools' warnings only matter on failure
+        if done.returncode:
+            raise RuntimeError(f"building the project wheel failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
     return next(dest.glob("taid_archive-*.whl"))
 
 
