@@ -53,6 +53,7 @@ wheels=("$CARRY"/*.whl)
 pipi=("$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check --target "$SITE")
 if [ ${#wheels[@]} -gt 0 ]; then
   log "carry: ${#wheels[@]} wheels, $(du -sh "$CARRY" | cut -f1) in $CARRY"
+  for w in "${wheels[@]}"; do echo "  ${w##*/}"; done
   "${pipi[@]}" "${wheels[@]}" || { log "FAILED: pip install of the carry"; exit 3; }
 else
   log "carry: no wheels in $CARRY: everything must come from $PY's own packages"
