@@ -1,8 +1,9 @@
 """The GPU machine check (issues 17, 23): staged compress and rehydrate on one GPU, within a time budget.
 
-    python benchmarks/gpu.py [--device auto|cuda|cpu] [--presets fixed,preview,standard] [--images 240]
+    python benchmarks/gpu.py [--device auto|cuda|cpu] [--presets fixed,preview,standard] [--images 120]
                              [--min-mp 1] [--max-mp 3] [--workers-max N] [--busy-target 0.7] [--run-s 15]
-                             [--budget-s 400] [--sample 3] [--skip PHASE,...] [--out benchmarks/results/gpu.json]
+                             [--budget-s 400] [--sample 3] [--max-objects 3000] [--skip PHASE,...]
+                             [--out benchmarks/results/gpu.json]
 
 `infra/gpu/bench.sh` runs it on a bare GPU machine after installing the carry. Local folders, a local
 Ray with every core and the GPU, the job layer (`pipeline.jobs`, no Prefect). Phases, each checked
@@ -11,7 +12,9 @@ failure is recorded and the next phase runs); the JSON and Markdown are rewritte
 so a failure or a timeout still leaves what was measured:
 
 1. environment: device, versions, and what is not there and so not measured (S3, Prefect).
-2. images: N synthetic photo-like images (benchmarks/throughput.synth_image), 1-3 MP, JPEG q90.
+2. images: N synthetic photo-like images (benchmarks/throughput.synth_image), 1-3 MP, JPEG q90; a
+   run that needs more objects repeats them under other names.
+   ray: a local Ray (without it the in-process phases 3, 5 still run).
 3. stages: one in-process CompressWorker on the device per preset, seconds per megapixel of each
    stage (decode, model, small-file encode, layer encode / apply, other). The rates they predict
    size the runs below (about --run-s seconds each).
@@ -78,7 +81,7 @@ PRESETS = {
     "standard": {"fidelity": "standard"},
 }
 STAGES = ("decode", "model", "small_encode", "layer_encode", "layer_apply", "other")
-PHASES = ("environment", "images", "stages", "runs", "precision", "cores", "cross_device", "s3")
+PHASES = ("environment", "images", "ray", "stages", "runs", "precision", "cores", "cross_device", "s3")
 
 
 # ------------------------------------------------------------------ data
@@ -109,6 +112,13 @@ def make_images(folder: Path, sizes: list[tuple[int, int, int]], procs: int) -> 
     folder.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(procs) as pool:
         return list(pool.map(_write_image, [(*s, str(folder)) for s in sizes], chunksize=2))
+
+
+def cycle(images: list[dict], n: int) -> list[dict]:
+    """n source objects from the pool, repeating it under new names when n is larger (a fast model
+    stage needs more pixels than it is worth generating; the work per object is the same)."""
+    return [{**im, "name": im["name"] if k < len(images) else f"r{k // len(images)}-{im['name']}"}
+            for k, im in ((k, images[k % len(images)]) for k in range(n))]
 
 
 def link_subset(images: list[dict], folder: Path) -> float:
@@ -232,10 +242,13 @@ class Bench:
         atomic_write(fs, str(self.out), (json.dumps(json_safe(self.r), indent=1, default=str) + "\n").encode())
         atomic_write(fs, str(self.out.with_suffix(".md")), markdown(self.r).encode())
 
-    def phase(self, name: str, fn, need_s: float = 0.0) -> None:
-        """Run one phase unless skipped or out of time; record how it went; save."""
+    def phase(self, name: str, fn, need_s: float = 0.0, ready: bool = True) -> None:
+        """Run one phase unless skipped, not ready (what it needs failed) or out of time; record how
+        it went; save."""
         if name in self.args.skip or name.split(":")[0] in self.args.skip:
             self.r["phases"][name] = {"status": "skipped", "why": "--skip"}
+        elif not ready:
+            self.r["phases"][name] = {"status": "skipped", "why": "an earlier phase it needs failed"}
         elif self.left() < need_s:
             self.r["phases"][name] = {"status": "skipped", "why": f"time: {self.left():.0f} s left, needs ~{need_s:.0f}"}
         else:
@@ -294,8 +307,16 @@ class Bench:
             "pillow": PIL.__version__, "avif": bool(features.check("avif")), "heif": HEIF_AVAILABLE,
             "project_path": str(Path(pipeline.__file__).parent.parent),
         })
+        self.use_s3 = "s3" not in nm and "s3" not in a.skip and "fixed" in a.presets
+
+    def start_ray(self) -> None:
+        """A local Ray with every core (at least workers + 1 logical CPUs) and the GPU; SeaweedFS
+        first when the S3 phase will run. After the images: no fork of a process with Ray's threads."""
+        import ray
+
+        a = self.args
         self.sampler = UtilSampler(enabled=self.gpus > 0)
-        if "s3" not in nm and "s3" not in a.skip and "fixed" in a.presets:
+        if self.use_s3:
             from infra.local_s3 import LocalS3
 
             self.s3 = LocalS3(self.tmp / "s3").start()
@@ -316,7 +337,7 @@ class Bench:
         a = self.args
         t0 = time.perf_counter()
         sizes = image_sizes(a.images, a.min_mp, a.max_mp)
-        self.images = make_images(self.tmp / "images", sizes, max(1, (os.cpu_count() or 2) - 1))
+        self.images = make_images(self.tmp / "images", sizes, max(1, os.cpu_count() or 1))
         mp = sum(i["pixels"] for i in self.images) / 1e6
         self.mean_mp = mp / len(self.images)
         self.r["data"] = {"images": len(self.images), "megapixels": mp, "bytes": sum(i["bytes"] for i in self.images),
@@ -397,7 +418,7 @@ class Bench:
         rate = self.predicted_rate(preset, workers)
         n = len(self.images) if rate is None else math.ceil(seconds * rate / self.mean_mp)
         n = max(n, 2 * workers * self.args.batch_size, 2)
-        return self.images[: min(n, len(self.images))]
+        return cycle(self.images, min(n, self.args.max_objects))
 
     # -- 4. runs -------------------------------------------------------------------------------
     def measured(self, probe: ModelProbe, wall: float, mp: float, result: dict) -> dict:
@@ -588,17 +609,19 @@ class Bench:
         self.phase("images", self.make_images)
         if not self.images:
             return
-        for p in a.presets:  # a few images each: seconds
+        self.phase("ray", self.start_ray)
+        for p in a.presets:  # in process, a few images each: seconds
             self.phase(f"stages:{p}", lambda p=p: self.stage_profile(p), need_s=15)
+        with_ray = self.r["phases"]["ray"]["status"] == "ok"  # without it, the in-process parts still run
         for p in a.presets:
-            self.phase(f"runs:{p}", lambda p=p: self.preset_runs(p), need_s=a.run_s + 20)
+            self.phase(f"runs:{p}", lambda p=p: self.preset_runs(p), need_s=a.run_s + 20, ready=with_ray)
         self.phase("precision", self.precision, need_s=10)
         for p in a.presets:
-            self.phase(f"cores:{p}", lambda p=p: self.cores(p), need_s=a.run_s)
+            self.phase(f"cores:{p}", lambda p=p: self.cores(p), need_s=a.run_s, ready=with_ray)
         if "standard" in a.presets:
-            self.phase("cross_device", self.cross_device, need_s=15)
+            self.phase("cross_device", self.cross_device, need_s=15, ready="standard" in self.r["runs"])
         if self.s3 is not None:
-            self.phase("s3", self.s3_run, need_s=a.run_s + 30)
+            self.phase("s3", self.s3_run, need_s=a.run_s + 30, ready=with_ray)
         self.r["complete"] = all(v["status"] == "ok" or v.get("why") == "--skip" for v in self.r["phases"].values())
 
     def close(self) -> None:
@@ -678,13 +701,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     ap.add_argument("--presets", default=",".join(PRESETS), help="comma-separated, of " + ", ".join(PRESETS))
-    ap.add_argument("--images", type=int, default=240, help="synthetic images made (runs use what they need)")
+    ap.add_argument("--images", type=int, default=120, help="synthetic images made (runs repeat them as needed)")
     ap.add_argument("--min-mp", type=float, default=1.0)
     ap.add_argument("--max-mp", type=float, default=3.0)
     ap.add_argument("--workers-max", type=int, default=None, help="CPU workers of the main runs (default cores - 1, "
                     "at most 15)")
     ap.add_argument("--busy-target", type=float, default=0.7)
     ap.add_argument("--run-s", type=float, default=15.0, help="seconds of work a main run is sized for")
+    ap.add_argument("--max-objects", type=int, default=3000, help="objects per run at most")
     ap.add_argument("--batch-size", type=int, default=2, help="images per actor call")
     ap.add_argument("--sample", type=int, default=3, help="images for the stage profile and the cross-device check")
     ap.add_argument("--budget-s", type=float, default=400.0, help="phases that would end later are skipped")

@@ -64,6 +64,7 @@ def test_bench_sh_installs_the_carry_and_runs_on_cpu(tmp_path, project_wheel):
     cmd = ["bash", str(ROOT / "infra" / "gpu" / "bench.sh"), "--carry", str(carry_dir), "--site", str(site),
            "--results", str(results), "--copy-to", str(copy_to), "--",
            "--device", "cpu", "--presets", ",".join(PRESETS), "--images", "4", "--min-mp", "0.02", "--max-mp", "0.04",
+           "--max-objects", "4",
            "--workers-max", "2", "--sample", "2", "--run-s", "2", "--skip", "s3",
            # every run is "busy enough": the bisection of CPU workers runs once per preset (2 -> 1)
            "--busy-target", "0"]
