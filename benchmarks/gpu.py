@@ -14,19 +14,19 @@ so a failure or a timeout still leaves what was measured:
 1. environment: device, versions, and what is not there and so not measured (S3, Prefect).
 2. images: N synthetic photo-like images (benchmarks/throughput.synth_image), 1-3 MP, JPEG q90; a
    run that needs more objects repeats them under other names.
-   ray: a local Ray (without it the in-process phases 3, 5 still run).
+   ray: a local Ray (without it the in-process phases 3 and 4 still run).
 3. stages: one in-process CompressWorker on the device per preset, seconds per megapixel of each
    stage (decode, model, small-file encode, layer encode / apply, other). The rates they predict
    size the runs below (about --run-s seconds each).
-4. runs, per preset (`fixed`: one taid-x4 small file, no search; `preview`; `standard`): compress
+4. precision: bf16 vs fp32 Y-PSNR of Set5 round trips on the device.
+5. runs, per preset (`fixed`: one taid-x4 small file, no search; `preview`; `standard`): compress
    staged with the most CPU workers (--workers-max, default cores - 1) and one model actor on the
    GPU, then rehydrate of that archive. Rates and busy fractions are taken over the model actor's
    active window (first to last model call, polled from the actor's own counters), so actor
    start-up does not count; the wall-clock rate is reported beside them.
-5. bf16 vs fp32 Y-PSNR of Set5 round trips on the device.
-6. cpu_cores_per_gpu, per preset: the fewest CPU workers that keep the GPU at least --busy-target
-   busy (bisection over runs with fewer workers, from the stage profile's prediction); where the
-   most workers do not get there, the busy fraction they reach.
+6. cores, per preset: the fewest CPU workers that keep the GPU at least --busy-target busy
+   (bisection over runs with fewer workers, from the stage profile's prediction); where the most
+   workers do not get there, the busy fraction they reach.
 7. cross-device: a sample of the standard archive rehydrated in process on the device and on the
    CPU at fp32 (tolerance: docs/gpu.md).
 8. S3 (only where s3fs and SeaweedFS's `weed` are there): the fixed preset S3 -> S3 once.
@@ -225,6 +225,7 @@ class Bench:
         self.sampler: UtilSampler | None = None
         self.s3 = None  # infra.local_s3.LocalS3, started before Ray when the S3 phase will run
         self.count = 0
+        self.startup_s = 10.0  # a run's seconds before its first model call (actors starting): updated as measured
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def left(self) -> float:
@@ -455,6 +456,8 @@ class Bench:
         finally:
             probe.stop()
         out = self.measured(probe, time.monotonic() - t0, mp, result)
+        if out["window_s"] is not None:
+            self.startup_s = max(self.startup_s, out["wall_s"] - out["window_s"])
         out.update({"workers": workers, "images": len(images), "run_id": run_id, "archive": dest,
                     "psnr_y_mean": result.get("psnr_y_mean"), "ratio_ok": result.get("ratio_ok")})
         return out
@@ -483,11 +486,11 @@ class Bench:
         self.r["gpu_busy_fraction"][preset] = comp["gpu_busy_fraction"]
         self.r["model_busy_fraction"][preset] = comp["model_busy_fraction"]
         self.save()
-        if self.left() > comp["wall_s"] + 10:
+        if self.left() > comp["wall_s"]:  # rehydrate is lighter: TAU, no search
             reh = run["rehydrate"] = self.rehydrate(comp, w)
             self.r["rehydrate_mp_per_s_per_gpu"][preset] = reh["mp_per_s"] / max(self.gpus, 1)
         else:
-            run["rehydrate"] = {"skipped": "time"}
+            run["rehydrate"] = {"by_status": f"skipped: {self.left():.0f} s left"}
 
     # -- 5. precision ------------------------------------------------------------------------------
     def precision(self) -> None:
@@ -533,7 +536,7 @@ class Bench:
         while hi - lo > 1:
             mid = min(max(guess, lo + 1), hi - 1) if guess else (lo + hi) // 2
             guess = None
-            need = top["wall_s"] * 0.8 + 5
+            need = self.startup_s + (top["wall_s"] - self.startup_s) * 0.8
             if self.left() < need:
                 entry["stopped"] = f"time: {self.left():.0f} s left"
                 break
@@ -612,12 +615,12 @@ class Bench:
         self.phase("ray", self.start_ray)
         for p in a.presets:  # in process, a few images each: seconds
             self.phase(f"stages:{p}", lambda p=p: self.stage_profile(p), need_s=15)
+        self.phase("precision", self.precision, need_s=10)
         with_ray = self.r["phases"]["ray"]["status"] == "ok"  # without it, the in-process parts still run
         for p in a.presets:
-            self.phase(f"runs:{p}", lambda p=p: self.preset_runs(p), need_s=a.run_s + 20, ready=with_ray)
-        self.phase("precision", self.precision, need_s=10)
+            self.phase(f"runs:{p}", lambda p=p: self.preset_runs(p), need_s=self.startup_s + a.run_s, ready=with_ray)
         for p in a.presets:
-            self.phase(f"cores:{p}", lambda p=p: self.cores(p), need_s=a.run_s, ready=with_ray)
+            self.phase(f"cores:{p}", lambda p=p: self.cores(p), need_s=self.startup_s + a.run_s / 2, ready=with_ray)
         if "standard" in a.presets:
             self.phase("cross_device", self.cross_device, need_s=15, ready="standard" in self.r["runs"])
         if self.s3 is not None:
