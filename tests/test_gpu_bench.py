@@ -1,10 +1,11 @@
 """The GPU machine check must not rot while no GPU machine is lent (issue 23).
 
 - `infra/gpu/bench.sh` runs end to end on the CPU (`--device cpu`, a few tiny images) the way it runs
-  on the GPU machine: it installs a carry with pip --no-index into a fresh target folder (here the
-  carry holds the project's own wheel, repacked by infra/gpu/carry.py as ray is; the venv stands in
-  for what the GPU machine's python already has), checks the imports and runs benchmarks/gpu.py from
-  there. The report must say the driver and the Ray workers ran the installed copy.
+  on the GPU machine: it builds the project's wheel from the checkout and installs it with pip
+  --no-index into a fresh target folder (the venv stands in for what the GPU machine's python and
+  the carry hold), checks the imports and runs benchmarks/gpu.py from there. The report must say the
+  driver and the Ray workers ran the installed copy. A carried wheel (the project's, repacked by
+  infra/gpu/carry.py as ray is) installs the same way, and a missing package is named.
 - infra/gpu/carry.py's parts that need no registry: repacking (parts dropped, ELF stripped, LZMA,
   RECORD rewritten; pip installs the result offline), the dependency closure check, the pins.
 """
@@ -51,15 +52,21 @@ def project_wheel(tmp_path_factory) -> Path:
     return carry.build_project(tmp_path_factory.mktemp("built"))
 
 
-def test_bench_sh_installs_the_carry_and_runs_on_cpu(tmp_path, project_wheel):
-    carry_dir, site, results, copy_to = (tmp_path / d for d in ("carry", "site", "results", "copy"))
-    wheel = project_wheel
-    names = set(zipfile.ZipFile(wheel).namelist())
+def test_project_wheel_holds_the_weights(project_wheel):
+    names = set(zipfile.ZipFile(project_wheel).namelist())
     zoo = json.loads((ROOT / "models" / "zoo.json").read_text())
     weights = {f"models/weights/{p.name}" for p in (ROOT / "models" / "weights").glob("*.pt")}
     assert zoo and weights and weights <= names and "models/zoo.json" in names  # what load_pair reads
     assert any(n.startswith("pipeline/serving/static/") for n in names)
-    repacked = carry.repack_wheel(wheel, carry_dir)  # the carry's format: LZMA, build tag, new RECORD
+    assert not any("__pycache__" in n for n in names)
+
+
+def test_bench_sh_installs_and_runs_on_cpu(tmp_path):
+    """The GPU machine's path: the project is not in the carry; bench.sh builds its wheel from the
+    checkout and installs it into the fresh folder (the other packages: the venv, standing in for
+    the machine's python plus the carry)."""
+    carry_dir, site, results, copy_to = (tmp_path / d for d in ("carry", "site", "results", "copy"))
+    carry_dir.mkdir()
 
     cmd = ["bash", str(ROOT / "infra" / "gpu" / "bench.sh"), "--carry", str(carry_dir), "--site", str(site),
            "--results", str(results), "--copy-to", str(copy_to), "--",
@@ -71,7 +78,7 @@ def test_bench_sh_installs_the_carry_and_runs_on_cpu(tmp_path, project_wheel):
     proc = subprocess.run(cmd, cwd=tmp_path, env=_clean_env(PY=sys.executable), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
-    assert "carry: 1 wheels" in proc.stdout and f"  {repacked.name}" in proc.stdout
+    assert "carry: no wheels in" in proc.stdout and "could not build" not in proc.stdout
 
     report = json.loads((results / "gpu.json").read_text())
     assert set(FIELDS) <= set(report) and report["complete"] is True
@@ -98,7 +105,8 @@ def test_bench_sh_installs_the_carry_and_runs_on_cpu(tmp_path, project_wheel):
 
 
 def test_bench_sh_says_what_is_missing(tmp_path, project_wheel):
-    """A python that lacks a package after the install: exit 2 and a line naming it, before any run."""
+    """A carry (the project's wheel, repacked as ray is: LZMA, build tag, new RECORD) installs
+    offline; a python that still lacks a package gets exit 2 and a line naming it, before any run."""
     fake = tmp_path / "python3"
     # the real interpreter, but `ray` cannot be imported (a module of that name that raises)
     shadow = tmp_path / "shadow"
@@ -108,11 +116,14 @@ def test_bench_sh_says_what_is_missing(tmp_path, project_wheel):
     fake.chmod(0o755)
     carry_dir = tmp_path / "carry"
     carry_dir.mkdir()
-    carry.repack_wheel(project_wheel, carry_dir)
+    repacked = carry.repack_wheel(project_wheel, carry_dir)
+    site = tmp_path / "site"
     proc = subprocess.run(["bash", str(ROOT / "infra" / "gpu" / "bench.sh"), "--carry", str(carry_dir),
-                           "--site", str(tmp_path / "site"), "--results", str(tmp_path / "results")],
+                           "--site", str(site), "--results", str(tmp_path / "results")],
                           env=_clean_env(PY=str(fake)), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "carry: 1 wheels" in proc.stdout and f"  {repacked.name}" in proc.stdout
+    assert re.search(rf"^ +pipeline +{re.escape(str(site))}/pipeline/__init__.py$", proc.stdout, re.M), proc.stdout
     assert re.search(r"^ +ray +MISSING \(ImportError: no ray on this machine\)", proc.stdout, re.M), proc.stdout
     assert "lacks ray after the install" in proc.stdout
     assert not (tmp_path / "results" / "gpu.json").exists()

@@ -14,7 +14,7 @@
 #   --limit-s S     the whole script's time limit, install included (default 470)
 #   PY=...          the interpreter (default python3: on the GPU machines the one with CUDA torch)
 # Exit status: gpu.py's (0: every phase ran; 1: some failed or were skipped for time), 2: imports
-# missing after the install, 3: the install failed.
+# missing after the install (named), 3: no install folder.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 T0=$(date +%s)
@@ -54,22 +54,29 @@ pipi=("$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir -
 if [ ${#wheels[@]} -gt 0 ]; then
   log "carry: ${#wheels[@]} wheels, $(du -sh "$CARRY" | cut -f1) in $CARRY"
   for w in "${wheels[@]}"; do echo "  ${w##*/}"; done
-  "${pipi[@]}" "${wheels[@]}" || { log "FAILED: pip install of the carry"; exit 3; }
+  if ! "${pipi[@]}" "${wheels[@]}"; then  # one by one: the import check below then says what is missing
+    log "pip install of the whole carry failed; installing the wheels one by one"
+    for w in "${wheels[@]}"; do "${pipi[@]}" --upgrade "$w" || log "FAILED: ${w##*/}"; done
+  fi
 else
   log "carry: no wheels in $CARRY: everything must come from $PY's own packages"
 fi
 project=("$CARRY"/taid_archive-*.whl)
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PATH="$SITE/bin:$PATH"
 if [ ${#project[@]} -eq 0 ]; then  # the usual case: the project travels as the checkout; built offline
-  "$PY" infra/gpu/carry.py project "$SITE/.project" >/dev/null && "${pipi[@]}" "$SITE"/.project/taid_archive-*.whl \
-    || { log "FAILED: building or installing the project from the checkout"; exit 3; }
+  if ! { "$PY" infra/gpu/carry.py project "$SITE/.project" >/dev/null && "${pipi[@]}" "$SITE"/.project/taid_archive-*.whl; }
+  then  # e.g. the machine's setuptools refuses pyproject.toml: the checkout itself still runs
+    log "could not build or install the project's wheel: running the checkout itself (PYTHONPATH)"
+    export PYTHONPATH="$SITE:$PWD${PYTHONPATH#"$SITE"}"
+  fi
   rm -rf "$SITE/.project"
 fi
-export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PATH="$SITE/bin:$PATH"
 log "installed: $(du -sh "$SITE" | cut -f1)"
 
 # ---------------------------------------------------------------- 2. what this python has now
 log "2/3 imports"
-"$PY" - <<'PY'
+# from the install folder, as gpu.py runs below (a script on stdin has the working directory on its path)
+(cd "$SITE" && "$PY" -) <<'PY'
 import importlib, sys
 need = ["torch", "numpy", "PIL", "pyarrow", "fsspec", "pydantic", "pydantic_settings", "ray", "models", "pipeline"]
 extra = ["pillow_heif", "s3fs", "prefect"]
