@@ -91,8 +91,8 @@ class EffortSettings(NamedTuple):
 
 
 EFFORTS: dict[str, EffortSettings] = {
-    "fast": EffortSettings(final_speed=8, search_speed=9, residual=False, refine=False, aim_above=0.4,
-                           trim_above=math.inf),
+    "fast": EffortSettings(final_speed=8, search_speed=9, residual=False, refine=False, aim_above=0.3,
+                           trim_above=1.0),
     "default": EffortSettings(final_speed=7, search_speed=9, residual=False, refine=False, aim_above=0.2,
                               trim_above=0.4),
     "best": EffortSettings(final_speed=6, search_speed=9, residual=True, refine=True, aim_above=0.0, trim_above=0.0),
