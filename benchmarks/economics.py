@@ -223,6 +223,15 @@ def markdown(summary: list[dict], rows: list[dict], meta: dict) -> str:
                      f"{f(s['cpu_over_avif_s6'], 2)} | {f(s['stored_over_source'])} | {f(s['over_avif_s6'])} | {f(s['over_avif_s8'])} | "
                      f"{f(s['overshoot_mean_db'], 2)} / {f(s['overshoot_p95_db'], 2)} | {f(s['rehydrate_mp_per_s'], 2)} | "
                      + " | ".join(f(s["payback_months"][c], 1) for c in classes) + " |")
+    kinds = sorted({r["layer"] for r in rows if r.get("layer")})
+    if kinds:
+        lines += ["", "Rehydration (`codec.rehydrate_image`, PNG out, one process) by layer kind:", "",
+                  "| layer | images | CPU s per MP | wall MP/s |", "|---|---:|---:|---:|"]
+        for kind in kinds:
+            rs = [r for r in rows if r.get("layer") == kind]
+            mp = sum(r["megapixels"] for r in rs)
+            lines.append(f"| {kind} | {len(rs)} | {sum(r['rehydrate_cpu_s'] for r in rs) / mp:.3f} | "
+                         f"{mp / sum(r['rehydrate_wall_s'] for r in rs):.2f} |")
     lines += ["", "Per image:", "", "| image | MP | preset | effort | layer | preview | bytes | Y-PSNR | CPU s (tad/search/encode/verify) | rehydrate s |",
               "|---|---:|---|---|---|---|---:|---:|---|---:|"]
     for r in rows:
@@ -264,9 +273,14 @@ def main(argv=None) -> None:
     ap.add_argument("--presets", nargs="+", default=["standard", "high"])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--calibrate", action="store_true", help="measure SAMPLE_OFFSET_DB on training photos instead")
+    ap.add_argument("--from-json", type=Path, help="rewrite the Markdown from an earlier economics.json (no measuring)")
     args = ap.parse_args(argv)
     if args.calibrate:
         return calibrate(args.out)
+    if args.from_json:
+        result = json.loads(args.from_json.read_text())
+        (args.out / "economics.md").write_text(markdown(result["summary"], result["images"], result["meta"]))
+        return None
     files = photos()
     pairs = {m: load_pair(m) for m in ("taid-x2-webp", "taid-x4-webp")}
     rows: list[dict] = []

@@ -601,77 +601,99 @@ def _cheapest_thumbnail(b: "_Base", ref: Reference, quality: int | None, size: i
     return quality, size
 
 
+class _Context(NamedTuple):
+    """What every candidate of one image is searched with."""
+
+    dec: object
+    data: bytes
+    ref: Reference
+    grey: bool
+    options: codec.CodecOptions
+    rec: codec.CompressRecord
+    stages: Stages
+    effort: EffortSettings
+
+
 def _search(dec, pairs: dict, spec: Fidelity, options: codec.CodecOptions, rec: codec.CompressRecord, data: bytes):
     stages = Stages()
     with stages("verify"):  # the reference's luma, used by every measurement and the verification
         ref = Reference(codec.reference_rgb(dec))
-    grey = bool(dec.info["is_gray"])
-    target = spec.target_psnr + DEVICE_MARGIN_DB  # inf stays inf (exact)
-    # a layer that is the image itself restores the same pixels on every device: no margin needed
-    free_target = spec.target_psnr
-    effort = EFFORTS[spec.effort]
-    # a layer that does not use the prediction carries the fidelity alone: TAU is not needed to
-    # compress or rehydrate it, except for an alpha channel (restored from the small file)
-    prediction_free = not effort.residual and dec.alpha is None
-    best: tuple[_Candidate, _Base, bytes | None] | None = None
+    ctx = _Context(dec, data, ref, bool(dec.info["is_gray"]), options, rec, stages, EFFORTS[spec.effort])
+    target = spec.target_psnr + DEVICE_MARGIN_DB  # TAU's prediction differs a little across devices; inf stays inf
+    # below `best`, a layer that does not use the prediction carries the fidelity alone: TAU is not
+    # needed to compress or rehydrate it, except for an alpha channel (restored from the small file)
+    prediction_free = not ctx.effort.residual and dec.alpha is None
+    best = None
     for base in spec.bases:
         pair = pairs[base.model_id]
         found = None
-        preview = spec.preview_long_side if dec.alpha is None else None  # alpha comes from the small file: full size
-        if base.qualities and math.isfinite(target):  # the small file alone, where it can reach the target
-            b = _Base(dec, pair, base, options, rec, stages)
-            for q in (base.qualities if b.lossy else [None]):
-                size, pred = b.prediction(q)
-                with stages("search"):
-                    reached = fidelity_psnr(pred, ref, pair.scale) >= target
-                if reached:
-                    found = (_Candidate(total=size, base=base, small_quality=q), b, None)
-                    break
-        if found is None and not math.isfinite(target):  # exact: the source itself, losslessly
-            b = _Base(dec, pair, base, options, rec, stages, preview_long_side=preview)
-            with stages("encode"):
-                layer, lcodec, b.note = _exact_layer(_channel(ref.rgb, grey), data, dec)
-                q, size = _cheapest_thumbnail(b, ref, None, None)
-            found = (_Candidate(total=size + len(layer), base=base, small_quality=q, layer_codec=lcodec), b, layer)
-        if found is None and prediction_free:
-            b = _Base(dec, pair, base, options, rec, stages, preview_long_side=preview)
-            full = _full_layer(ref, grey, free_target, pair.scale, effort, stages)
-            if full is not None:
-                layer, lcodec, level = full
-                with stages("encode"):
-                    q, size = _cheapest_thumbnail(b, ref, None, None)
-                found = (_Candidate(total=size + len(layer), base=base, small_quality=q, layer_codec=lcodec,
-                                    layer_level=level), b, layer)
-        if found is None:  # the residual of TAU(small), or the image itself, whichever is smaller
-            b = _Base(dec, pair, base, options, rec, stages)
-            q = base.layer_quality if base.layer_quality is not None else b.options.quality
-            size, pred = b.prediction(q)
-            with stages("search"):
-                alone = fidelity_psnr(pred, ref, pair.scale) >= target
-            if alone:  # smooth images: no layer needed
-                found = (_Candidate(total=size, base=base, small_quality=q), b, None)
-            else:
-                options_found = []
-                residual = _residual_search(ref, pred, grey, target, pair.scale, effort, stages)
-                if residual:
-                    options_found.append((residual[0], "avif", residual[1]))
-                full = _full_layer(ref, grey, free_target, pair.scale, effort, stages)
-                if full:
-                    options_found.append(full)
-                if options_found:
-                    layer, lcodec, level = min(options_found, key=lambda f: len(f[0]))
-                else:
-                    with stages("encode"):
-                        layer, lcodec, b.note = _exact_layer(_channel(ref.rgb, grey), data, dec)
-                    level = None
-                if lcodec in enhancement.PREDICTION_FREE and b.lossy:  # the small file is then only the preview
-                    with stages("encode"):
-                        q, size = _cheapest_thumbnail(b, ref, q, size)
-                found = (_Candidate(total=size + len(layer), base=base, small_quality=q, layer_codec=lcodec,
-                                    layer_level=level), b, layer)
+        if base.qualities and math.isfinite(target):
+            found = _small_file_alone(ctx, pair, base, target)
+        if found is None and (prediction_free or not math.isfinite(target)):
+            found = _image_layer(ctx, pair, base, spec)
+        if found is None:
+            found = _predicted(ctx, pair, base, spec, target)
         if best is None or found[0].total < best[0].total:
             best = found
     return _finalize(best, ref, spec, dec, options, stages)
+
+
+def _small_file_alone(ctx: _Context, pair, base: Base, target: float):
+    """The lowest of the base's small-file qualities whose prediction TAU(small) reaches the target."""
+    b = _Base(ctx.dec, pair, base, ctx.options, ctx.rec, ctx.stages)
+    for q in (base.qualities if b.lossy else [None]):
+        size, pred = b.prediction(q)
+        with ctx.stages("search"):
+            if fidelity_psnr(pred, ctx.ref, pair.scale) >= target:
+                return _Candidate(total=size, base=base, small_quality=q), b, None
+    return None
+
+
+def _image_layer(ctx: _Context, pair, base: Base, spec: Fidelity):
+    """A layer that is the image itself (AVIF, or exact where the target is) beside a small file that
+    is only the preview: no TAU. It restores the same pixels on every device, so it aims at the
+    target itself, without the device margin."""
+    preview = spec.preview_long_side if ctx.dec.alpha is None else None  # alpha comes from the small file
+    b = _Base(ctx.dec, pair, base, ctx.options, ctx.rec, ctx.stages, preview_long_side=preview)
+    full = None
+    if math.isfinite(spec.target_psnr):
+        full = _full_layer(ctx.ref, ctx.grey, spec.target_psnr, pair.scale, ctx.effort, ctx.stages)
+    with ctx.stages("encode"):
+        if full is None:  # exact, or no AVIF level reaches the target
+            layer, lcodec, b.note = _exact_layer(_channel(ctx.ref.rgb, ctx.grey), ctx.data, ctx.dec)
+            level = None
+        else:
+            layer, lcodec, level = full
+        q, size = _cheapest_thumbnail(b, ctx.ref, None, None)
+    return _Candidate(total=size + len(layer), base=base, small_quality=q, layer_codec=lcodec, layer_level=level), b, layer
+
+
+def _predicted(ctx: _Context, pair, base: Base, spec: Fidelity, target: float):
+    """The small file at the base's layer quality, alone where TAU(small) reaches the target, else
+    with the smaller of the AVIF of the residual and the AVIF of the image itself (TAD and TAU at full size)."""
+    b = _Base(ctx.dec, pair, base, ctx.options, ctx.rec, ctx.stages)
+    q = base.layer_quality if base.layer_quality is not None else b.options.quality
+    size, pred = b.prediction(q)
+    with ctx.stages("search"):
+        if fidelity_psnr(pred, ctx.ref, pair.scale) >= target:  # smooth images: no layer needed
+            return _Candidate(total=size, base=base, small_quality=q), b, None
+    found = []
+    residual = _residual_search(ctx.ref, pred, ctx.grey, target, pair.scale, ctx.effort, ctx.stages)
+    if residual:
+        found.append((residual[0], "avif", residual[1]))
+    full = _full_layer(ctx.ref, ctx.grey, spec.target_psnr, pair.scale, ctx.effort, ctx.stages)
+    if full:
+        found.append(full)
+    if found:
+        layer, lcodec, level = min(found, key=lambda f: len(f[0]))
+    else:
+        with ctx.stages("encode"):
+            layer, lcodec, b.note = _exact_layer(_channel(ctx.ref.rgb, ctx.grey), ctx.data, ctx.dec)
+        level = None
+    if lcodec in enhancement.PREDICTION_FREE and b.lossy:  # the small file is then only the preview
+        with ctx.stages("encode"):
+            q, size = _cheapest_thumbnail(b, ctx.ref, q, size)
+    return _Candidate(total=size + len(layer), base=base, small_quality=q, layer_codec=lcodec, layer_level=level), b, layer
 
 
 def thumbnail_psnr(small: bytes, ref, scale: int) -> float:
