@@ -83,7 +83,8 @@ Effort = Literal["fast", "default", "best"]
 class EffortSettings(NamedTuple):
     final_speed: int  # libaom speed of the stored layer (6 finest ... 9 fastest)
     search_speed: int  # libaom speed of the sampled search on large images
-    residual: bool  # also search the residual of TAU(small) (TAD + TAU at full size)
+    residual_below: float  # images of at most this many pixels also try the residual of TAU(small) (TAD + TAU at
+    # full size): TAU's CPU grows with the pixels, an object's two PUTs do not, so small images can afford it
     refine: bool  # after a full-size encode that overshoots, try the next coarser level
     aim_above: float  # large images: the first pass aims this many levels (of ~0.55 dB) above the target, so
     # that it rarely needs finer bands (each a fraction of an encode) ...
@@ -91,11 +92,12 @@ class EffortSettings(NamedTuple):
 
 
 EFFORTS: dict[str, EffortSettings] = {
-    "fast": EffortSettings(final_speed=8, search_speed=9, residual=False, refine=False, aim_above=0.3,
+    "fast": EffortSettings(final_speed=8, search_speed=9, residual_below=0, refine=False, aim_above=0.3,
                            trim_above=1.0),
-    "default": EffortSettings(final_speed=7, search_speed=9, residual=False, refine=False, aim_above=0.2,
+    "default": EffortSettings(final_speed=7, search_speed=9, residual_below=1_000_000, refine=False, aim_above=0.2,
                               trim_above=0.4),
-    "best": EffortSettings(final_speed=6, search_speed=9, residual=True, refine=True, aim_above=0.0, trim_above=0.0),
+    "best": EffortSettings(final_speed=6, search_speed=9, residual_below=math.inf, refine=True, aim_above=0.0,
+                           trim_above=0.0),
 }
 DEFAULT_EFFORT = "default"  # benchmarks/results/economics.md: payback against bytes
 PREVIEW_LONG_SIDE = 768  # a prediction-free layer's small file is only a preview: at most this long (px)
@@ -620,21 +622,24 @@ def _search(dec, pairs: dict, spec: Fidelity, options: codec.CodecOptions, rec: 
         ref = Reference(codec.reference_rgb(dec))
     ctx = _Context(dec, data, ref, bool(dec.info["is_gray"]), options, rec, stages, EFFORTS[spec.effort])
     target = spec.target_psnr + DEVICE_MARGIN_DB  # TAU's prediction differs a little across devices; inf stays inf
-    # below `best`, a layer that does not use the prediction carries the fidelity alone: TAU is not
-    # needed to compress or rehydrate it, except for an alpha channel (restored from the small file)
-    prediction_free = not ctx.effort.residual and dec.alpha is None
-    best = None
+    # the residual of TAU(small) is tried where the effort affords TAU at full size for this image, or
+    # where TAU runs anyway (an alpha channel comes from the small file); a layer that is the image
+    # itself needs no TAU, to compress or to rehydrate
+    pixels = ref.shape[0] * ref.shape[1]
+    residual = math.isfinite(target) and (pixels <= ctx.effort.residual_below or dec.alpha is not None)
+    candidates = []
     for base in spec.bases:
         pair = pairs[base.model_id]
-        found = None
-        if base.qualities and math.isfinite(target):
-            found = _small_file_alone(ctx, pair, base, target)
-        if found is None and (prediction_free or not math.isfinite(target)):
-            found = _image_layer(ctx, pair, base, spec)
-        if found is None:
-            found = _predicted(ctx, pair, base, spec, target)
-        if best is None or found[0].total < best[0].total:
-            best = found
+        alone = _small_file_alone(ctx, pair, base, target) if base.qualities and math.isfinite(target) else None
+        if alone is not None:
+            candidates.append(alone)
+            continue
+        candidates.append(_image_layer(ctx, pair, base, spec))
+        if residual:
+            predicted = _predicted(ctx, pair, base, target)
+            if predicted is not None:
+                candidates.append(predicted)
+    best = min(candidates, key=lambda c: c[0].total)
     return _finalize(best, ref, spec, dec, options, stages)
 
 
@@ -668,32 +673,20 @@ def _image_layer(ctx: _Context, pair, base: Base, spec: Fidelity):
     return _Candidate(total=size + len(layer), base=base, small_quality=q, layer_codec=lcodec, layer_level=level), b, layer
 
 
-def _predicted(ctx: _Context, pair, base: Base, spec: Fidelity, target: float):
-    """The small file at the base's layer quality, alone where TAU(small) reaches the target, else
-    with the smaller of the AVIF of the residual and the AVIF of the image itself (TAD and TAU at full size)."""
+def _predicted(ctx: _Context, pair, base: Base, target: float):
+    """The small file at the base's layer quality (TAD and TAU at full size), alone where TAU(small)
+    reaches the target, else with the AVIF of the residual; None where no AVIF level reaches it."""
     b = _Base(ctx.dec, pair, base, ctx.options, ctx.rec, ctx.stages)
     q = base.layer_quality if base.layer_quality is not None else b.options.quality
     size, pred = b.prediction(q)
     with ctx.stages("search"):
         if fidelity_psnr(pred, ctx.ref, pair.scale) >= target:  # smooth images: no layer needed
             return _Candidate(total=size, base=base, small_quality=q), b, None
-    found = []
     residual = _residual_search(ctx.ref, pred, ctx.grey, target, pair.scale, ctx.effort, ctx.stages)
-    if residual:
-        found.append((residual[0], "avif", residual[1]))
-    full = _full_layer(ctx.ref, ctx.grey, spec.target_psnr, pair.scale, ctx.effort, ctx.stages)
-    if full:
-        found.append(full)
-    if found:
-        layer, lcodec, level = min(found, key=lambda f: len(f[0]))
-    else:
-        with ctx.stages("encode"):
-            layer, lcodec, b.note = _exact_layer(_channel(ctx.ref.rgb, ctx.grey), ctx.data, ctx.dec)
-        level = None
-    if lcodec in enhancement.PREDICTION_FREE and b.lossy:  # the small file is then only the preview
-        with ctx.stages("encode"):
-            q, size = _cheapest_thumbnail(b, ctx.ref, q, size)
-    return _Candidate(total=size + len(layer), base=base, small_quality=q, layer_codec=lcodec, layer_level=level), b, layer
+    if residual is None:
+        return None
+    layer, level = residual
+    return _Candidate(total=size + len(layer), base=base, small_quality=q, layer_codec="avif", layer_level=level), b, layer
 
 
 def thumbnail_psnr(small: bytes, ref, scale: int) -> float:
