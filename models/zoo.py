@@ -49,6 +49,11 @@ def zoo_table() -> dict[str, dict]:
     return json.loads(ZOO_FILE.read_text())
 
 
+def colour_only(model: str) -> bool:
+    """Whether a zoo id names a colour-only (grey small file, scale 1) pair such as taid-gray."""
+    return zoo_table().get(model, {}).get("config", {}).get(TASK_KEY) in GRAY_TASKS
+
+
 def resolve(model: str) -> tuple[Path, str | None]:
     """(weights path, expected sha256) for a zoo id, or for a weights file path (sha from its name
     prefix is checked by load_pair; a full sha256 is only known for zoo entries)."""
@@ -132,8 +137,8 @@ def load_pair(
 def arch_config(config: dict) -> dict:
     """The architecture part of a training config (what pair_from_config builds from)."""
     arch = {k: config[k] for k in ARCH_KEYS}
-    if config.get(TASK_KEY) in GRAY_TASKS:
-        arch[TASK_KEY] = config[TASK_KEY]
+    if config.get(TASK_KEY) in GRAY_TASKS:  # no spatial scaling, whatever the training config's default scale
+        arch.update({"scale": 1, TASK_KEY: config[TASK_KEY]})
     return arch
 
 
