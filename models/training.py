@@ -241,7 +241,7 @@ def train(
     start_step = step
     deadline = time.monotonic() + cfg.minutes * 60 if cfg.minutes else None
     timed_from, timed_steps = None, 0
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"taid x{cfg.scale}", mininterval=5, dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"taid x{cfg.scale}" if cfg.task == "scale" else f"taid {cfg.task}", mininterval=5, dynamic_ncols=True)
     with open(out / "history.jsonl", "a") as hist:
         while step < cfg.steps:
             losses = train_step(pair, optimizer, sampler.sample(), cfg, step, channel)

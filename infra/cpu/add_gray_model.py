@@ -25,7 +25,7 @@ from models.zoo import WEIGHTS_DIR, ZOO_FILE, arch_config, export_weights, zoo_t
 GRAY_ID, BASELINE_ID = "taid-gray", "taid-gray-luma"
 
 
-def entry(run: Path, model_id: str, hardware: str, command: str, table: dict) -> dict:
+def entry(run: Path, model_id: str, hardware: str, command: str, table: dict, loss: str | None = None) -> dict:
     state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
     cfg = state["config"]
     old = list(WEIGHTS_DIR.glob(f"{model_id}-*.pt"))
@@ -49,7 +49,7 @@ def entry(run: Path, model_id: str, hardware: str, command: str, table: dict) ->
             "lr": cfg["lr"],
             "schedule": f"Adam(0.9, 0.99), {cfg['warmup_steps']} warm-up steps, cosine to {cfg['min_lr_ratio']} x lr, "
                         f"grad clip {cfg['grad_clip']}",
-            "loss": "L1 reconstruction (RGB)" + (f" + {cfg['guidance_weight']} x L1 guidance of the 8-bit grey image "
+            "loss": loss or "L1 reconstruction (RGB)" + (f" + {cfg['guidance_weight']} x L1 guidance of the 8-bit grey image "
                                                   "to BT.601 luma" if cfg["task"] == "gray" else ", TAU only"),
             "seed": cfg["seed"],
             "hardware": hardware,
@@ -65,9 +65,10 @@ def main() -> None:
     p.add_argument("--baseline", required=True, help="training folder of the baseline (--task luma)")
     p.add_argument("--hardware", default="2-core CPU VM shared with other jobs (no GPU), one thread per run")
     p.add_argument("--command", required=True, help="the exact training command(s), for reproduction")
+    p.add_argument("--gray-loss", help="the grey pair's loss as trained, where lambda changed along the way")
     args = p.parse_args()
     table = zoo_table()
-    gray = entry(Path(args.gray), GRAY_ID, args.hardware, args.command, table)
+    gray = entry(Path(args.gray), GRAY_ID, args.hardware, args.command, table, args.gray_loss)
     base = entry(Path(args.baseline), BASELINE_ID, args.hardware, args.command, table)
     if gray["config"].get("task") != "gray" or base["config"].get("task") != "luma":
         raise SystemExit("--gray must be a --task gray run and --baseline a --task luma run")
