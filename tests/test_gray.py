@@ -129,3 +129,18 @@ def test_archive_with_taid_gray_rehydrates_every_key_in_colour(tmp_path, ray_loc
         assert psnr(np.asarray(out), np.asarray(photo)) >= 28.0
     grey = Image.open(to / "photos" / "grey.png")
     assert grey.mode == "L" and np.array_equal(np.asarray(grey), np.asarray(photo.convert("L")))
+
+
+def test_tiles_join_without_seams(pair):
+    """The grey networks work on 2 x 2 blocks: the tile margin counts their convolutions twice
+    (tiling.margin_small, feature_stride), so tiled TAD and TAU give the untiled result."""
+    from pipeline import tiling
+
+    img = np.asarray(Image.open(DATA / "Set14" / "pepper.png").convert("RGB"))[:203, :317]
+    a, n_a = tiling.downscale_array(pair, img, 1, tile=4096)
+    b, n_b = tiling.downscale_array(pair, img, 1, tile=96)
+    assert (n_a, n_b > 6) == (1, True)
+    assert np.abs(a.astype(int) - b).max() <= 1 and np.mean(a != b) < 1e-3
+    ua, _ = tiling.upscale_array(pair, a, 1, tile=4096)
+    ub, _ = tiling.upscale_array(pair, a, 1, tile=96)
+    assert np.abs(ua.astype(int) - ub).max() <= 1 and np.mean(ua != ub) < 1e-3
