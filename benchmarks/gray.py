@@ -38,7 +38,8 @@ def write_reports(rows: list[dict], data: str) -> None:
         "RGB / Y PSNR (dB) and SSIM (Y) of the 8-bit restored colour image, no crop or shave; grey vs luma:",
         "PSNR of the 8-bit grey small image against Pillow's BT.601 grayscale (convert('L')). Baseline:",
         "taid-gray-luma, the same upscaler trained on plain luma with the same steps and data (automatic",
-        "colorization). Grey only: the luma image itself as RGB. `python benchmarks/gray.py`.",
+        "colorization). Grey only: the luma image itself as RGB, over the images that have colour (Set14's",
+        "`man` is grey in RGB). `python benchmarks/gray.py`.",
         "",
         "| set | images | PSNR-RGB | PSNR-Y | SSIM | grey vs luma | baseline PSNR-RGB | baseline PSNR-Y | gain RGB | grey only PSNR-RGB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -86,7 +87,7 @@ def main() -> None:
                "min_gray_vs_luma_psnr": round(min(i["gray_vs_luma_psnr"] for i in r["images"]), 4),
                "min_psnr_rgb": round(min(i["psnr_rgb"] for i in r["images"]), 4),
                "baseline": {"model": r["baseline"]["model"], **{k: round(r["baseline"][k], 4) for k in KEYS}},
-               "gray_only": {k: round(v, 4) for k, v in r["baselines"]["gray_only"].items()}}
+               "gray_only": {k: round(v, 4) for k, v in r["baselines"]["gray_only"].items()}}  # images with colour
         rows.append(row)
         print(json.dumps(row))
     write_reports(rows, args.data)

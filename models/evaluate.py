@@ -17,7 +17,8 @@ A colour-aware grayscale pair (taid-gray, `models.networks.GrayPair`) is evaluat
 of the 8-bit restored colour image, `gray_vs_luma_psnr` of the 8-bit grey small image against
 Pillow's BT.601 grayscale (convert("L")) of the original, and under `baseline` the same numbers
 for the colorization baseline named by the zoo entry's "baseline" (taid-gray-luma: the same TAU
-trained on plain luma). `baselines.gray_only` is the grey image itself as RGB: no colour at all.
+trained on plain luma). `baselines.gray_only` is the grey image itself as RGB (no colour at all),
+averaged over the images that have colour (an all-grey one would count as infinitely good).
 """
 
 from __future__ import annotations
@@ -160,7 +161,8 @@ def evaluate_gray(pair: GrayPair, uris: list[str], data: str, device: str = "cpu
     for uri in uris:
         img = read_rgb(uri)
         rows.append({"name": Path(uri).stem, **gray_quality(pair, img, device)})
-        gray_only.append(quality_of(np.asarray(Image.fromarray(img).convert("L").convert("RGB")), img, 0))
+        if not (np.all(img[..., 0] == img[..., 1]) and np.all(img[..., 1] == img[..., 2])):  # a grey one is exact (inf dB)
+            gray_only.append(quality_of(np.asarray(Image.fromarray(img).convert("L").convert("RGB")), img, 0))
         if base is not None:
             base_rows.append(quality_of(gray_round_trip(base, img, device)[1], img, 0))
     mean = _mean(rows, (*keys, "gray_vs_luma_psnr"))
@@ -177,7 +179,7 @@ def evaluate_gray(pair: GrayPair, uris: list[str], data: str, device: str = "cpu
         "mean": mean,
         "images": rows,
         "baseline": {"model": baseline, "model_sha256": base.weights_sha256, **_mean(base_rows, keys)} if base else None,
-        "baselines": {"gray_only": _mean(gray_only, keys)},
+        "baselines": {"gray_only": {**_mean(gray_only, keys), "n_images": len(gray_only)}} if gray_only else {},
     }
 
 
@@ -204,7 +206,7 @@ def _format_gray(report: dict) -> str:
     for r in [*report["images"], {"name": "mean", **report["mean"]}]:
         lines.append(f"{r['name']:<24}{r['psnr_y']:9.2f}{r['psnr_rgb']:10.2f}{r['ssim']:8.4f}{r['gray_vs_luma_psnr']:14.2f}")
     rows = {**({f"{report['baseline']['model']} (luma)": report["baseline"]} if report.get("baseline") else {}),
-            "grey only": report["baselines"]["gray_only"]}
+            **({"grey only": report["baselines"]["gray_only"]} if report["baselines"] else {})}
     for name, b in rows.items():
         lines.append(f"{name:<24}{b['psnr_y']:9.2f}{b['psnr_rgb']:10.2f}{b['ssim']:8.4f}{'':>14}")
     return "\n".join(lines)
