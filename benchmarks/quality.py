@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from models.evaluate import evaluate
-from models.zoo import ZOO_FILE, zoo_table
+from models.zoo import ZOO_FILE, colour_only, zoo_table
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eval"
@@ -61,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
 
     sets = sorted(p for p in Path(args.data).iterdir() if p.is_dir())
-    args.models = args.models or list(zoo_table())
+    args.models = args.models or [m for m in zoo_table() if not colour_only(m)]  # taid-gray: benchmarks/gray.py
     results = []
     for model in args.models:
         for folder in sets:

@@ -411,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train (or resume) a TAD/TAU pair on image folders or fsspec URIs")
     t.add_argument("--data", nargs="+", required=True, help="image folders, files or URIs (s3://...)")
     t.add_argument("--out", required=True, help="folder for last.pt and history.jsonl")
+    t.add_argument("--task", choices=["scale", "gray", "luma"],
+                   help="scale (default): a x2/x4 pair; gray: colour-aware grayscale; luma: its colorization baseline")
     t.add_argument("--scale", type=int)
     t.add_argument("--channels", type=int)
     t.add_argument("--down-blocks", dest="down_blocks", type=int)

@@ -11,6 +11,14 @@ With a lossy small file (`codec`/`quality`, by default a codec-aware model's own
 upscaler, the thumbnail is the *decoded* small image, `bpp` is the coded small image's bits per
 original pixel (image payload only; the archive adds ~0.2 KB of metadata per file), and the
 baselines code Pillow's downscale with the same codec and quality before upscaling it.
+
+A colour-aware grayscale pair (taid-gray, `models.networks.GrayPair`) is evaluated by
+`evaluate_gray`: nothing is scaled, so no mod-crop and no shave; `psnr_rgb` / `psnr_y` / `ssim`
+of the 8-bit restored colour image, `gray_vs_luma_psnr` of the 8-bit grey small image against
+Pillow's BT.601 grayscale (convert("L")) of the original, and under `baseline` the same numbers
+for the colorization baseline named by the zoo entry's "baseline" (taid-gray-luma: the same TAU
+trained on plain luma). `baselines.gray_only` is the grey image itself as RGB (no colour at all),
+averaged over the images that have colour (an all-grey one would count as infinitely good).
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from PIL import Image
 from models.codec_channel import CODEC_OF_FORMAT, Codec, pillow_encode, real_round_trip
 from models.data import list_images, mod_crop, read_rgb, to_tensor
 from models.metrics import psnr, psnr_y, ssim_y, to_uint8
-from models.networks import TaskAwarePair
+from models.networks import GrayPair, TaskAwarePair
 from models.zoo import load_pair, zoo_table
 
 BASELINES = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
@@ -99,6 +107,11 @@ def evaluate(
     data = data if isinstance(data, str) else f"{len(uris)} listed images"
     if not uris:
         raise FileNotFoundError(f"no images under {data}")
+    if isinstance(pair, GrayPair):
+        if codec:
+            raise ValueError("the grey pair is evaluated on its lossless small image only (no --codec)")
+        baseline = zoo_table().get(model, {}).get("baseline") if isinstance(model, str) else None
+        return evaluate_gray(pair, uris, data, device, baseline)
     rows, base_rows = [], {name: [] for name in BASELINES}
     for uri in uris:
         img = mod_crop(read_rgb(uri), s)
@@ -126,7 +139,53 @@ def evaluate(
     }
 
 
+@torch.no_grad()
+def gray_round_trip(pair: GrayPair, img: np.ndarray, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(H x W uint8 grey small image, H x W x 3 uint8 restored colour) of an H x W x 3 uint8 image."""
+    x = to_tensor(img).to(device).contiguous(memory_format=torch.channels_last)
+    small = pair.downscale(x)["small"]
+    return to_uint8(small)[..., 0], to_uint8(pair.upscale(small)["restored"])
+
+
+def gray_quality(pair: GrayPair, img: np.ndarray, device: str = "cpu") -> dict[str, float]:
+    """One image's numbers (module docstring): restored colour, and grey vs Pillow's BT.601 luma."""
+    gray, restored = gray_round_trip(pair, img, device)
+    luma = np.asarray(Image.fromarray(img).convert("L"))
+    return {**quality_of(restored, img, 0), "gray_vs_luma_psnr": psnr(gray, luma)}
+
+
+def evaluate_gray(pair: GrayPair, uris: list[str], data: str, device: str = "cpu", baseline: str | None = None) -> dict:
+    keys = ("psnr_y", "psnr_rgb", "ssim")
+    rows, base_rows, gray_only = [], [], []
+    base = load_pair(baseline, device).to(memory_format=torch.channels_last) if baseline else None
+    for uri in uris:
+        img = read_rgb(uri)
+        rows.append({"name": Path(uri).stem, **gray_quality(pair, img, device)})
+        if not (np.all(img[..., 0] == img[..., 1]) and np.all(img[..., 1] == img[..., 2])):  # a grey one is exact (inf dB)
+            gray_only.append(quality_of(np.asarray(Image.fromarray(img).convert("L").convert("RGB")), img, 0))
+        if base is not None:
+            base_rows.append(quality_of(gray_round_trip(base, img, device)[1], img, 0))
+    mean = _mean(rows, (*keys, "gray_vs_luma_psnr"))
+    return {
+        "model": getattr(pair, "model_id", "in-memory"),
+        "model_sha256": getattr(pair, "weights_sha256", None),
+        "scale": 1,
+        "data": data,
+        "n_images": len(rows),
+        "small_codec": None,
+        "conventions": "colour to grey and back: no crop, no shave, 8-bit outputs, Y = BT.601 luma; "
+                       "gray_vs_luma_psnr: grey small image vs Pillow convert('L')",
+        **mean,
+        "mean": mean,
+        "images": rows,
+        "baseline": {"model": baseline, "model_sha256": base.weights_sha256, **_mean(base_rows, keys)} if base else None,
+        "baselines": {"gray_only": {**_mean(gray_only, keys), "n_images": len(gray_only)}} if gray_only else {},
+    }
+
+
 def format_table(report: dict) -> str:
+    if "gray_vs_luma_psnr" in report:
+        return _format_gray(report)
     lines = [f"{report['model']} x{report['scale']} on {report['data']} ({report['n_images']} images)"]
     if report.get("small_codec"):
         c = report["small_codec"]
@@ -138,4 +197,16 @@ def format_table(report: dict) -> str:
     lines.append(f"{'mean':<24}{m['psnr_y']:9.2f}{m['psnr_rgb']:10.2f}{m['ssim']:8.4f}{m['thumb_psnr_y']:9.2f}")
     for name, b in report["baselines"].items():
         lines.append(f"{name + ' down+up':<24}{b['psnr_y']:9.2f}{b['psnr_rgb']:10.2f}{b['ssim']:8.4f}{'':>9}")
+    return "\n".join(lines)
+
+
+def _format_gray(report: dict) -> str:
+    lines = [f"{report['model']} (colour to grey and back) on {report['data']} ({report['n_images']} images)",
+             f"{'image':<24}{'PSNR-Y':>9}{'PSNR-RGB':>10}{'SSIM':>8}{'grey-vs-luma':>14}"]
+    for r in [*report["images"], {"name": "mean", **report["mean"]}]:
+        lines.append(f"{r['name']:<24}{r['psnr_y']:9.2f}{r['psnr_rgb']:10.2f}{r['ssim']:8.4f}{r['gray_vs_luma_psnr']:14.2f}")
+    rows = {**({f"{report['baseline']['model']} (luma)": report["baseline"]} if report.get("baseline") else {}),
+            **({"grey only": report["baselines"]["gray_only"]} if report["baselines"] else {})}
+    for name, b in rows.items():
+        lines.append(f"{name:<24}{b['psnr_y']:9.2f}{b['psnr_rgb']:10.2f}{b['ssim']:8.4f}{'':>14}")
     return "\n".join(lines)

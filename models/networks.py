@@ -5,6 +5,10 @@ Contract (CompressAI-style):
     pair.upscale(y)   -> {"restored": x_hat}     y: N x 3 x H/s x W/s on 8-bit levels
     pair(x, channel)  -> {"small", "small_float", "received", "restored", "guide"}   used for training
 
+The colour-aware grayscale pair (`GrayPair`, the paper's second task) has the same contract at
+scale 1: its small image is one 8-bit grey channel (handed over as three equal channels, so the
+tiling and serving code that moves H x W x 3 uint8 arrays carries it unchanged).
+
 Both networks do their heavy work at the *small* resolution (space-to-depth first in the
 downscaler, sub-pixel convolution last in the upscaler) so that a 12-megapixel photo costs
 seconds on one CPU core, and both learn a residual on top of a bicubic resize, which keeps the
@@ -141,6 +145,120 @@ class TaskAwarePair(nn.Module):
             "restored": self.upscaler(received),
             "guide": bicubic_resize(x, 1.0 / self.scale),
         }
+
+
+def bt601_luma(x: torch.Tensor) -> torch.Tensor:
+    """N x 3 x H x W RGB -> N x 1 x H x W full-range BT.601 luma (what Pillow's convert("L") gives)."""
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+
+
+def _pad_even(x: torch.Tensor) -> torch.Tensor:
+    """Replicate-pad bottom/right to even H and W (the grey networks work on 2 x 2 blocks)."""
+    ph, pw = x.shape[-2] % 2, x.shape[-1] % 2
+    return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
+
+class ColorToGray(nn.Module):
+    """Grey TAD: space-to-depth (2 x 2 blocks), residual blocks, depth-to-space to one channel, on
+    top of BT.601 luma (zero-initialised tail: it starts as the plain grayscale conversion)."""
+
+    def __init__(self, channels: int = 32, blocks: int = 3):
+        super().__init__()
+        self.head = nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(12, channels, 3, padding=1))
+        self.body = nn.Sequential(*[ResidualBlock(channels) for _ in range(blocks)])
+        self.tail = nn.Sequential(nn.Conv2d(channels, 4, 3, padding=1), nn.PixelShuffle(2))
+        nn.init.zeros_(self.tail[0].weight)
+        nn.init.zeros_(self.tail[0].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.body(self.head(x))) + bt601_luma(x)
+
+
+class LumaDownscaler(nn.Module):
+    """The colorization baseline's "TAD": plain BT.601 luma, nothing learned."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return bt601_luma(x)
+
+
+class GrayToColor(nn.Module):
+    """Grey TAU: space-to-depth, residual blocks, depth-to-space to RGB, on top of the grey image
+    repeated in R, G and B (zero-initialised tail)."""
+
+    def __init__(self, channels: int = 32, blocks: int = 6):
+        super().__init__()
+        self.head = nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(4, channels, 3, padding=1))
+        self.body = nn.Sequential(
+            *[ResidualBlock(channels) for _ in range(blocks)],
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
+        self.tail = nn.Sequential(nn.Conv2d(channels, 12, 3, padding=1), nn.PixelShuffle(2))
+        nn.init.zeros_(self.tail[0].weight)
+        nn.init.zeros_(self.tail[0].bias)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        feat = self.head(y)
+        feat = feat + self.body(feat)
+        return self.tail(feat) + y.expand(-1, 3, -1, -1)
+
+
+GRAY_TASKS = ("gray", "luma")  # the taid-gray pair; its colorization baseline (luma in, TAU only)
+
+
+class GrayPair(nn.Module):
+    """Colour-aware grayscale: TAD hides the colours in an ordinary-looking 8-bit grey image, TAU
+    restores them. task="luma" is the baseline: the same TAU on plain BT.601 luma (colorization).
+
+    `scale` is 1 (no spatial scaling); `small_channels` 1 tells the codec to store one channel;
+    `feature_stride` 2: the convolutions run on 2 x 2 blocks, so a tile margin counted in
+    convolutions is twice that many pixels (pipeline.tiling.margin_small)."""
+
+    scale = 1
+    small_channels = 1
+    feature_stride = 2
+
+    def __init__(self, channels: int = 32, down_blocks: int = 3, up_blocks: int = 6, task: str = "gray"):
+        super().__init__()
+        if task not in GRAY_TASKS:
+            raise ValueError(f"task must be one of {GRAY_TASKS}, got {task!r}")
+        self.arch = {"task": task, "scale": 1, "channels": channels, "down_blocks": down_blocks, "up_blocks": up_blocks}
+        self.downscaler = ColorToGray(channels, down_blocks) if task == "gray" else LumaDownscaler()
+        self.upscaler = GrayToColor(channels, up_blocks)
+
+    def downscale(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """RGB -> {"small": the 8-bit grey image in three equal channels}."""
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected N x 3 x H x W, got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        small = quantize_8bit(self.downscaler(_pad_even(x)))[..., :h, :w]
+        return {"small": small.expand(-1, 3, -1, -1)}
+
+    def upscale(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Grey (N x 1, or N x 3 equal channels) -> {"restored": RGB}."""
+        h, w = y.shape[-2:]
+        restored = self.upscaler(_pad_even(y[:, :1]))[..., :h, :w]
+        return {"restored": restored.clamp(0.0, 1.0)}
+
+    def forward(self, x: torch.Tensor, channel=None) -> dict[str, torch.Tensor]:
+        """Training pass (H, W even); "guide" is the BT.601 luma the grey image is held close to."""
+        if channel is not None:
+            raise ValueError("the grey pair is trained without a lossy codec in the loop")
+        small_float = self.downscaler(x)
+        small = quantize_8bit(small_float)
+        return {
+            "small": small,
+            "small_float": small_float,
+            "received": small,
+            "restored": self.upscaler(small),
+            "guide": bt601_luma(x),
+        }
+
+
+def pair_from_config(config: dict) -> nn.Module:
+    """The network a checkpoint's `config` describes: a grey pair when it names a grey task."""
+    if config.get("task") in GRAY_TASKS:
+        return GrayPair(config["channels"], config["down_blocks"], config["up_blocks"], config["task"])
+    return TaskAwarePair(config["scale"], config["channels"], config["down_blocks"], config["up_blocks"])
 
 
 @torch.no_grad()

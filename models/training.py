@@ -28,8 +28,8 @@ from models.data import (
     to_tensor,
 )
 from models.losses import taid_loss
-from models.metrics import psnr_y, to_uint8
-from models.networks import TaskAwarePair, bicubic_resize
+from models.metrics import psnr, psnr_y, to_uint8
+from models.networks import GRAY_TASKS, GrayPair, TaskAwarePair, bicubic_resize, bt601_luma
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 class TrainConfig(BaseModel):
     """Everything that determines a training run (stored inside every checkpoint)."""
 
+    task: Literal["scale", "gray", "luma"] = Field(
+        "scale", description="scale: the x2/x4 pair; gray: colour-aware grayscale; luma: its colorization baseline"
+    )
     scale: int = Field(2, description="2 or 4 (a power of two)")
     channels: int = 48
     down_blocks: int = 4
@@ -61,7 +64,9 @@ class TrainConfig(BaseModel):
     codec_gradient: Literal["ste", "proxy"] = Field("ste", description="gradient path around the codec")
 
 
-def build_pair(cfg: TrainConfig) -> TaskAwarePair:
+def build_pair(cfg: TrainConfig) -> TaskAwarePair | GrayPair:
+    if cfg.task in GRAY_TASKS:
+        return GrayPair(cfg.channels, cfg.down_blocks, cfg.up_blocks, cfg.task)
     return TaskAwarePair(cfg.scale, cfg.channels, cfg.down_blocks, cfg.up_blocks)
 
 
@@ -114,6 +119,8 @@ def validate(
     end, middle and top of the quality band; `psnr_y` / `thumb_psnr_y` are then the means over
     those three (what checkpoints are compared on) and each quality also reports its own numbers
     and the small file's bits per *original* pixel."""
+    if isinstance(pair, GrayPair):
+        return validate_gray(pair, images, device)
     pair.eval()
     s = pair.scale
     qualities: list[int | None] = [None]
@@ -141,6 +148,22 @@ def validate(
             out.update({f"psnr_y_q{q}": float(np.mean(v["rec"])), f"thumb_psnr_y_q{q}": float(np.mean(v["thumb"])),
                         f"bpp_q{q}": float(np.mean(v["bpp"]))})
     return out
+
+
+@torch.no_grad()
+def validate_gray(pair: GrayPair, images: list[np.ndarray], device: str = "cpu") -> dict[str, float]:
+    """Mean PSNR (RGB and Y) of the 8-bit restored colour image, and of the grey small image
+    against BT.601 luma rounded to 8 bits (no shave: nothing is scaled)."""
+    pair.eval()
+    rgb, y, gray = [], [], []
+    for img in images:
+        x = to_tensor(img).to(device).contiguous(memory_format=torch.channels_last)
+        small = pair.downscale(x)["small"]
+        restored = to_uint8(pair.upscale(small)["restored"])
+        rgb.append(psnr(restored, img))
+        y.append(psnr_y(restored, img))
+        gray.append(psnr(to_uint8(small[:, :1]), to_uint8(bt601_luma(x))))
+    return {"psnr_y": float(np.mean(y)), "psnr_rgb": float(np.mean(rgb)), "gray_vs_luma_psnr": float(np.mean(gray))}
 
 
 def save_training_state(
@@ -199,7 +222,7 @@ def train(
     if resume and last.exists():
         state = torch.load(last, map_location=device, weights_only=True)
         stored = TrainConfig(**state["config"])
-        arch = ("scale", "channels", "down_blocks", "up_blocks")
+        arch = ("task", "scale", "channels", "down_blocks", "up_blocks")
         if any(getattr(stored, k) != getattr(cfg, k) for k in arch):
             raise ValueError(f"{last} holds a different architecture: {stored.model_dump(include=set(arch))}")
         pair.load_state_dict(state["state_dict"])
@@ -218,7 +241,7 @@ def train(
     start_step = step
     deadline = time.monotonic() + cfg.minutes * 60 if cfg.minutes else None
     timed_from, timed_steps = None, 0
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"taid x{cfg.scale}", mininterval=5, dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"taid x{cfg.scale}" if cfg.task == "scale" else f"taid {cfg.task}", mininterval=5, dynamic_ncols=True)
     with open(out / "history.jsonl", "a") as hist:
         while step < cfg.steps:
             losses = train_step(pair, optimizer, sampler.sample(), cfg, step, channel)
@@ -244,7 +267,8 @@ def train(
                 history.append(row)
                 hist.write(f"{row}\n".replace("'", '"'))
                 hist.flush()
-                bar.set_postfix({k: round(v, 3) for k, v in row.items() if k in ("loss", "psnr_y", "thumb_psnr_y", "small_bpp")})
+                bar.set_postfix({k: round(v, 3) for k, v in row.items()
+                                 if k in ("loss", "psnr_y", "psnr_rgb", "thumb_psnr_y", "gray_vs_luma_psnr", "small_bpp")})
             if step % cfg.ckpt_every == 0 or step == cfg.steps or stopping:
                 save_training_state(last, pair, optimizer, cfg, step, sampler, history, channel)
             if stopping:

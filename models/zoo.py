@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 
 from models.codec_channel import SMALL_FORMAT
-from models.networks import TaskAwarePair
+from models.networks import GRAY_TASKS, TaskAwarePair, pair_from_config
 
 ZOO_FILE = Path(__file__).with_name("zoo.json")
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 ARCH_KEYS = ("scale", "channels", "down_blocks", "up_blocks")
+TASK_KEY = "task"  # in a grey pair's config only: "gray" (taid-gray) or "luma" (its baseline)
 # the training codec (TrainConfig.codec) -> the small format that stores what that pair was trained on
 CODEC_SMALL_FORMAT = SMALL_FORMAT  # training codec -> the small_format its files are written in
 DEFAULT_QUALITY_BAND = (30, 90)  # TrainConfig.codec_quality's default
@@ -46,6 +47,11 @@ def zoo_table() -> dict[str, dict]:
     if not ZOO_FILE.exists():
         return {}
     return json.loads(ZOO_FILE.read_text())
+
+
+def colour_only(model: str) -> bool:
+    """Whether a zoo id names a colour-only (grey small file, scale 1) pair such as taid-gray."""
+    return zoo_table().get(model, {}).get("config", {}).get(TASK_KEY) in GRAY_TASKS
 
 
 def resolve(model: str) -> tuple[Path, str | None]:
@@ -115,7 +121,7 @@ def load_pair(
             raise WeightsError(f"weights {path}: sha256 {actual[:8]}... does not match the name's prefix {prefix}")
     try:
         blob = torch.load(path, map_location=device, weights_only=True)
-        pair = TaskAwarePair(*(blob["config"][k] for k in ARCH_KEYS))
+        pair = pair_from_config(blob["config"])
         pair.load_state_dict(blob["state_dict"])
     except Exception as exc:  # truncated file, foreign pickle, wrong keys
         raise WeightsError(f"weights {path} are not a loadable TAID pair: {exc}") from exc
@@ -128,14 +134,23 @@ def load_pair(
     return pair.to(device).eval()
 
 
+def arch_config(config: dict) -> dict:
+    """The architecture part of a training config (what pair_from_config builds from)."""
+    arch = {k: config[k] for k in ARCH_KEYS}
+    if config.get(TASK_KEY) in GRAY_TASKS:  # no spatial scaling, whatever the training config's default scale
+        arch.update({"scale": 1, TASK_KEY: config[TASK_KEY]})
+    return arch
+
+
 def export_weights(training_state: str | Path, model_id: str, out_dir: str | Path) -> tuple[Path, str]:
     """Strip a training state down to shippable weights named `<model_id>-<sha8>.pt`."""
     state = torch.load(training_state, map_location="cpu", weights_only=True)
     config = state["config"]
+    arch = arch_config(config)
     blob = {
         "model_id": model_id,
-        "config": {k: config[k] for k in ARCH_KEYS},
-        "train_config": {k: v for k, v in config.items() if k not in ARCH_KEYS},
+        "config": arch,
+        "train_config": {k: v for k, v in config.items() if k not in arch},
         "step": state["step"],
         "state_dict": state["state_dict"],
     }

@@ -75,8 +75,8 @@ class CodecOptions(BaseModel):
     @field_validator("scale")
     @classmethod
     def _power_of_two(cls, v: int) -> int:
-        if v < 2 or v > 128 or v & (v - 1):
-            raise ValueError("scale must be a power of two in 2..128")
+        if v < 1 or v > 128 or v & (v - 1):
+            raise ValueError("scale must be a power of two in 2..128 (1 for a colour-only pair: taid-gray)")
         return v
 
 
@@ -153,6 +153,19 @@ def _gray(arr: np.ndarray) -> np.ndarray:
     return ((arr.astype(np.uint16).sum(axis=2) * 2 + 3) // 6).astype(np.uint8)
 
 
+def _colour_only(pair) -> bool:
+    """A pair that hides colour in one grey channel at full size (taid-gray, models.networks.GrayPair)."""
+    return getattr(pair, "small_channels", 3) == 1
+
+
+def _through_pair(pair, arr: np.ndarray, scale: int, tile: int, up: bool, grey: bool) -> tuple[np.ndarray, int]:
+    """TAD (TAU when `up`) of H x W x 3 uint8; a colour-only pair leaves grey pixels (a grey
+    source, an alpha plane) as they are: there is no colour to hide, and the grey is exact."""
+    if grey and _colour_only(pair):
+        return arr, 0
+    return (tiling.upscale_array if up else tiling.downscale_array)(pair, arr, scale, tile)
+
+
 def small_file_settings(pair, small_format: str | None = None, quality: int | None = None) -> tuple[str, int | None]:
     """(small format, quality) with the model's defaults filled in: a codec-aware pair's `codec`
     block (models.zoo), else png. The model's quality goes with the model's format only: another
@@ -209,15 +222,15 @@ def _known(info: dict) -> dict:
 
 def _downscale(dec: image_io.Decoded, pair, scale: int, tile: int) -> tuple[Image.Image, int]:
     """TAD of the decoded image (and of its alpha): the 8-bit small image, before any codec."""
-    small, tiles = tiling.downscale_array(pair, tiling.pad_to_multiple(dec.rgb, scale), scale, tile)
-    if dec.info["is_gray"]:
+    small, tiles = _through_pair(pair, tiling.pad_to_multiple(dec.rgb, scale), scale, tile, False, dec.info["is_gray"])
+    if dec.info["is_gray"] or _colour_only(pair):
         small_img = _gray(small)
         mode = "L"
     else:
         small_img, mode = small, "RGB"
     if dec.alpha is not None:
-        a_small, n = tiling.downscale_array(pair, np.repeat(tiling.pad_to_multiple(dec.alpha, scale)[..., None], 3, axis=2),
-                                            scale, tile)
+        a_small, n = _through_pair(pair, np.repeat(tiling.pad_to_multiple(dec.alpha, scale)[..., None], 3, axis=2),
+                                   scale, tile, False, True)
         tiles += n
         small_img = np.dstack([small_img, _gray(a_small)])
         mode += "A"
@@ -366,12 +379,12 @@ def predict(small: bytes, record: CompressRecord | dict | None, pair, tile: int 
     if is_gray:
         color = np.repeat(_gray(color)[..., None], 3, axis=2)
     if color_wanted:
-        up = tiling.upscale_array(pair, color, s, tile)[0][:h, :w]
+        up = _through_pair(pair, color, s, tile, True, is_gray)[0][:h, :w]
     else:
         up = np.broadcast_to(np.uint8(0), (h, w, 3))
     alpha = None
     if alpha_stored:
-        a_up, _ = tiling.upscale_array(pair, np.repeat(arr[..., 3:4], 3, axis=2), s, tile)
+        a_up, _ = _through_pair(pair, np.repeat(arr[..., 3:4], 3, axis=2), s, tile, True, True)
         alpha = _gray(a_up[:h, :w])
     return Prediction(up, alpha, is_gray, has_alpha, meta, icc, exif)
 

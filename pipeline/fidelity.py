@@ -152,6 +152,10 @@ def resolve_fidelity(name: str | None = None, target_psnr: float | None = None, 
             raise ValueError(f"unknown fidelity {name!r} (choose from {', '.join(PRESETS)}, or give a target PSNR)")
         spec = PRESETS[name]
     if model_id:
+        from models.zoo import colour_only
+
+        if colour_only(model_id):  # its grey small file has no lossy quality to search nor a layer to add
+            raise ValueError(f"{model_id} writes one fixed grey small file: drop the fidelity / target PSNR")
         spec = spec.model_copy(update={"bases": [Base(model_id=model_id, qualities=[30, 45, 60, 75, 90])]})
     if effort is not None:
         spec = spec.model_copy(update={"effort": effort})

@@ -49,6 +49,10 @@ DEFAULT_TILE = 1024
 def steps_for(pair: TaskAwarePair, scale: int) -> int:
     """Number of applications of `pair` that reach `scale` (a power of pair.scale, 2 <= scale <= 128)."""
     s = int(pair.scale)
+    if s == 1:  # a colour-only pair (taid-gray): one application, no spatial scaling
+        if scale != 1:
+            raise ValueError(f"scale {scale} is not reachable with a colour-only (x1) pair (allowed: [1])")
+        return 1
     k = round(math.log(scale, s)) if scale >= s else 0
     if k < 1 or s**k != scale or scale > 128:
         allowed = [s**i for i in range(1, 8) if s**i <= 128]
@@ -62,8 +66,10 @@ def _count_convs(module: nn.Module) -> int:
 
 def margin_small(pair: TaskAwarePair) -> int:
     """Tile margin in pixels at the small resolution: the larger receptive-field radius of the two
-    networks (convs counted at the small resolution) + 2 for the bicubic skip + 4 to spare."""
-    return max(_count_convs(pair.downscaler), _count_convs(pair.upscaler)) + 2 + 4
+    networks (convs counted at the small resolution; times the pair's `feature_stride` where its
+    convs run on blocks of pixels, as the grey pair's) + 2 for the bicubic skip + 4 to spare."""
+    convs = max(_count_convs(pair.downscaler), _count_convs(pair.upscaler)) * getattr(pair, "feature_stride", 1)
+    return convs + 2 + 4
 
 
 def _to_float(x: torch.Tensor, device: torch.device, channels_last: bool = True) -> torch.Tensor:
