@@ -50,11 +50,11 @@ def _write_atomic(path: str, data: bytes) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".taid-", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an output file gets the usual permissions
-    try:
+    try:  # the temporary file goes on every failure path (disk full included)
         with os.fdopen(fd, "wb") as f:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(f.fileno(), 0o666 & ~umask)  # mkstemp makes 0600; an output file gets the usual permissions
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
@@ -531,19 +531,39 @@ def setup(args: argparse.Namespace) -> None:
     logging.captureWarnings(True)
 
 
+def one_line(exc: BaseException) -> tuple[str, int] | None:
+    """(message, exit code) for an error a user can act on; None for a bug (its traceback shows).
+    UserError (pipeline.errors): its message and code; storage misconfiguration (pipeline.s3.explain):
+    what to set, 2; a corrupt Parquet file: 2; disk full, read-only or denied: 1 (a run may have done work)."""
+    from pipeline.errors import UserError, os_error_line
+    from pipeline.s3 import explain
+
+    if isinstance(exc, UserError):
+        return str(exc), exc.exit_code
+    line = explain(exc)
+    if line is not None:
+        return line, 2
+    import pyarrow as pa
+
+    if isinstance(exc, pa.ArrowInvalid):  # a manifest or index file that is not valid Parquet
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return f"a manifest or index file is corrupt: {first} (taid --debug ... shows where)", 2
+    line = os_error_line(exc)
+    return (line, 1) if line is not None else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup(args)
     try:
         return args.func(args)
     except Exception as exc:
-        from pipeline.s3 import explain
-
-        line = explain(exc)  # storage misconfiguration: say what to set, in one line
-        if line is None or args.debug:
+        known = None if args.debug else one_line(exc)
+        if known is None:  # --debug, or a bug: the traceback
             raise
+        line, code = known
         print(f"taid {args.command}: {line}", file=sys.stderr)
-        return 2
+        return code
 
 
 if __name__ == "__main__":

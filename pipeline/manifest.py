@@ -19,12 +19,14 @@ from __future__ import annotations
 import io
 import json
 import math
+import time
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from pipeline.errors import ManifestWriteError, os_error_line
 from pipeline.rows import ARCHIVE_SCHEMA, ArchiveRow, ManifestRow
 from pipeline.storage import atomic_write
 
@@ -39,29 +41,51 @@ def manifest_root(dest: str) -> str:
     return f"{dest.rstrip('/')}/{MANIFEST_DIR}"
 
 
-class ManifestWriter:
-    """Buffers rows and writes numbered part files atomically; `close()` flushes the rest."""
+FLUSH_SECONDS = 30.0  # a part at least this often: a run that dies loses at most this much of its rows
+URGENT_GAP_S = 2.0  # an urgent flush (a write just failed) at most this often
 
-    def __init__(self, fs, dest: str, run_id: str, rows_per_part: int = 5000, schema: pa.Schema = SCHEMA):
+
+class ManifestWriter:
+    """Buffers rows and writes numbered part files atomically: when `rows_per_part` rows are
+    buffered, `flush_s` seconds after the last part, or at once (`add(row, urgent=True)`: a write
+    just failed, save the rows while the destination may still take them); `close()` flushes the
+    rest. A part that cannot be written raises ManifestWriteError (one line) and keeps its rows
+    buffered, so `close()` tries them once more; `unsaved` says how many were never written."""
+
+    def __init__(self, fs, dest: str, run_id: str, rows_per_part: int = 5000, schema: pa.Schema = SCHEMA,
+                 flush_s: float = FLUSH_SECONDS):
         self.fs, self.run_id, self.rows_per_part, self.schema = fs, run_id, rows_per_part, schema
+        self.dest, self.flush_s = dest, flush_s
         self.folder = f"{manifest_root(dest)}/run={run_id}"
         self.buffer: list[dict] = []
         self.parts = 0
         self.rows = 0
+        self.flushed_at = time.monotonic()
+        self.error: str | None = None  # the last failed part write, one line
+
+    @property
+    def unsaved(self) -> int:
+        return len(self.buffer)
 
     def to_table(self, rows: list[ManifestRow | dict]) -> pa.Table:
         dicts = [r.model_dump() if isinstance(r, ManifestRow) else r for r in rows]
         return pa.Table.from_pylist([{f.name: r.get(f.name) for f in self.schema} for r in dicts], schema=self.schema)
 
-    def add(self, row: ManifestRow | dict) -> None:
+    def add(self, row: ManifestRow | dict, urgent: bool = False) -> None:
         self.buffer.append(row)
-        if len(self.buffer) >= self.rows_per_part:
+        since = time.monotonic() - self.flushed_at
+        if len(self.buffer) >= self.rows_per_part or since >= self.flush_s or (urgent and since >= URGENT_GAP_S):
             self.flush()
 
     def flush(self) -> None:
         if self.buffer:
-            self.write_table(self.to_table(self.buffer))
+            try:
+                self.write_table(self.to_table(self.buffer))
+            except OSError as exc:  # disk full, read-only, refused: the rows stay buffered
+                self.error = os_error_line(exc) or f"{type(exc).__name__}: {exc}"
+                raise ManifestWriteError(f"cannot write the manifest under {self.dest}: {self.error}") from exc
             self.buffer = []
+        self.flushed_at = time.monotonic()
 
     def write_table(self, table: pa.Table) -> None:
         """Write one part file from a table of this writer's schema."""
@@ -72,8 +96,13 @@ class ManifestWriter:
         self.parts += 1
         self.rows += table.num_rows
 
-    def close(self) -> None:
-        self.flush()
+    def close(self, raise_errors: bool = True) -> None:
+        """Flush the rest; with raise_errors=False a failure only leaves `error` and `unsaved` set."""
+        try:
+            self.flush()
+        except ManifestWriteError:
+            if raise_errors:
+                raise
 
 
 def manifest_dataset(fs, dest: str, schema: pa.Schema = SCHEMA) -> ds.Dataset | None:

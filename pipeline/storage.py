@@ -113,8 +113,10 @@ def safe_join(root: str, key: str) -> str:
 def atomic_write(fs, path: str, data: bytes) -> None:
     """Readers see the old object or the whole new one, never a part.
 
-    Object stores: one PUT of the whole body is atomic. Local and other filesystems: write a
-    temporary sibling, then rename over the target."""
+    Object stores: one PUT of the whole body is atomic (S3 requests retry by the one policy in
+    `pipeline.s3`, nothing here retries again). Local and other filesystems: write a temporary
+    sibling, then rename over the target; on any failure (disk full, read-only, interrupted) the
+    temporary file is removed before the error goes up, so none is ever left behind."""
     if protocol_prefix(fs) in ("s3://", "gs://", "gcs://", "az://", "abfs://"):
         fs.pipe_file(path, data)
         return
@@ -122,12 +124,66 @@ def atomic_write(fs, path: str, data: bytes) -> None:
     if parent:
         fs.makedirs(parent, exist_ok=True)
     tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
-    if protocol_prefix(fs) == "":
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    else:
-        fs.pipe_file(tmp, data)
-        fs.mv(tmp, path)
+    try:
+        if protocol_prefix(fs) == "":
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            fs.pipe_file(tmp, data)
+            fs.mv(tmp, path)
+    except BaseException:
+        _remove_quietly(fs, tmp)
+        raise
+
+
+def _remove_quietly(fs, path: str) -> None:
+    """Remove a temporary file if it is there; the error that got us here is the one to report."""
+    try:
+        if protocol_prefix(fs) == "":
+            os.unlink(path)
+        else:
+            fs.rm_file(path)
+    except (FileNotFoundError, OSError):
+        pass
+
+
+def check_source(fs, root: str, uri: str) -> None:
+    """StorageConfigError (one line) when the source is not there: a local folder that does not
+    exist (or is a file), an S3 prefix without a single object (one LIST of at most one key)."""
+    from pipeline.errors import StorageConfigError
+
+    proto = protocol_prefix(fs)
+    if proto == "":
+        if not os.path.isdir(root):
+            what = "is a file, not a folder" if os.path.exists(root) else "does not exist"
+            raise StorageConfigError(f"source {uri} {what}: give the folder (or s3:// prefix) holding the images")
+        return
+    if proto in ("s3://", "s3a://"):
+        bucket, _, prefix = root.partition("/")
+        prefix = prefix.rstrip("/") + "/" if prefix else ""
+        reply = fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        if not reply.get("KeyCount", len(reply.get("Contents", []))):
+            raise StorageConfigError(f"source {uri} holds no objects: check the bucket and prefix")
+    elif not fs.exists(root):
+        raise StorageConfigError(f"source {uri} does not exist")
+
+
+def check_writable(fs, root: str, uri: str) -> None:
+    """StorageConfigError (one line) unless a probe object can be written under `root` and
+    removed again: a read-only or full disk, a bucket we may not write, found before any work."""
+    from pipeline.errors import StorageConfigError, os_error_line
+    from pipeline.s3 import explain
+
+    probe = f"{root.rstrip('/')}/_runs/.write-probe-{uuid.uuid4().hex}"
+    try:
+        atomic_write(fs, probe, b"taid write probe\n")
+    except OSError as exc:
+        line = explain(exc, fs) or os_error_line(exc) or f"{type(exc).__name__}: {exc}"
+        raise StorageConfigError(f"cannot write to {uri}: {line}") from None
+    try:
+        fs.rm_file(probe)
+    except OSError:  # written but not removable: harmless (an empty marker), the run can go on
+        pass

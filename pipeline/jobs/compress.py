@@ -23,7 +23,8 @@ from pipeline.jobs.common import new_run_id, s3_counts
 from pipeline.jobs.progress import NoProgress, Progress, Throttled
 from pipeline.manifest import ManifestWriter, PreviousState, write_run_stats
 from pipeline.rows import ArchiveRow, ArchiveRows
-from pipeline.storage import ObjectInfo, UnsafeKeyError, safe_join
+from pipeline.errors import ManifestWriteError
+from pipeline.storage import ObjectInfo, UnsafeKeyError, check_source, check_writable, safe_join
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +120,16 @@ def plan_objects(params: CompressArchiveParams, counts: dict) -> tuple[Iterator[
 
 
 def check_storage(params: CompressArchiveParams) -> None:
-    """Missing credentials, an unreachable endpoint or a missing bucket: a StorageConfigError
-    whose message is one line saying what to set."""
+    """Before any work: missing credentials, an unreachable endpoint, a missing bucket, a missing
+    source, an unwritable destination (a probe write; not for dry runs, which write nothing):
+    a StorageConfigError whose message is one line saying what to fix."""
     for uri in filter(None, (params.source, params.dest, params.inventory)):
         fs, path = params.fs(uri)
         s3.check_access(fs, path)
+    if not params.inventory:  # an inventory lists the source instead
+        check_source(*params.fs(params.source), params.source)
+    if not params.dry_run:
+        check_writable(*params.fs(params.dest), params.dest)
 
 
 def compact_if_needed(fs, root: str, always: bool = False) -> dict:
@@ -236,7 +242,8 @@ def run_compress(params: CompressArchiveParams, progress: Progress | None = None
     planned = counted(planned)
     log.info("run %s: planning over about %s listed objects", run_id, estimate or "an unknown number of")
     if params.dry_run:
-        return {"run_id": run_id, "dry_run": True, "to_process": sum(1 for _ in planned), "plan": counts}
+        return {"run_id": run_id, "dry_run": True, "to_process": sum(1 for _ in planned), "plan": counts,
+                "s3": s3_counts(s3_before)}
 
     stats = RunStats()
     writer = ManifestWriter(dst_fs, dest_root, run_id, params.rows_per_part)
@@ -249,7 +256,7 @@ def run_compress(params: CompressArchiveParams, progress: Progress | None = None
         return listed - yielded[0] + stats.rows, max(estimate or 0, listed, 1)
 
     def on_row(row: ArchiveRow) -> None:
-        writer.add(row)
+        writer.add(row, urgent=row.status == "failed_write")  # the destination is in trouble: save rows now
         stats.add(row)
         progress.update(*done())
 
@@ -272,9 +279,15 @@ def run_compress(params: CompressArchiveParams, progress: Progress | None = None
             dispatch = run_on_ray(CompressWorker, params, run_id, f"taid-compress-{run_id}",
                                   checked(itertools.chain([first], planned)), on_row, rows.crash,
                                   list(spec.models) if spec else [params.model_id])
+    except ManifestWriteError:
+        pass  # no more work whose rows could not be kept; the one line is raised below
     finally:
-        writer.close()  # rows of finished objects are never lost, even if the run dies
+        writer.close(raise_errors=False)  # rows of finished objects are kept, even if the run dies
         progress.close(done()[0])
+    if writer.error:  # no run stats: the run is not complete, and the next one redoes what has no row
+        raise ManifestWriteError(f"cannot write the manifest under {params.dest} ({writer.error}): {writer.unsaved} "
+                                 f"rows not recorded, {writer.rows} recorded; the next run redoes only the objects "
+                                 "without a row")
     result: CompressResult = {
         "run_id": run_id, "source": params.source, "dest": params.dest, "model_id": params.model_id,
         "scale": params.scale, "small_format": params.small_format, "quality": params.quality,
@@ -283,7 +296,7 @@ def run_compress(params: CompressArchiveParams, progress: Progress | None = None
         "manifest_parts": writer.parts, **stats.summary(),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    result["s3"] = s3_counts(s3_before)  # throttled answers, retries, list requests (this driver)
+    result["s3"] = s3_counts(s3_before, dispatch)  # throttled answers, list requests: driver + workers
     write_run_stats(dst_fs, dest_root, run_id, result)  # written last: marks the run complete
     log.info("run %s: %d rows %s in %.1f s", run_id, result["rows"], result["by_status"], result["seconds"])
     result["index"] = compact_manifest(params)
@@ -317,5 +330,6 @@ def summary_table(result: CompressResult) -> list[dict]:
         {"metric": "images/s", "value": round(result["images_per_s"], 3)},
         {"metric": "megapixels/s", "value": round(result["megapixels_per_s"], 3)},
         {"metric": "actor restarts", "value": result["dispatch"]["actor_restarts"]},
+        {"metric": "S3 throttled answers (retried)", "value": result.get("s3", {}).get("throttled", 0)},
     ]
     return rows
