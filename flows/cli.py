@@ -212,7 +212,7 @@ def _compress_archive(args: argparse.Namespace) -> int:
     try:
         params = compress_params(args)
     except ValueError as exc:  # pydantic's errors are ValueErrors; they never echo the input
-        print(f"taid compress-archive: {exc}", file=sys.stderr)
+        print(f"taid compress-archive: {value_error_line(exc)}", file=sys.stderr)
         return 2
     if use_prefect(args):
         from pipeline.jobs.compress import check_storage
@@ -531,6 +531,16 @@ def setup(args: argparse.Namespace) -> None:
     logging.captureWarnings(True)
 
 
+def value_error_line(exc: ValueError) -> str:
+    """A parameter error in one line: pydantic's own text takes three lines per error."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    return "; ".join((f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
+                     for e in exc.errors())
+
+
 def one_line(exc: BaseException) -> tuple[str, int] | None:
     """(message, exit code) for an error a user can act on; None for a bug (its traceback shows).
     UserError (pipeline.errors): its message and code; storage misconfiguration (pipeline.s3.explain):
@@ -547,7 +557,7 @@ def one_line(exc: BaseException) -> tuple[str, int] | None:
 
     if isinstance(exc, pa.ArrowInvalid):  # a manifest or index file that is not valid Parquet
         first = (str(exc).strip().splitlines() or [""])[0]
-        return f"a manifest or index file is corrupt: {first} (taid --debug ... shows where)", 2
+        return f"a manifest or index file is corrupt: {first} (taid --debug shows the traceback)", 2
     line = os_error_line(exc)
     return (line, 1) if line is not None else None
 

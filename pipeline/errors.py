@@ -7,6 +7,7 @@ manifest file, a refused target), with a message that says what is wrong and wha
 from __future__ import annotations
 
 import errno
+import os
 
 
 class UserError(Exception):
@@ -32,8 +33,22 @@ class ManifestWriteError(UserError):
     exit_code = 1
 
 
+class DestinationFullError(UserError):
+    """The destination stopped taking writes (disk full, quota, read-only) during a run: the run
+    stopped starting new work; what was written has its rows. Exit 1: work was done."""
+
+    exit_code = 1
+
+
 # errno values where the storage itself refuses writes: no retry helps, say so in one line
-STORAGE_FULL_OR_READ_ONLY = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+STORAGE_FULL_OR_READ_ONLY = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+_REFUSAL_TEXTS = tuple(os.strerror(e) for e in STORAGE_FULL_OR_READ_ONLY)
+
+
+def storage_refuses(message: str | None) -> bool:
+    """Does a row's error message say the storage refuses every write (full, quota, read-only)?
+    Rows carry the OSError's text, so its strerror is what there is to go by."""
+    return bool(message) and any(t in message for t in _REFUSAL_TEXTS)
 
 
 def os_error_line(exc: BaseException) -> str | None:

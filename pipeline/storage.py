@@ -35,7 +35,7 @@ def filesystem(uri: str, storage_options: dict | None = None, endpoint_url: str 
         options["client_kwargs"] = {**options.get("client_kwargs", {}), "endpoint_url": endpoint_url}
     if not is_s3:
         return fsspec.core.url_to_fs(uri, **options)
-    from pipeline import s3  # adaptive retries with jitter, throttling counted
+    from pipeline import s3  # the one retry policy, throttling counted
 
     fs, path = fsspec.core.url_to_fs(uri, **s3.with_retry_config(options))
     fs.retries = s3.S3FS_RETRIES

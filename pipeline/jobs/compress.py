@@ -23,7 +23,7 @@ from pipeline.jobs.common import new_run_id, s3_counts
 from pipeline.jobs.progress import NoProgress, Progress, Throttled
 from pipeline.manifest import ManifestWriter, PreviousState, write_run_stats
 from pipeline.rows import ArchiveRow, ArchiveRows
-from pipeline.errors import ManifestWriteError
+from pipeline.errors import DestinationFullError, ManifestWriteError, os_error_line, storage_refuses
 from pipeline.storage import ObjectInfo, UnsafeKeyError, check_source, check_writable, safe_join
 
 log = logging.getLogger(__name__)
@@ -246,7 +246,9 @@ def run_compress(params: CompressArchiveParams, progress: Progress | None = None
                 "s3": s3_counts(s3_before)}
 
     stats = RunStats()
-    writer = ManifestWriter(dst_fs, dest_root, run_id, params.rows_per_part)
+    # local: room kept back for the manifest, so a disk that fills up still takes the rows of what was written
+    writer = ManifestWriter(dst_fs, dest_root, run_id, params.rows_per_part, reserve=True)
+    full: list[str] = []  # why the destination refuses every write (full, read-only): nothing new is started
     rows = ArchiveRows(run_id, {"model_id": params.model_id, **params.fidelity_columns()}, PIPELINE_VERSION)
 
     def done() -> tuple[int, int]:
@@ -259,10 +261,16 @@ def run_compress(params: CompressArchiveParams, progress: Progress | None = None
         writer.add(row, urgent=row.status == "failed_write")  # the destination is in trouble: save rows now
         stats.add(row)
         progress.update(*done())
+        if row.status == "failed_write" and not full and storage_refuses(row.error_message):
+            full.append(row.error_message.splitlines()[0])
+            log.warning("the destination refuses writes (%s): no new work is started", full[0])
 
     def checked(objects):
-        """Refuse keys that would escape DEST here, before any actor sees them."""
+        """Refuse keys that would escape DEST here, before any actor sees them; stop when the
+        destination is full (the batches in flight finish and keep their rows)."""
         for obj in objects:
+            if full:
+                break
             try:
                 safe_join(dest_root, obj.key)
             except UnsafeKeyError as exc:
@@ -288,6 +296,11 @@ def run_compress(params: CompressArchiveParams, progress: Progress | None = None
         raise ManifestWriteError(f"cannot write the manifest under {params.dest} ({writer.error}): {writer.unsaved} "
                                  f"rows not recorded, {writer.rows} recorded; the next run redoes only the objects "
                                  "without a row")
+    if full:  # no run stats either: the run did not finish
+        raise DestinationFullError(
+            f"the destination {params.dest} stopped taking writes ({full[0]}): {stats.by_status.get('ok', 0)} images "
+            f"written, {stats.by_status.get('failed_write', 0)} failed writes, all {writer.rows} rows recorded; the rest was "
+            "not started: make room, then rerun (it redoes only the objects without a row; --retry-failed the failed writes)")
     result: CompressResult = {
         "run_id": run_id, "source": params.source, "dest": params.dest, "model_id": params.model_id,
         "scale": params.scale, "small_format": params.small_format, "quality": params.quality,
@@ -297,7 +310,11 @@ def run_compress(params: CompressArchiveParams, progress: Progress | None = None
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     result["s3"] = s3_counts(s3_before, dispatch)  # throttled answers, list requests: driver + workers
-    write_run_stats(dst_fs, dest_root, run_id, result)  # written last: marks the run complete
+    try:
+        write_run_stats(dst_fs, dest_root, run_id, result)  # written last: marks the run complete
+    except OSError as exc:
+        raise ManifestWriteError(f"cannot write the run record under {params.dest} ({os_error_line(exc) or exc}): its "
+                                 f"{writer.rows} rows are written; the next run redoes only the objects without a row") from exc
     log.info("run %s: %d rows %s in %.1f s", run_id, result["rows"], result["by_status"], result["seconds"])
     result["index"] = compact_manifest(params)
     return result
