@@ -19,11 +19,11 @@ from typing import TypedDict
 
 from pipeline import s3
 from pipeline.config import PIPELINE_VERSION, CompressArchiveParams
+from pipeline.errors import DestinationFullError, ManifestWriteError, os_error_line, storage_refuses
 from pipeline.jobs.common import new_run_id, s3_counts
 from pipeline.jobs.progress import NoProgress, Progress, Throttled
 from pipeline.manifest import ManifestWriter, PreviousState, write_run_stats
 from pipeline.rows import ArchiveRow, ArchiveRows
-from pipeline.errors import DestinationFullError, ManifestWriteError, os_error_line, storage_refuses
 from pipeline.storage import ObjectInfo, UnsafeKeyError, check_source, check_writable, safe_join
 
 log = logging.getLogger(__name__)
