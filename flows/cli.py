@@ -362,7 +362,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     ray.init(address=args.ray_address or "local", include_dashboard=False if not args.ray_address else None,
              log_to_driver=False)
-    url = deploy(params, host=args.host, port=args.port, num_replicas=args.replicas)
+    url = deploy(params, host=args.host, port=args.port, num_replicas=args.replicas, access_log=args.access_log)
     print(f"serving {args.archive} at {url} ({'token required' if token else 'no token: loopback only'}); Ctrl-C stops")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -503,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--registry", help="model registry URI for fine-tuned model ids")
     v.add_argument("--endpoint-url", dest="endpoint_url", help="S3-compatible endpoint for s3:// URIs")
     v.add_argument("--ray-address", dest="ray_address", help="Ray cluster to deploy into (default: a local Ray)")
+    v.add_argument("--access-log", dest="access_log", action="store_true",
+                   help="Serve's per-request access log lines (off: they cost latency under load; metrics count requests)")
     v.set_defaults(func=_serve)
     for command in sub.choices.values():  # --log-level before or after the subcommand
         command.add_argument("--log-level", dest="log_level", type=str.upper, default=argparse.SUPPRESS,
