@@ -156,7 +156,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="start-up and cached thumbnails under 1 and 16 clients only; "
                     "prints, writes no results (for profiling)")
     args = ap.parse_args()
-    set_local_env_defaults()
+    from pipeline.local_env import SERVE_ENV
+
+    set_local_env_defaults(**SERVE_ENV)  # as `taid serve` with its own local Ray
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     import ray
     from ray import serve

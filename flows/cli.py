@@ -345,8 +345,11 @@ def _serve(args: argparse.Namespace) -> int:
     if not token and args.host not in LOOPBACK and not args.insecure_open:
         print(f"taid serve: refusing to serve {args.host} without a token (--token or TAID_SERVE_TOKEN)", file=sys.stderr)
         return 2
+    from pipeline.local_env import SERVE_ENV, set_local_env_defaults
     from pipeline.serving.config import ServeParams
 
+    if not args.ray_address:  # our own local Ray: Serve's throughput settings, before ray is imported
+        set_local_env_defaults(**SERVE_ENV)
     try:
         # only the token's sha256 goes into the deployment: Serve keeps deployment arguments in the cluster
         params = ServeParams(archive=args.archive, token_sha256=hashlib.sha256(token.encode()).hexdigest() if token else None,

@@ -1,4 +1,4 @@
-"""S3 robustness: one retry policy, throttling counts, native Arrow filesystems and one-line errors.
+"""S3 robustness: one retry policy, throttling counts, Arrow filesystems and one-line errors.
 
 - Retries: ONE policy, botocore's `standard` mode, at the bottom of every S3 request (reads,
   writes, listings, HEADs; index and manifest reads included): at most `MAX_ATTEMPTS` tries, with
@@ -28,9 +28,11 @@ import random
 import threading
 import time
 from collections import Counter
+
 import pyarrow as pa
 from pyarrow.fs import FSSpecHandler
 
+from pipeline.errors import StorageConfigError  # re-exported: callers import it from here
 from pipeline.settings import get_settings
 
 MAX_ATTEMPTS = 5  # tries per request, the first included
@@ -140,9 +142,6 @@ def arrow_filesystem(fs):
     if proto in ("s3://", "s3a://"):
         return pafs.PyFileSystem(ThrottleProofReads(fs))
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-
-
-from pipeline.errors import StorageConfigError  # noqa: E402 - re-exported: callers import it from here
 
 
 def _endpoint(fs) -> str:

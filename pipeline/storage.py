@@ -146,7 +146,7 @@ def _remove_quietly(fs, path: str) -> None:
             os.unlink(path)
         else:
             fs.rm_file(path)
-    except (FileNotFoundError, OSError):
+    except OSError:  # not there (never created), or the disk refuses even this
         pass
 
 
