@@ -50,11 +50,11 @@ def _write_atomic(path: str, data: bytes) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".taid-", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an output file gets the usual permissions
-    try:
+    try:  # the temporary file goes on every failure path (disk full included)
         with os.fdopen(fd, "wb") as f:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(f.fileno(), 0o666 & ~umask)  # mkstemp makes 0600; an output file gets the usual permissions
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
@@ -212,7 +212,7 @@ def _compress_archive(args: argparse.Namespace) -> int:
     try:
         params = compress_params(args)
     except ValueError as exc:  # pydantic's errors are ValueErrors; they never echo the input
-        print(f"taid compress-archive: {exc}", file=sys.stderr)
+        print(f"taid compress-archive: {value_error_line(exc)}", file=sys.stderr)
         return 2
     from pipeline.lease import DestinationBusy
 
@@ -371,8 +371,11 @@ def _serve(args: argparse.Namespace) -> int:
     if not token and args.host not in LOOPBACK and not args.insecure_open:
         print(f"taid serve: refusing to serve {args.host} without a token (--token or TAID_SERVE_TOKEN)", file=sys.stderr)
         return 2
+    from pipeline.local_env import SERVE_ENV, set_local_env_defaults
     from pipeline.serving.config import ServeParams
 
+    if not args.ray_address:  # our own local Ray: Serve's throughput settings, before ray is imported
+        set_local_env_defaults(**SERVE_ENV)
     try:
         # only the token's sha256 goes into the deployment: Serve keeps deployment arguments in the cluster
         params = ServeParams(archive=args.archive, token_sha256=hashlib.sha256(token.encode()).hexdigest() if token else None,
@@ -388,7 +391,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     ray.init(address=args.ray_address or "local", include_dashboard=False if not args.ray_address else None,
              log_to_driver=False)
-    url = deploy(params, host=args.host, port=args.port, num_replicas=args.replicas)
+    url = deploy(params, host=args.host, port=args.port, num_replicas=args.replicas, access_log=args.access_log)
     print(f"serving {args.archive} at {url} ({'token required' if token else 'no token: loopback only'}); Ctrl-C stops")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -541,6 +544,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--registry", help="model registry URI for fine-tuned model ids")
     v.add_argument("--endpoint-url", dest="endpoint_url", help="S3-compatible endpoint for s3:// URIs")
     v.add_argument("--ray-address", dest="ray_address", help="Ray cluster to deploy into (default: a local Ray)")
+    v.add_argument("--access-log", dest="access_log", action="store_true",
+                   help="Serve's per-request access log lines (off: they cost latency under load; metrics count requests)")
     v.set_defaults(func=_serve)
     for command in sub.choices.values():  # --log-level before or after the subcommand
         command.add_argument("--log-level", dest="log_level", type=str.upper, default=argparse.SUPPRESS,
@@ -569,19 +574,49 @@ def setup(args: argparse.Namespace) -> None:
     logging.captureWarnings(True)
 
 
+def value_error_line(exc: ValueError) -> str:
+    """A parameter error in one line: pydantic's own text takes three lines per error."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    return "; ".join((f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
+                     for e in exc.errors())
+
+
+def one_line(exc: BaseException) -> tuple[str, int] | None:
+    """(message, exit code) for an error a user can act on; None for a bug (its traceback shows).
+    UserError (pipeline.errors): its message and code; storage misconfiguration (pipeline.s3.explain):
+    what to set, 2; a corrupt Parquet file: 2; disk full, read-only or denied: 1 (a run may have done work)."""
+    from pipeline.errors import UserError, os_error_line
+    from pipeline.s3 import explain
+
+    if isinstance(exc, UserError):
+        return str(exc), exc.exit_code
+    line = explain(exc)
+    if line is not None:
+        return line, 2
+    import pyarrow as pa
+
+    if isinstance(exc, pa.ArrowInvalid):  # a manifest or index file that is not valid Parquet
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return f"a manifest or index file is corrupt: {first} (taid --debug shows the traceback)", 2
+    line = os_error_line(exc)
+    return (line, 1) if line is not None else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup(args)
     try:
         return args.func(args)
     except Exception as exc:
-        from pipeline.s3 import explain
-
-        line = explain(exc)  # storage misconfiguration: say what to set, in one line
-        if line is None or args.debug:
+        known = None if args.debug else one_line(exc)
+        if known is None:  # --debug, or a bug: the traceback
             raise
+        line, code = known
         print(f"taid {args.command}: {line}", file=sys.stderr)
-        return 2
+        return code
 
 
 if __name__ == "__main__":

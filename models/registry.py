@@ -85,7 +85,11 @@ def fetch_weights(model_id: str, registry: str, sha256: str | None = None) -> tu
     if not local.exists() or sha256_file(local) != entry["sha256"]:
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = local.with_suffix(f".{os.getpid()}.tmp")
-        with fsspec.open(entry["weights"], "rb") as src, open(tmp, "wb") as dst:
-            dst.write(src.read())
-        os.replace(tmp, local)
+        try:
+            with fsspec.open(entry["weights"], "rb") as src, open(tmp, "wb") as dst:
+                dst.write(src.read())
+            os.replace(tmp, local)
+        except BaseException:  # disk full, a failed download: leave no temporary file behind
+            tmp.unlink(missing_ok=True)
+            raise
     return local, entry["sha256"]

@@ -65,10 +65,12 @@ def torch_device(gpus: float, cpus: float) -> str:
 
 @dataclass
 class Reply:
-    """What one `process` call returns: the rows, and the log records (level, logger, message)."""
+    """What one `process` call returns: the rows, the log records (level, logger, message) and the
+    S3 counts (throttled answers...) of the batch, counted in the actor where they happened."""
 
     rows: list
     logs: list[tuple[int, str, str]] = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
 
 
 class _Collect(logging.Handler):
@@ -95,13 +97,16 @@ class PoolWorker:
         return ray.get_runtime_context().get_node_id()
 
     def process(self, batch: list, attempt: int) -> Reply:
+        from pipeline import s3
+
         handler, root = _Collect(self.log_level), logging.getLogger()
         root.addHandler(handler)
+        before = dict(s3.STATS)  # an actor runs one call at a time: the difference is this batch's
         try:
             rows = [self.handle(item, attempt) for item in batch]
         finally:
             root.removeHandler(handler)
-        return Reply(rows, handler.records)
+        return Reply(rows, handler.records, s3.since(before))
 
     def handle(self, item, attempt: int):
         raise NotImplementedError
@@ -170,6 +175,10 @@ class ActorPool:
     def _deliver(self, reply) -> None:
         self.counters["batches"] += 1
         rows, logs = (reply.rows, reply.logs) if isinstance(reply, Reply) else (reply, [])
+        if isinstance(reply, Reply) and reply.counts:
+            from pipeline import s3
+
+            s3.add_counts(self.counters.setdefault("s3", {}), reply.counts)
         for level, name, message in logs:  # the worker's records, under their own logger names
             logging.getLogger(name).log(level, "[worker] %s", message)
         for row in rows:

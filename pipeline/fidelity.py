@@ -61,6 +61,9 @@ from pipeline import codec, enhancement, tiling
 from pipeline.inference import CROSS_DEVICE_MAX_PSNR_DROP_DB
 
 EXACT = math.inf
+# the highest explicit target: 8-bit rounding alone costs about 58.9 dB of Y-PSNR, so a finite
+# target above this can only be met exactly; asking for exact is `lossless`, said so
+MAX_TARGET_PSNR = 60.0
 LOSSLESS_OUTPUTS = ("png", "tiff")  # rehydrated formats that hold the restored pixels exactly
 TOLERANCE_DB = 0.0  # the target is a floor: no slack
 # The search aims this far above a finite target, so that rehydrating on another device or precision
@@ -144,6 +147,9 @@ def resolve_fidelity(name: str | None = None, target_psnr: float | None = None, 
     if target_psnr is not None:
         if not target_psnr > 0:
             raise ValueError("target PSNR must be positive (dB)")
+        if target_psnr > MAX_TARGET_PSNR:  # refused, not silently made exact at several times the bytes
+            raise ValueError(f"target PSNR {target_psnr:g} dB is above what any lossy layer reaches ({MAX_TARGET_PSNR:g} "
+                             "dB, about the rounding noise of 8-bit pixels): ask for --fidelity lossless for an exact copy")
         like = PRESETS["preview" if target_psnr <= PRESETS["preview"].target_psnr else DEFAULT_FIDELITY]
         spec = like.model_copy(update={"name": "target", "target_psnr": float(target_psnr)})
     else:

@@ -19,3 +19,11 @@ def set_local_env_defaults(**extra: str) -> None:
     """os.environ.setdefault for LOCAL_ENV plus the caller's `extra` variables."""
     for key, value in {**LOCAL_ENV, **extra}.items():
         os.environ.setdefault(key, value)
+
+
+# A Ray that `taid serve` starts itself: Serve's throughput preset (user code and router on the
+# replica's own loop, gRPC from proxy to replica, buffered request logs, GC frozen after start-up),
+# without its direct ingress (that would move the port away from --port). Measured with 16
+# clients on cached thumbnails: 455 -> 540 req/s, p99 68 -> 51 ms (docs/serve.md). Read by every
+# Serve process at import, so set before Ray starts; a cluster's own settings are left alone.
+SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}

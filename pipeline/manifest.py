@@ -16,9 +16,12 @@ schema and a column a part lacks reads as null (DuckDB: `union_by_name=true`; Sp
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
+import os
+import time
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -27,8 +30,9 @@ import pyarrow.parquet as pq
 
 from pipeline.archive_paths import archive_base, resolve_table
 from pipeline.parquet_io import FORMAT, WRITE_OPTIONS, reading_filesystem
+from pipeline.errors import ManifestWriteError, StorageConfigError, os_error_line
 from pipeline.rows import ARCHIVE_SCHEMA, ArchiveRow, ManifestRow
-from pipeline.storage import atomic_write
+from pipeline.storage import atomic_write, protocol_prefix
 
 SCHEMA_VERSION = ArchiveRow.SCHEMA_VERSION
 MANIFEST_DIR = "_manifest"
@@ -41,29 +45,98 @@ def manifest_root(dest: str) -> str:
     return f"{dest.rstrip('/')}/{MANIFEST_DIR}"
 
 
-class ManifestWriter:
-    """Buffers rows and writes numbered part files atomically; `close()` flushes the rest."""
+FLUSH_SECONDS = 30.0  # a part at least this often: a run that dies loses at most this much of its rows
+URGENT_GAP_S = 2.0  # an urgent flush (a write just failed) at most this often
+RESERVE_NAME = ".reserve"  # readers skip dot files (pyarrow datasets, the `*.parquet` globs)
 
-    def __init__(self, fs, dest: str, run_id: str, rows_per_part: int = 5000, schema: pa.Schema = SCHEMA):
+
+def reserve_bytes(rows_per_part: int) -> int:
+    """Disk kept back for a local manifest: two parts of `rows_per_part` rows (about 300 B a row
+    with zstd; 512 B counted) and their footers."""
+    return 2 * (64 * 1024 + 512 * rows_per_part)
+
+
+class ManifestWriter:
+    """Buffers rows and writes numbered part files atomically: when `rows_per_part` rows are
+    buffered, `flush_s` seconds after the last part, or at once (`add(row, urgent=True)`: a write
+    just failed, save the rows while the destination may still take them); `close()` flushes the
+    rest. A part that cannot be written raises ManifestWriteError (one line) and keeps its rows
+    buffered, so `close()` tries them once more; `unsaved` says how many were never written.
+
+    Local destinations: the writer first reserves `reserve_bytes` in its run folder (a `.reserve`
+    file: a disk that cannot spare it is refused before any work) and gives that room back, as
+    much as a part needs, when the disk is full, so the rows of images already written still fit.
+    `close()` removes what is left of it."""
+
+    def __init__(self, fs, dest: str, run_id: str, rows_per_part: int = 5000, schema: pa.Schema = SCHEMA,
+                 flush_s: float = FLUSH_SECONDS, reserve: bool = False):
         self.fs, self.run_id, self.rows_per_part, self.schema = fs, run_id, rows_per_part, schema
+        self.dest, self.flush_s = dest, flush_s
         self.folder = f"{manifest_root(dest)}/run={run_id}"
         self.buffer: list[dict] = []
         self.parts = 0
         self.rows = 0
+        self.flushed_at = time.monotonic()
+        self.error: str | None = None  # the last failed part write, one line
+        self.reserve: str | None = None
+        if reserve and protocol_prefix(fs) == "":
+            self._reserve(reserve_bytes(rows_per_part))
+
+    @property
+    def unsaved(self) -> int:
+        return len(self.buffer)
+
+    def _reserve(self, size: int) -> None:
+        path = f"{self.folder}/{RESERVE_NAME}"
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            _unlink(path)
+            raise StorageConfigError(f"cannot keep {size // 1024} KiB free for the manifest under {self.dest}: "
+                                     f"{os_error_line(exc) or exc}") from None
+        self.reserve = path
+
+    def _give_back(self, size: int) -> bool:
+        """Shrink the reserve by `size` bytes (all of it when smaller); False when none is left."""
+        if self.reserve is None:
+            return False
+        left = max(0, os.path.getsize(self.reserve) - size)
+        if left == 0:
+            _unlink(self.reserve)
+            self.reserve = None
+        else:
+            os.truncate(self.reserve, left)
+        return True
 
     def to_table(self, rows: list[ManifestRow | dict]) -> pa.Table:
         dicts = [r.model_dump() if isinstance(r, ManifestRow) else r for r in rows]
         return pa.Table.from_pylist([{f.name: r.get(f.name) for f in self.schema} for r in dicts], schema=self.schema)
 
-    def add(self, row: ManifestRow | dict) -> None:
+    def add(self, row: ManifestRow | dict, urgent: bool = False) -> None:
         self.buffer.append(row)
-        if len(self.buffer) >= self.rows_per_part:
+        since = time.monotonic() - self.flushed_at
+        if len(self.buffer) >= self.rows_per_part or since >= self.flush_s or (urgent and since >= URGENT_GAP_S):
             self.flush()
 
     def flush(self) -> None:
         if self.buffer:
-            self.write_table(self.to_table(self.buffer))
+            table = self.to_table(self.buffer)
+            while True:
+                try:
+                    self.write_table(table)
+                    break
+                except OSError as exc:  # disk full, read-only, refused: the rows stay buffered
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT) and self._give_back(2 * table.nbytes + 64 * 1024):
+                        continue  # room the reserve kept for exactly this
+                    self.error = os_error_line(exc) or f"{type(exc).__name__}: {exc}"
+                    raise ManifestWriteError(f"cannot write the manifest under {self.dest}: {self.error}") from exc
             self.buffer = []
+        self.flushed_at = time.monotonic()
 
     def write_table(self, table: pa.Table) -> None:
         """Write one part file from a table of this writer's schema."""
@@ -75,8 +148,25 @@ class ManifestWriter:
         self.parts += 1
         self.rows += table.num_rows
 
-    def close(self) -> None:
-        self.flush()
+    def close(self, raise_errors: bool = True) -> None:
+        """Flush the rest; with raise_errors=False a failure only leaves `error` and `unsaved` set.
+        The reserve is removed either way."""
+        try:
+            self.flush()
+        except ManifestWriteError:
+            if raise_errors:
+                raise
+        finally:
+            if self.reserve is not None:
+                _unlink(self.reserve)
+                self.reserve = None
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def manifest_dataset(fs, dest: str, schema: pa.Schema = SCHEMA) -> ds.Dataset | None:

@@ -35,7 +35,7 @@ def filesystem(uri: str, storage_options: dict | None = None, endpoint_url: str 
         options["client_kwargs"] = {**options.get("client_kwargs", {}), "endpoint_url": endpoint_url}
     if not is_s3:
         return fsspec.core.url_to_fs(uri, **options)
-    from pipeline import s3  # adaptive retries with jitter, throttling counted
+    from pipeline import s3  # the one retry policy, throttling counted
 
     fs, path = fsspec.core.url_to_fs(uri, **s3.with_retry_config(options))
     fs.retries = s3.S3FS_RETRIES
@@ -113,8 +113,10 @@ def safe_join(root: str, key: str) -> str:
 def atomic_write(fs, path: str, data: bytes) -> None:
     """Readers see the old object or the whole new one, never a part.
 
-    Object stores: one PUT of the whole body is atomic. Local and other filesystems: write a
-    temporary sibling, then rename over the target."""
+    Object stores: one PUT of the whole body is atomic (S3 requests retry by the one policy in
+    `pipeline.s3`, nothing here retries again). Local and other filesystems: write a temporary
+    sibling, then rename over the target; on any failure (disk full, read-only, interrupted) the
+    temporary file is removed before the error goes up, so none is ever left behind."""
     if protocol_prefix(fs) in ("s3://", "gs://", "gcs://", "az://", "abfs://"):
         fs.pipe_file(path, data)
         return
@@ -122,15 +124,30 @@ def atomic_write(fs, path: str, data: bytes) -> None:
     if parent:
         fs.makedirs(parent, exist_ok=True)
     tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")
-    if protocol_prefix(fs) == "":
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    else:
-        fs.pipe_file(tmp, data)
-        fs.mv(tmp, path)
+    try:
+        if protocol_prefix(fs) == "":
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            fs.pipe_file(tmp, data)
+            fs.mv(tmp, path)
+    except BaseException:
+        _remove_quietly(fs, tmp)
+        raise
+
+
+def _remove_quietly(fs, path: str) -> None:
+    """Remove a temporary file if it is there; the error that got us here is the one to report."""
+    try:
+        if protocol_prefix(fs) == "":
+            os.unlink(path)
+        else:
+            fs.rm_file(path)
+    except OSError:  # not there (never created), or the disk refuses even this
+        pass
 
 
 def read_bytes(fs, path: str, start: int | None = None, end: int | None = None) -> bytes:
@@ -138,3 +155,42 @@ def read_bytes(fs, path: str, start: int | None = None, end: int | None = None) 
     readers go through (pipeline.parquet_io), so a retry policy set here covers them, and a
     failed read raises instead of leaving a half-read buffer."""
     return fs.cat_file(path, start=start, end=end)
+
+
+def check_source(fs, root: str, uri: str) -> None:
+    """StorageConfigError (one line) when the source is not there: a local folder that does not
+    exist (or is a file), an S3 prefix without a single object (one LIST of at most one key)."""
+    from pipeline.errors import StorageConfigError
+
+    proto = protocol_prefix(fs)
+    if proto == "":
+        if not os.path.isdir(root):
+            what = "is a file, not a folder" if os.path.exists(root) else "does not exist"
+            raise StorageConfigError(f"source {uri} {what}: give the folder (or s3:// prefix) holding the images")
+        return
+    if proto in ("s3://", "s3a://"):
+        bucket, _, prefix = root.partition("/")
+        prefix = prefix.rstrip("/") + "/" if prefix else ""
+        reply = fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        if not reply.get("KeyCount", len(reply.get("Contents", []))):
+            raise StorageConfigError(f"source {uri} holds no objects: check the bucket and prefix")
+    elif not fs.exists(root):
+        raise StorageConfigError(f"source {uri} does not exist")
+
+
+def check_writable(fs, root: str, uri: str) -> None:
+    """StorageConfigError (one line) unless a probe object can be written under `root` and
+    removed again: a read-only or full disk, a bucket we may not write, found before any work."""
+    from pipeline.errors import StorageConfigError, os_error_line
+    from pipeline.s3 import explain
+
+    probe = f"{root.rstrip('/')}/_runs/.write-probe-{uuid.uuid4().hex}"
+    try:
+        atomic_write(fs, probe, b"taid write probe\n")
+    except OSError as exc:
+        line = explain(exc, fs) or os_error_line(exc) or f"{type(exc).__name__}: {exc}"
+        raise StorageConfigError(f"cannot write to {uri}: {line}") from None
+    try:
+        fs.rm_file(probe)
+    except OSError:  # written but not removable: harmless (an empty marker), the run can go on
+        pass

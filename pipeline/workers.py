@@ -16,12 +16,13 @@ from pipeline.rows import ArchiveRows, RestoredRows
 from pipeline.storage import ObjectInfo, UnsafeKeyError, atomic_write, protocol_prefix, safe_join
 
 log = logging.getLogger(__name__)
-RETRIES = 3  # transient storage errors, per read / write
+RETRIES = 3  # tries of a call `with_retries` wraps (the model actor's)
 
 
 def with_retries(fn, what: str, transient: type[Exception] = Exception, delay: float = 0.2):
     """fn(), tried RETRIES times when it raises `transient` (waits `delay`, then 4x longer); a
-    missing or forbidden object is never transient."""
+    missing or forbidden object is never transient. Not for storage: S3 requests already retry
+    by the one policy in `pipeline.s3`, and a local disk error (full, read-only) does not pass."""
     for attempt in range(RETRIES):
         try:
             return fn()
@@ -37,8 +38,8 @@ def with_retries(fn, what: str, transient: type[Exception] = Exception, delay: f
 
 
 def write_checked(fs, path: str, blob: bytes) -> None:
-    """Atomic write with retries, then a size check of what landed."""
-    with_retries(lambda: atomic_write(fs, path, blob), f"write {path}")
+    """Atomic write (S3: retried by the one policy in pipeline.s3), then a size check of what landed."""
+    atomic_write(fs, path, blob)
     written = fs.info(path)["size"]
     if written != len(blob):
         raise OSError(f"wrote {written} of {len(blob)} bytes")
@@ -107,7 +108,7 @@ class CompressWorker(ModelUser):
 
         obj = ObjectInfo(**item)
         try:
-            data = with_retries(lambda: self.src_fs.cat_file(_strip(obj.uri)), f"read {obj.uri}")
+            data = self.src_fs.cat_file(_strip(obj.uri))
         except Exception as exc:
             return self.rows.failed(obj, attempt, "failed_read", exc)
         small, layer, record = self._compress(data)

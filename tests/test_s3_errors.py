@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from infra.faults import SlowDownProxy
 from infra.local_s3 import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,61 +62,16 @@ def test_failed_flow_run_message_is_the_one_line(s3, bucket, prefect_harness, tm
         assert expected in state.message and "\n" not in state.message.strip()
 
 
-class ThrottlingProxy:
-    """A real HTTP proxy in front of SeaweedFS that answers the first `n` requests with S3's
-    503 SlowDown, then forwards everything (Host header kept, so signatures still verify)."""
-
-    def __init__(self, upstream_port: int, n: int):
-        import http.client
-        import http.server
-        import threading
-
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def _any(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if proxy.left > 0:
-                    proxy.left -= 1
-                    err = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
-                    self.send_response(503)
-                    self.send_header("Content-Length", str(len(err)))
-                    self.end_headers()
-                    self.wfile.write(err)
-                    return
-                conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=30)
-                conn.request(self.command, self.path, body=body, headers=dict(self.headers))
-                resp = conn.getresponse()
-                data = resp.read()
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _any
-
-            def log_message(self, *a):
-                pass
-
-        self.left = n
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 def test_throttling_is_retried_and_counted(s3, bucket):
     from pipeline import s3 as s3mod
     from pipeline.storage import filesystem, list_objects
 
     s3.filesystem().pipe(f"{bucket}/src/a.png", b"12345")
-    proxy = ThrottlingProxy(s3.port, n=3)
+    proxy = SlowDownProxy(s3.port, first=3)
     try:
         before = dict(s3mod.STATS)
         fs, root = filesystem(f"s3://{bucket}/src", endpoint_url=proxy.endpoint)
         assert [o.key for o in list_objects(fs, root)] == ["a.png"]  # retried past the SlowDowns
         assert s3mod.STATS["throttled"] - before.get("throttled", 0) == 3
     finally:
-        proxy.server.shutdown()
+        proxy.stop()

@@ -58,3 +58,56 @@ def test_transient_errors_are_retried_and_missing_objects_are_not():
     with pytest.raises(FileNotFoundError):
         with_retries(missing, "read")
     assert len(calls) == 1
+
+
+def test_atomic_write_leaves_no_temporary_file_when_it_fails(tmp_path):
+    from pipeline.storage import atomic_write
+
+    fs, root = filesystem(str(tmp_path))
+    (tmp_path / "taken").mkdir()  # the rename over a folder fails after the temporary file was written
+    with pytest.raises(OSError):
+        atomic_write(fs, f"{root}/taken", b"data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_errors_a_user_can_act_on_read_as_one_line():
+    import errno
+
+    from flows.cli import one_line, value_error_line
+    from pipeline.errors import DestinationFullError, StorageConfigError, storage_refuses
+
+    assert one_line(StorageConfigError("source /x does not exist")) == ("source /x does not exist", 2)
+    assert one_line(DestinationFullError("full"))[1] == 1
+    assert one_line(OSError(errno.ENOSPC, "No space left on device", "/d/x.tmp")) == (
+        "No space left on device (/d/x.tmp)", 1)
+    assert one_line(RuntimeError("a bug")) is None  # a bug keeps its traceback
+    assert storage_refuses("OSError: [Errno 28] No space left on device: '/d/.x.tmp'")
+    assert storage_refuses("OSError: [Errno 30] Read-only file system: '/d'")
+    assert not storage_refuses("OSError: wrote 0 of 479 bytes") and not storage_refuses(None)
+    with pytest.raises(ValueError) as err:
+        CompressArchiveParams(source="/a", dest="/b", target_psnr=1000)
+    line = value_error_line(err.value)
+    assert "\n" not in line and "lossless" in line
+
+
+def test_manifest_writer_gives_its_reserve_back_when_the_disk_is_full(tmp_path):
+    """The reserve is real disk space, removed at close; a failed part keeps its rows."""
+    import os
+
+    from pipeline.errors import ManifestWriteError
+    from pipeline.manifest import ManifestWriter, reserve_bytes
+
+    fs, root = filesystem(str(tmp_path / "dest"))
+    writer = ManifestWriter(fs, root, "r1", rows_per_part=10, reserve=True)
+    assert os.path.getsize(writer.reserve) == reserve_bytes(10)
+    writer.add({"source_key": "a", "status": "ok"})
+    writer.close()
+    assert writer.rows == 1 and writer.reserve is None
+    assert [p.name for p in (tmp_path / "dest/_manifest/run=r1").iterdir()] == ["part-00000.parquet"]
+
+    blocked = ManifestWriter(fs, str(tmp_path / "file"), "r2")  # its folder cannot be made: a file is in the way
+    (tmp_path / "file").write_bytes(b"")
+    blocked.add({"source_key": "b", "status": "ok"})
+    with pytest.raises(ManifestWriteError) as err:
+        blocked.flush()
+    assert blocked.unsaved == 1 and "cannot write the manifest" in str(err.value)

@@ -13,6 +13,7 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
 
-def s3_counts(before: dict) -> dict:
-    """S3 requests, retries and throttled answers of this driver since `before` (a copy of s3.STATS)."""
-    return {k: v - before.get(k, 0) for k, v in s3.STATS.items() if v - before.get(k, 0)}
+def s3_counts(before: dict, dispatch: dict | None = None) -> dict:
+    """S3 list requests and throttled answers of the run: this driver's since `before` (a copy of
+    s3.STATS) plus what the workers reported with their batches (`dispatch["s3"]`)."""
+    return s3.add_counts(s3.since(before), (dispatch or {}).get("s3", {}))

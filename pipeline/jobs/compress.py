@@ -20,12 +20,13 @@ from typing import TypedDict
 
 from pipeline import s3
 from pipeline.config import PIPELINE_VERSION, CompressArchiveParams
+from pipeline.errors import DestinationFullError, ManifestWriteError, os_error_line, storage_refuses
 from pipeline.jobs.common import new_run_id, s3_counts
 from pipeline.jobs.progress import NoProgress, Progress, Throttled
 from pipeline.manifest import ManifestWriter, PreviousState, write_run_stats
 from pipeline.prices import DEFAULT_PRICES, Prices, billable_bytes, monthly_saving, months_to_pay_back, one_time_cost
 from pipeline.rows import ArchiveRow, ArchiveRows
-from pipeline.storage import ObjectInfo, UnsafeKeyError, safe_join
+from pipeline.storage import ObjectInfo, UnsafeKeyError, check_source, check_writable, safe_join
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +131,16 @@ def plan_objects(params: CompressArchiveParams, counts: dict) -> tuple[Iterator[
 
 
 def check_storage(params: CompressArchiveParams) -> None:
-    """Missing credentials, an unreachable endpoint or a missing bucket: a StorageConfigError
-    whose message is one line saying what to set."""
+    """Before any work: missing credentials, an unreachable endpoint, a missing bucket, a missing
+    source, an unwritable destination (a probe write; not for dry runs, which write nothing):
+    a StorageConfigError whose message is one line saying what to fix."""
     for uri in filter(None, (params.source, params.dest, params.inventory)):
         fs, path = params.fs(uri)
         s3.check_access(fs, path)
+    if not params.inventory:  # an inventory lists the source instead
+        check_source(*params.fs(params.source), params.source)
+    if not params.dry_run:
+        check_writable(*params.fs(params.dest), params.dest)
 
 
 def compact_if_needed(fs, root: str, always: bool = False) -> dict:
@@ -312,10 +318,13 @@ def _run_compress(params: CompressArchiveParams, progress: Progress | None, run_
     planned = counted(planned)
     log.info("run %s: planning over about %s listed objects", run_id, estimate or "an unknown number of")
     if params.dry_run:
-        return {"run_id": run_id, "dry_run": True, "to_process": sum(1 for _ in planned), "plan": counts}
+        return {"run_id": run_id, "dry_run": True, "to_process": sum(1 for _ in planned), "plan": counts,
+                "s3": s3_counts(s3_before)}
 
     stats = RunStats(prices, params.prices_source)
-    writer = ManifestWriter(dst_fs, dest_root, run_id, params.rows_per_part)
+    # local: room kept back for the manifest, so a disk that fills up still takes the rows of what was written
+    writer = ManifestWriter(dst_fs, dest_root, run_id, params.rows_per_part, reserve=True)
+    full: list[str] = []  # why the destination refuses every write (full, read-only): nothing new is started
     rows = ArchiveRows(run_id, {"model_id": params.model_id, **params.fidelity_columns()}, PIPELINE_VERSION)
 
     def done() -> tuple[int, int]:
@@ -325,13 +334,19 @@ def _run_compress(params: CompressArchiveParams, progress: Progress | None, run_
         return listed - yielded[0] + stats.rows, max(estimate or 0, listed, 1)
 
     def on_row(row: ArchiveRow) -> None:
-        writer.add(row)
+        writer.add(row, urgent=row.status == "failed_write")  # the destination is in trouble: save rows now
         stats.add(row)
         progress.update(*done())
+        if row.status == "failed_write" and not full and storage_refuses(row.error_message):
+            full.append(row.error_message.splitlines()[0])
+            log.warning("the destination refuses writes (%s): no new work is started", full[0])
 
     def checked(objects):
-        """Refuse keys that would escape DEST here, before any actor sees them."""
+        """Refuse keys that would escape DEST here, before any actor sees them; stop when the
+        destination is full (the batches in flight finish and keep their rows)."""
         for obj in objects:
+            if full:
+                break
             try:
                 safe_join(dest_root, obj.key)
             except UnsafeKeyError as exc:
@@ -348,9 +363,20 @@ def _run_compress(params: CompressArchiveParams, progress: Progress | None, run_
             dispatch = run_on_ray(CompressWorker, params, run_id, f"taid-compress-{run_id}",
                                   checked(itertools.chain([first], planned)), on_row, rows.crash,
                                   list(spec.models) if spec else [params.model_id])
+    except ManifestWriteError:
+        pass  # no more work whose rows could not be kept; the one line is raised below
     finally:
-        writer.close()  # rows of finished objects are never lost, even if the run dies
+        writer.close(raise_errors=False)  # rows of finished objects are kept, even if the run dies
         progress.close(done()[0])
+    if writer.error:  # no run stats: the run is not complete, and the next one redoes what has no row
+        raise ManifestWriteError(f"cannot write the manifest under {params.dest} ({writer.error}): {writer.unsaved} "
+                                 f"rows not recorded, {writer.rows} recorded; the next run redoes only the objects "
+                                 "without a row")
+    if full:  # no run stats either: the run did not finish
+        raise DestinationFullError(
+            f"the destination {params.dest} stopped taking writes ({full[0]}): {stats.by_status.get('ok', 0)} images "
+            f"written, {stats.by_status.get('failed_write', 0)} failed writes, all {writer.rows} rows recorded; the rest was "
+            "not started: make room, then rerun (it redoes only the objects without a row; --retry-failed the failed writes)")
     result: CompressResult = {
         "run_id": run_id, "source": params.source, "dest": params.dest, "model_id": params.model_id,
         "scale": params.scale, "small_format": params.small_format, "quality": params.quality,
@@ -361,8 +387,12 @@ def _run_compress(params: CompressArchiveParams, progress: Progress | None, run_
                         gpu_seconds=gpu_seconds_held(dispatch, params, time.time() - stats.started)),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    result["s3"] = s3_counts(s3_before)  # throttled answers, retries, list requests (this driver)
-    write_run_stats(dst_fs, dest_root, run_id, result)  # written last: marks the run complete
+    result["s3"] = s3_counts(s3_before, dispatch)  # throttled answers, list requests: driver + workers
+    try:
+        write_run_stats(dst_fs, dest_root, run_id, result)  # written last: marks the run complete
+    except OSError as exc:
+        raise ManifestWriteError(f"cannot write the run record under {params.dest} ({os_error_line(exc) or exc}): its "
+                                 f"{writer.rows} rows are written; the next run redoes only the objects without a row") from exc
     log.info("run %s: %d rows %s in %.1f s", run_id, result["rows"], result["by_status"], result["seconds"])
     result["index"] = compact_manifest(params)
     return result
@@ -395,6 +425,7 @@ def summary_table(result: CompressResult) -> list[dict]:
         {"metric": "images/s", "value": round(result["images_per_s"], 3)},
         {"metric": "megapixels/s", "value": round(result["megapixels_per_s"], 3)},
         {"metric": "actor restarts", "value": result["dispatch"]["actor_restarts"]},
+        {"metric": "S3 throttled answers (retried)", "value": result.get("s3", {}).get("throttled", 0)},
     ]
     return rows + cost_table(result)
 

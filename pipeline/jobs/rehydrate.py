@@ -14,7 +14,8 @@ import logging
 import time
 from typing import TypedDict
 
-from pipeline.jobs.common import new_run_id
+from pipeline import s3
+from pipeline.jobs.common import new_run_id, s3_counts
 from pipeline.jobs.progress import NoProgress, Progress, Throttled
 from pipeline.manifest import ManifestWriter, write_run_stats
 from pipeline.rehydrate_batch import REHYDRATE_SCHEMA, RehydrateParams, not_done, select_rows
@@ -35,6 +36,7 @@ class RehydrateResult(TypedDict, total=False):
     by_status: dict
     dispatch: dict
     seconds: float
+    s3: dict  # throttled answers...: driver + workers
 
 
 def run_rehydrate(params: RehydrateParams, progress: Progress | None = None,
@@ -46,6 +48,7 @@ def run_rehydrate(params: RehydrateParams, progress: Progress | None = None,
     run_id = run_id or new_run_id()
     progress = Throttled(progress or NoProgress())
     started = time.time()
+    s3_before = dict(s3.STATS)
     selected = select_rows(params)
     todo = not_done(params, selected)
     log.info("rehydrate %s: %d selected, %d already rehydrated", run_id, len(selected), len(selected) - len(todo))
@@ -72,7 +75,7 @@ def run_rehydrate(params: RehydrateParams, progress: Progress | None = None,
         writer.close()
         progress.close(writer.rows)
     result.update({"rows": writer.rows, "by_status": dict(sorted(by_status.items())), "dispatch": dispatch,
-                   "seconds": time.time() - started})
+                   "seconds": time.time() - started, "s3": s3_counts(s3_before, dispatch)})
     write_run_stats(fs, root, run_id, result)
     log.info("rehydrate %s: %d rows %s in %.1f s", run_id, result["rows"], result["by_status"], result["seconds"])
     return result

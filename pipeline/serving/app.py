@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
@@ -42,8 +43,8 @@ ROUTES = ("thumb", "image", "meta", "api", "healthz", "browser.js")  # metric la
 api = FastAPI(title="taid-archive", docs_url=None, redoc_url=None, openapi_url=None)
 
 
-def _route(request: Request) -> str:
-    path, root = request.scope["path"], request.scope.get("root_path", "")
+def _route(scope: dict) -> str:
+    path, root = scope["path"], scope.get("root_path", "")
     path = (path[len(root):] if root and path.startswith(root) else path) or "/"
     if path == "/healthz":  # exactly this path is open: /healthz/anything is not
         return "healthz"
@@ -51,23 +52,47 @@ def _route(request: Request) -> str:
     return first if first in ROUTES and first != "healthz" else ("page" if path == "/" else "other")
 
 
-@api.middleware("http")
-async def guard(request: Request, call_next):
-    """Token check before routing (an unknown path and an unknown key answer the same 401), plus metrics."""
-    server: ArchiveServer = request.app.state.server
-    start = time.perf_counter()
-    route = _route(request)
-    if route != "healthz" and server.token_sha256 and not authorized(request.headers.get("authorization"), server.token_sha256):
-        # Basic on the page and its script: the browser asks once and then sends it with every request
-        scheme = "Basic" if route in ("page", "browser.js") else "Bearer"
-        response = JSONResponse({"detail": "unauthorized"}, status_code=401,
-                                headers={"WWW-Authenticate": f'{scheme} realm="taid-archive", charset="UTF-8"'})
-    else:
-        response = await call_next(request)
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Cross-Origin-Resource-Policy"] = "same-origin"  # other sites cannot embed private images
-    server.observe(route, response.status_code, time.perf_counter() - start)
-    return response
+SAFETY_HEADERS = [(b"x-content-type-options", b"nosniff"),
+                  (b"cross-origin-resource-policy", b"same-origin")]  # other sites cannot embed private images
+
+
+class Guard:
+    """Token check before routing (an unknown path and an unknown key answer the same 401), safety
+    headers and metrics on every answer. A plain ASGI middleware: Starlette's `@app.middleware`
+    (BaseHTTPMiddleware) runs each request through an extra task and a memory stream, which cost a
+    large share of a cached thumbnail's time under 16 clients."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        server: ArchiveServer = scope["app"].state.server  # the app Serve runs (a copy of `api`)
+        start = time.perf_counter()
+        route, status = _route(scope), [500]
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), *SAFETY_HEADERS]}
+            await send(message)
+
+        auth = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"authorization"), None)
+        try:
+            if route != "healthz" and server.token_sha256 and not authorized(auth, server.token_sha256):
+                # Basic on the page and its script: the browser asks once and then sends it with every request
+                scheme = "Basic" if route in ("page", "browser.js") else "Bearer"
+                response = JSONResponse({"detail": "unauthorized"}, status_code=401,
+                                        headers={"WWW-Authenticate": f'{scheme} realm="taid-archive", charset="UTF-8"'})
+                await response(scope, receive, send_with_headers)
+            else:
+                await self.app(scope, receive, send_with_headers)
+        finally:
+            server.observe(route, status[0], time.perf_counter() - start)
+
+
+api.add_middleware(Guard)
 
 
 @api.exception_handler(RequestValidationError)
@@ -155,12 +180,16 @@ class ArchiveServer:
             self.listing.put("rows", table)
         return table
 
-    def row(self, key: str) -> dict:
+    def row_in_memory(self, key: str) -> dict | None:
+        """The key's row if it is cached (no storage access), None if not; a bad key is a 400."""
         try:
             validate_key(key)  # before any storage access: .., absolute, backslash, NUL, empty segments
         except UnsafeKeyError:
             raise HTTPException(400, "bad key") from None
-        row = self.rows.get(key)
+        return self.rows.get(key)
+
+    def row(self, key: str) -> dict:
+        row = self.row_in_memory(key)
         if row is None:
             self.storage_reads += 1
             try:
@@ -199,8 +228,23 @@ class ArchiveServer:
         return Response(SCRIPT, media_type="text/javascript; charset=utf-8", headers={"Cache-Control": "no-cache"})
 
     @api.get("/thumb/{key:path}")
-    def thumb(self, key: str, request: Request):
-        """The small file exactly as stored (sha256-verified), with its own content type."""
+    async def thumb(self, key: str, request: Request):
+        """The small file exactly as stored (sha256-verified), with its own content type. A warm
+        request (row and bytes in memory) is answered on the event loop: no thread hop, which
+        under 16 clients cost more than the answer itself; anything that reads storage runs in
+        the thread pool."""
+        row = self.row_in_memory(key)
+        if row is not None:
+            tag = etag(row["output_sha256"])
+            if matches(request.headers.get("if-none-match"), tag):
+                return Response(status_code=304, headers=self.headers(tag))
+            hit = self.responses.get(("thumb", key, tag))
+            if hit:
+                media = CONTENT_TYPES.get(row["output_format"]) or sniff_content_type(hit[0])
+                return Response(hit[0], media_type=media, headers=self.headers(tag, "hit"))
+        return await run_in_threadpool(self.thumb_from_storage, key, request)
+
+    def thumb_from_storage(self, key: str, request: Request):
         row = self.row(key)
         tag = etag(row["output_sha256"])
         if matches(request.headers.get("if-none-match"), tag):
@@ -212,13 +256,30 @@ class ArchiveServer:
         media = CONTENT_TYPES.get(row["output_format"]) or sniff_content_type(data)
         return Response(data, media_type=media, headers=self.headers(tag, "hit" if hit else "miss"))
 
-    @api.get("/image/{key:path}")
-    def image(self, key: str, request: Request, query: Annotated[ImageQuery, Query()]):
-        """The full image, rehydrated once per (small file, weights, parameters) and then cached."""
-        row = self.row(key)
+    @staticmethod
+    def image_tag(row: dict, query: ImageQuery) -> tuple[str, bool]:
+        """(ETag, preview) of a full image: what fixes its bytes."""
         preview = query.preview and bool(row.get("enhancement_uri"))  # without a layer, preview is the full image
-        tag = etag(row["output_sha256"], "image", row["model_sha256"], row.get("enhancement_sha256"),
-                   query.format, query.quality, query.max_side, preview, CODEC_VERSION)
+        return etag(row["output_sha256"], "image", row["model_sha256"], row.get("enhancement_sha256"),
+                    query.format, query.quality, query.max_side, preview, CODEC_VERSION), preview
+
+    @api.get("/image/{key:path}")
+    async def image(self, key: str, request: Request, query: Annotated[ImageQuery, Query()]):
+        """The full image, rehydrated once per (small file, weights, parameters) and then cached; a
+        cached one is answered on the event loop (as thumb), the rest in the thread pool."""
+        row = self.row_in_memory(key)
+        if row is not None:
+            tag, _ = self.image_tag(row, query)
+            if matches(request.headers.get("if-none-match"), tag):
+                return Response(status_code=304, headers=self.headers(tag))
+            hit = self.responses.get(("image", key, tag))
+            if hit:
+                return Response(hit[0], media_type=hit[1]["type"], headers=self.headers(tag, "hit"))
+        return await run_in_threadpool(self.image_from_storage, key, request, query)
+
+    def image_from_storage(self, key: str, request: Request, query: ImageQuery):
+        row = self.row(key)
+        tag, preview = self.image_tag(row, query)
         if matches(request.headers.get("if-none-match"), tag):
             return Response(status_code=304, headers=self.headers(tag))
         hit = self.responses.get(("image", key, tag))
@@ -293,8 +354,12 @@ def build_app(args: dict):
     return application(ServeParams.model_validate(args))
 
 
-def deploy(params: ServeParams, host: str = "127.0.0.1", port: int = 8000, **options) -> str:
-    """Start Serve's HTTP proxy on host:port in the connected Ray and (re)deploy the archive app there."""
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(application(params, **options), name=APP_NAME, route_prefix="/")
+def deploy(params: ServeParams, host: str = "127.0.0.1", port: int = 8000, access_log: bool = False, **options) -> str:
+    """Start Serve's HTTP proxy on host:port in the connected Ray and (re)deploy the archive app there.
+    Serve's per-request access log lines (proxy and replica) are off unless `access_log`: writing
+    them cost about a fifth of a cached thumbnail's time under load, and our own Prometheus
+    metrics count every request by route and status."""
+    logging_config = {"enable_access_log": access_log}
+    serve.start(http_options={"host": host, "port": port}, logging_config=logging_config)
+    serve.run(application(params, **options), name=APP_NAME, route_prefix="/", logging_config=logging_config)
     return f"http://{host}:{port}/"
