@@ -51,6 +51,9 @@ SHARED = ROOT.parent / "shared" / "data" / "eval" / "B100"
 SIZES = {9.4: (4096, 2304), 12: (4000, 3000), 16: (4608, 3456), 24: (6000, 4000)}
 QUALITIES = (90, 85, 95)
 EFFORTS = ("fast", "default", "best")
+# what-if rows: the default effort at other final speeds, so the table shows why the default is what it is
+VARIANTS = (("default", 7), ("default", 6))
+HORIZON_MONTHS = 36  # total cost per image over this long: compute + requests + storage
 
 
 def photos() -> list[Path]:
@@ -131,16 +134,37 @@ def payback(source: int, objects: list[int], cpu_s: float) -> dict:
     return {cls: prices.payback_months(source, objects, len(objects), cpu_s, table, cls) for cls in table.storage}
 
 
+def horizon_cost(source: int, objects: list[int], cpu_s: float) -> dict:
+    """Per storage class: what the archived image costs over HORIZON_MONTHS (compute + PUTs +
+    storage) as a fraction of keeping the source for as long."""
+    from pipeline import prices
+
+    table = prices.load_prices(None)
+    out = {}
+    for cls in table.storage:
+        keep = prices.monthly_saving(prices.billable_bytes(source, table.storage_class(cls)), 0, table, cls)
+        store = prices.monthly_saving(prices.billable_bytes(objects, table.storage_class(cls)), 0, table, cls)
+        once = prices.one_time_cost(len(objects), cpu_s, table, cls)
+        out[cls] = (once + store * HORIZON_MONTHS) / (keep * HORIZON_MONTHS)
+    return out
+
+
 def run_image(data: bytes, presets: list[str], pairs: dict, rows: list, name: str) -> None:
     dec = image_io.decode_image(data, 10**9)
     ref = fidelity.Reference(codec.reference_rgb(dec))
     mp = ref.shape[0] * ref.shape[1] / 1e6
     print(f"{name}: {mp:.1f} MP, {len(data)} B", flush=True)
     for preset in presets:
-        base = None
-        for effort in EFFORTS:
+        for effort, speed in [(e, None) for e in EFFORTS] + list(VARIANTS):
             spec = fidelity.resolve_fidelity(preset, effort=effort)
-            (small, layer, rec), cpu, wall = cpu_wall(lambda: fidelity.compress_to_target(data, pairs, spec))
+            saved = fidelity.EFFORTS[effort]
+            if speed is not None:
+                fidelity.EFFORTS[effort] = saved._replace(final_speed=speed)
+                effort = f"{effort}@s{speed}"
+            try:
+                (small, layer, rec), cpu, wall = cpu_wall(lambda: fidelity.compress_to_target(data, pairs, spec))
+            finally:
+                fidelity.EFFORTS[spec.effort] = saved
             stored = len(small) + len(layer or b"")
             out, r_cpu, r_wall = cpu_wall(lambda: codec.rehydrate_image(small, rec, pairs[rec.model_id],
                                                                          output_format="png", layer=layer))
@@ -151,8 +175,6 @@ def run_image(data: bytes, presets: list[str], pairs: dict, rows: list, name: st
                    "mp_per_s_per_core": mp / cpu, "stages": {k: getattr(rec, f"cpu_{k}_s") for k in fidelity.Stages.NAMES},
                    "stored_over_source": stored / len(data), "rehydrate_cpu_s": r_cpu, "rehydrate_wall_s": r_wall,
                    "rehydrate_mp_per_s": mp / r_wall, "objects": [len(small)] + ([len(layer)] if layer else [])}
-            if effort == "default":
-                base = row
             rows.append(row)
             print(f"  {preset}/{effort}: {stored} B ({stored / len(data):.3f}x) {rec.psnr_y:.2f} dB "
                   f"{cpu:.1f} CPU-s ({mp / cpu:.2f} MP/s) rehydrate {r_wall:.1f} s", flush=True)
@@ -182,6 +204,7 @@ def run_image(data: bytes, presets: list[str], pairs: dict, rows: list, name: st
     for row in rows:
         if row["image"] == name:
             row["payback_months"] = payback(row["source_bytes"], row["objects"], row["cpu_s"])
+            row["horizon_cost"] = horizon_cost(row["source_bytes"], row["objects"], row["cpu_s"])
 
 
 def _mean(xs):
@@ -191,7 +214,8 @@ def _mean(xs):
 
 def summarize(rows: list[dict]) -> list[dict]:
     out = []
-    keys = sorted({(r["preset"], r["effort"]) for r in rows}, key=lambda k: (k[0], EFFORTS.index(k[1]) if k[1] in EFFORTS else 9))
+    order = list(EFFORTS) + [f"{e}@s{v}" for e, v in VARIANTS]
+    keys = sorted({(r["preset"], r["effort"]) for r in rows}, key=lambda k: (k[0], order.index(k[1]) if k[1] in order else 99))
     for preset, effort in keys:
         rs = [r for r in rows if r["preset"] == preset and r["effort"] == effort]
         over = [r["overshoot_db"] for r in rs if r.get("overshoot_db") is not None]
@@ -206,6 +230,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             "payback_months": {cls: _mean(r["payback_months"][cls] for r in rs if math.isfinite(r["payback_months"][cls]))
                                for cls in rs[0]["payback_months"]},
             "byte_exact": all(r.get("byte_exact", True) for r in rs),
+            "horizon_cost": {cls: _mean(r["horizon_cost"][cls] for r in rs) for cls in rs[0]["horizon_cost"]},
         })
     return out
 
@@ -216,13 +241,15 @@ def markdown(summary: list[dict], rows: list[dict], meta: dict) -> str:
     lines = ["# Economics: bytes, CPU and payback on large photos", "",
              f"`python benchmarks/economics.py` ({meta['when']}, {meta['machine']}). Sources: {meta['sources']}.", "",
              "| preset | effort | ok | MP/s per core | CPU / one AVIF s6 encode | stored / source | bytes vs AVIF s6 | vs AVIF s8 "
-             "| overshoot mean / p95 (dB) | rehydrate MP/s | " + " | ".join(f"payback {c} (months)" for c in classes) + " |",
-             "|---|---|---|---:|---:|---:|---:|---:|---|---:|" + "---:|" * len(classes)]
+             "| overshoot mean / p95 (dB) | rehydrate MP/s | " + " | ".join(f"payback {c} (months)" for c in classes)
+             + f" | cost over {HORIZON_MONTHS} months / keeping the source ({classes[0] if classes else '-'}) |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|---:|" + "---:|" * len(classes) + "---:|"]
     for s in summary:
         lines.append(f"| {s['preset']} | {s['effort']} | {s['ok']}/{s['images']} | {f(s['mp_per_s_per_core'], 2)} | "
                      f"{f(s['cpu_over_avif_s6'], 2)} | {f(s['stored_over_source'])} | {f(s['over_avif_s6'])} | {f(s['over_avif_s8'])} | "
                      f"{f(s['overshoot_mean_db'], 2)} / {f(s['overshoot_p95_db'], 2)} | {f(s['rehydrate_mp_per_s'], 2)} | "
-                     + " | ".join(f(s["payback_months"][c], 1) for c in classes) + " |")
+                     + " | ".join(f(s["payback_months"][c], 1) for c in classes)
+                     + f" | {f(s['horizon_cost'][classes[0]], 3)} |")
     kinds = sorted({r["layer"] for r in rows if r.get("layer")})
     if kinds:
         lines += ["", "Rehydration (`codec.rehydrate_image`, PNG out, one process) by layer kind:", "",
@@ -248,7 +275,7 @@ def calibrate(out: Path) -> None:
     that of the sample mosaic at the search speed, at one level, on mosaics of *training* photos
     (BSD200; the evaluation photos never tune anything)."""
     train = sorted((ROOT.parent / "shared" / "data" / "train" / "BSD200").glob("*.png"))
-    offsets: dict[int, list[float]] = {6: [], 7: [], 8: []}
+    offsets: dict[int, list[float]] = {6: [], 7: [], 8: [], 9: []}
     for i, size in enumerate((9.4, 12)):
         w, h = SIZES[size]
         data = jpeg(mosaic(train, w, h, seed=100 + i), QUALITIES[i])

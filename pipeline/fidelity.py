@@ -95,9 +95,9 @@ class EffortSettings(NamedTuple):
 
 
 EFFORTS: dict[str, EffortSettings] = {
-    "fast": EffortSettings(final_speed=8, search_speed=9, residual_below=0, refine=False, aim_above=0.3,
-                           trim_above=1.0),
-    "default": EffortSettings(final_speed=7, search_speed=9, residual_below=1_000_000, refine=False, aim_above=0.2,
+    "fast": EffortSettings(final_speed=9, search_speed=9, residual_below=0, refine=False, aim_above=0.2,
+                           trim_above=0.4),
+    "default": EffortSettings(final_speed=8, search_speed=9, residual_below=1_000_000, refine=False, aim_above=0.2,
                               trim_above=0.4),
     "best": EffortSettings(final_speed=6, search_speed=9, residual_below=math.inf, refine=True, aim_above=0.0,
                            trim_above=0.0),
@@ -374,7 +374,7 @@ SAMPLE_FRACTION = 0.2
 # Y-PSNR of a full-size encode at the final speed minus that of the sample mosaic at the search speed,
 # at one level, per final speed: the sampled search aims this much below the target. Medians measured
 # on training photos by `python benchmarks/economics.py --calibrate` (benchmarks/results/economics_calibration.json)
-SAMPLE_OFFSET_DB = {6: 0.95, 7: 0.60, 8: 0.27, 9: 0.0}
+SAMPLE_OFFSET_DB = {6: 0.95, 7: 0.60, 8: 0.27, 9: -0.03}
 
 
 def _mosaic(arr: np.ndarray) -> np.ndarray:
