@@ -303,7 +303,9 @@ def test_compact_removes_old_versions_and_stale_multipart_uploads(s3, bucket, lo
     assert removed == {"index": [f"v-{first}"], "multipart_uploads": ["archive/d0/big.png.webp"]}
     left = fs.call_s3("list_multipart_uploads", Bucket=bucket).get("Uploads", [])
     assert [u["UploadId"] for u in left] == [other] and upload != other
-    names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(f"{path}/_index", detail=False, refresh=True))
-    assert names == sorted(["_index", "CURRENT.json", f"v-{second}", f"v-{third['version']}"])  # current, previous
+    # (a store may or may not list the folder's own marker object: not what this test is about)
+    names = sorted({p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(f"{path}/_index", detail=False, refresh=True)}
+                   - {"_index"})
+    assert names == sorted(["CURRENT.json", f"v-{second}", f"v-{third['version']}"])  # current, previous
     assert mi.collect(fs, path, now=time.time() + mi.GRACE_S + 1) == {}  # nothing left to remove
     every_key_rehydrates(root, local_archive["keys"])
