@@ -286,8 +286,8 @@ def run_compress(params: CompressArchiveParams, progress: Progress | None = None
     from pipeline.lease import Lease
 
     run_id = run_id or new_run_id()
-    check_storage(params)  # before the lease: bad credentials or a missing bucket say so in one line
-    prices = params.price_table()  # so does a wrong price file
+    prices = params.price_table()  # a wrong price file says so in one line, before anything is touched
+    check_storage(params)  # before the lease: bad credentials, a missing source or an unwritable dest, in one line
     if params.dry_run:
         return _run_compress(params, progress, run_id, prices)
     dst_fs, dest_root = params.fs(params.dest)
