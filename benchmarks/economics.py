@@ -294,6 +294,37 @@ def calibrate(out: Path) -> None:
     print(json.dumps(result, indent=2))
 
 
+def probe_settle(out: Path) -> None:
+    """How the band settling's aim and trim trade encodes against overshoot, on mosaics of
+    *training* photos (BSD200): the settings `pipeline.fidelity.EFFORTS` was chosen from."""
+    train = sorted((ROOT.parent / "shared" / "data" / "train" / "BSD200").glob("*.png"))
+    datas = [jpeg(mosaic(train, *SIZES[size], seed=200 + i), QUALITIES[i % 3]) for i, size in enumerate((9.4, 12, 9.4, 12))]
+    pairs = {m: load_pair(m) for m in ("taid-x2-webp", "taid-x4-webp")}
+    encodes = [0]
+    real = fidelity._Bands.encode
+
+    def counted(self, i, level):
+        encodes[0] += 1
+        return real(self, i, level)
+    fidelity._Bands.encode = counted
+    base, result = fidelity.EFFORTS["default"], []
+    try:
+        for aim, trim in ((0.2, 0.4), (0.0, 0.5), (0.0, 0.8), (0.3, math.inf)):
+            fidelity.EFFORTS["default"] = base._replace(aim_above=aim, trim_above=trim)
+            encodes[0], over = 0, []
+            for data in datas:
+                rec = fidelity.compress_to_target(data, pairs, fidelity.resolve_fidelity("standard"))[2]
+                over.append(rec.psnr_y - rec.target_psnr)
+            result.append({"aim_above": aim, "trim_above": trim, "speed": base.final_speed,
+                           "full_encodes_per_image": encodes[0] / len(datas) / fidelity.MAX_BANDS,
+                           "overshoot_mean_db": float(np.mean(over)), "overshoot_max_db": max(over)})
+            print(result[-1], flush=True)
+    finally:
+        fidelity.EFFORTS["default"], fidelity._Bands.encode = base, real
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "economics_settle.json").write_text(json.dumps(result, indent=2, default=str))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=float, nargs="+", default=[9.4, 12, 16])
@@ -301,9 +332,13 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--calibrate", action="store_true", help="measure SAMPLE_OFFSET_DB on training photos instead")
     ap.add_argument("--from-json", type=Path, help="rewrite the Markdown from an earlier economics.json (no measuring)")
+    ap.add_argument("--probe-settle", action="store_true", help="how the bands' aim and trim trade encodes against "
+                    "overshoot, on training photos")
     args = ap.parse_args(argv)
     if args.calibrate:
         return calibrate(args.out)
+    if args.probe_settle:
+        return probe_settle(args.out)
     if args.from_json:
         result = json.loads(args.from_json.read_text())
         (args.out / "economics.md").write_text(markdown(result["summary"], result["images"], result["meta"]))
