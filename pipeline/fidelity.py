@@ -97,7 +97,7 @@ class EffortSettings(NamedTuple):
 EFFORTS: dict[str, EffortSettings] = {
     "fast": EffortSettings(final_speed=9, search_speed=9, residual_below=0, refine=False, aim_above=0.0,
                            trim_above=0.8),
-    "default": EffortSettings(final_speed=8, search_speed=9, residual_below=1_000_000, refine=False, aim_above=0.0,
+    "default": EffortSettings(final_speed=7, search_speed=9, residual_below=1_000_000, refine=False, aim_above=0.0,
                               trim_above=0.5),
     "best": EffortSettings(final_speed=6, search_speed=9, residual_below=math.inf, refine=True, aim_above=0.0,
                            trim_above=0.0),
