@@ -88,7 +88,7 @@ class EffortSettings(NamedTuple):
     search_speed: int  # libaom speed of the sampled search on large images
     residual_below: float  # images of at most this many pixels also try the residual of TAU(small) (TAD + TAU at
     # full size): TAU's CPU grows with the pixels, an object's two PUTs do not, so small images can afford it
-    refine: bool  # after a full-size encode that overshoots, try the next coarser level
+    refine: bool  # the residual layer (one AVIF): after a full-size encode that overshoots, try coarser levels
     aim_above: float  # large images: the first pass aims this many levels (of ~0.55 dB) above the target, so
     # that it rarely needs finer bands (each a fraction of an encode) ...
     trim_above: float  # ... and where it lands more than this many levels above, bands are made coarser
@@ -437,7 +437,7 @@ def _measurer(kind: str, s: np.ndarray, p: np.ndarray | None, ref: Reference | N
 
 
 def _slope(points: dict[int, float]) -> float | None:
-    """dB per level from a search's measured points (the steepest-free estimate: end to end)."""
+    """dB per level from a search's measured points: from the lowest level tried to the highest."""
     if len(points) < 2:
         return None
     (k0, p0), (k1, p1) = min(points.items()), max(points.items())
