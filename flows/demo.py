@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from flows.compress_archive import compress_archive, summary_table
     from pipeline.config import CompressArchiveParams
-    from pipeline.rehydrate import rehydrate_row
+    from pipeline.rehydrate import find_row, rehydrate_row
 
     source, dest = os.path.abspath(args.source), os.path.abspath(args.dest)  # Ray workers get absolute paths
     params = CompressArchiveParams(
@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
           f"pyarrow.dataset.dataset({os.path.join(dest, '_manifest')!r}, format='parquet'))")
     print(f"run stats (written last): {dest}/_runs/{result['run_id']}.json")
 
-    rows = manifest.to_table().to_pylist()
-    row = next(r for r in rows if r["status"] == "ok" and r["source_key"].endswith("butterfly.png"))
+    # the raw table holds file paths relative to the archive (it can be moved); the library resolves them
+    row = find_row(dest, "Set5/butterfly.png")
     restored = Image.open(io.BytesIO(rehydrate_row(row))).convert("RGB")  # small file + its layer, verified
     original = Image.open(os.path.join(source, row["source_key"])).convert("RGB")
     out = Path(dest).parent / "demo-restored" / row["source_key"]
