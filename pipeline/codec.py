@@ -373,20 +373,24 @@ def predict(small: bytes, record: CompressRecord | dict | None, pair, tile: int 
     alpha_stored = bool(meta["alpha_stored"]) if meta.get("alpha_stored") is not None else im.mode in ("RGBA", "LA", "PA")
     is_gray = bool(meta["is_gray"]) if meta.get("is_gray") is not None else im.mode in ("L", "LA")
     has_alpha = bool(meta["has_alpha"]) if meta.get("has_alpha") is not None else alpha_stored
-    color_wanted = color
     arr = np.asarray(im.convert("RGBA" if alpha_stored else "RGB"))
-    color = arr[..., :3]
+    small_rgb = arr[..., :3]
     if is_gray:
-        color = np.repeat(_gray(color)[..., None], 3, axis=2)
-    if color_wanted:
-        up = _through_pair(pair, color, s, tile, True, is_gray)[0][:h, :w]
+        small_rgb = np.repeat(_gray(small_rgb)[..., None], 3, axis=2)
+    if color:
+        up = _through_pair(pair, small_rgb, s, tile, True, is_gray)[0][:h, :w]
     else:
-        up = np.broadcast_to(np.uint8(0), (h, w, 3))
+        up = enhancement.no_prediction((h, w, 3))
     alpha = None
     if alpha_stored:
         a_up, _ = _through_pair(pair, np.repeat(arr[..., 3:4], 3, axis=2), s, tile, True, True)
         alpha = _gray(a_up[:h, :w])
     return Prediction(up, alpha, is_gray, has_alpha, meta, icc, exif)
+
+
+def _check_layer_sha(want: str | None, layer: bytes) -> None:
+    if _sha256(layer) != want:
+        raise RehydrateError("enhancement layer's sha256 differs from the one its small file names: wrong or damaged layer")
 
 
 def enhance(pred: Prediction, layer: bytes | None, skip_layer: bool = False) -> np.ndarray:
@@ -400,8 +404,7 @@ def enhance(pred: Prediction, layer: bytes | None, skip_layer: bool = False) -> 
         raise RehydrateError("an enhancement layer was given, but the small file names none: refusing to guess")
     if layer is None:
         raise RehydrateError("this small file needs its enhancement layer (or ask for the preview without it)")
-    if _sha256(layer) != want:
-        raise RehydrateError("enhancement layer's sha256 differs from the one its small file names: wrong or damaged layer")
+    _check_layer_sha(want, layer)
     try:
         if pred.is_gray:
             return np.repeat(enhancement.apply_layer(pred.color[..., 0], layer)[..., None], 3, axis=2)
@@ -477,8 +480,7 @@ def _original_file(small: bytes, record, pair, layer: bytes) -> bytes | None:
     except enhancement.LayerError as exc:
         raise RehydrateError(str(exc)) from exc
     pred = predict(small, record, pair, color=False)
-    if pred.meta.get("enhancement_sha256") != _sha256(layer):
-        raise RehydrateError("enhancement layer's sha256 differs from the one its small file names: wrong or damaged layer")
+    _check_layer_sha(pred.meta.get("enhancement_sha256"), layer)
     try:
         data = enhancement.original_bytes(layer)
     except enhancement.LayerError as exc:

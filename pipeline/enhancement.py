@@ -101,6 +101,11 @@ class LayerError(ValueError):
     """Bytes that are not an enhancement layer, or one that does not fit the prediction."""
 
 
+def no_prediction(shape: tuple[int, ...]) -> np.ndarray:
+    """A zero-cost stand-in for the prediction of a prediction-free layer: apply_layer needs only its shape."""
+    return np.broadcast_to(np.uint8(0), shape)
+
+
 def layer_name(small_name: str) -> str:
     """Where the layer of a small file lives: beside it, the same name plus `.enh`."""
     return small_name + SUFFIX

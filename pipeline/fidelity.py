@@ -424,7 +424,7 @@ def _measurer(kind: str, s: np.ndarray, p: np.ndarray | None, ref: Reference | N
     """measure(level) -> (layer, Y-PSNR) of a layer of `kind` over `s` (the image or a mosaic of it).
     `ref` given: fidelity_psnr of the restored image against the whole source (what verification
     measures); None: plain Y-PSNR against `s` (a mosaic, whose borders are not the image's)."""
-    stand_in = np.broadcast_to(np.uint8(0), s.shape)  # a prediction-free layer needs only the shape
+    stand_in = enhancement.no_prediction(s.shape)
     sy = None if ref is not None else rgb_to_y(_rgb(s))
 
     def measure(level: int) -> tuple[bytes, float]:
@@ -730,7 +730,7 @@ def _finalize(best, ref: Reference, spec: Fidelity, dec, options: codec.CodecOpt
                 achieved = rgb_psnr = math.inf
             else:
                 shape = _channel(ref.rgb, bool(dec.info["is_gray"])).shape
-                out = _rgb(enhancement.apply_layer(np.broadcast_to(np.uint8(0), shape), layer))
+                out = _rgb(enhancement.apply_layer(enhancement.no_prediction(shape), layer))
                 achieved, rgb_psnr = fidelity_psnr(out, ref, b.pair.scale), psnr(out, ref.rgb)
         else:
             pred = b.verified_prediction(small, cand.small_quality)

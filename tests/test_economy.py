@@ -124,13 +124,13 @@ def test_avif_bands_layer_round_trips_and_refuses_damage():
     src = np.asarray(Image.open(DATA / "Set14" / "lenna.png").convert("RGB"))[:320, :256]
     bands = [(128, enhancement.encode_avif(src[:128], 40)), (192, enhancement.encode_avif(src[128:], 20))]
     layer = enhancement.pack_bands(bands)
-    out = enhancement.apply_layer(np.broadcast_to(np.uint8(0), src.shape), layer)
+    out = enhancement.apply_layer(enhancement.no_prediction(src.shape), layer)
     assert out.shape == src.shape
     top, bottom = (fidelity.psnr(out[a:b], src[a:b]) for a, b in ((0, 128), (128, 320)))
     assert top > bottom  # each band at its own level
     for bad in (layer[:-10], layer + b"x", layer[:6] + bytes([200]) + layer[7:]):
         with pytest.raises(enhancement.LayerError):
-            enhancement.apply_layer(np.broadcast_to(np.uint8(0), src.shape), bad)
+            enhancement.apply_layer(enhancement.no_prediction(src.shape), bad)
     with pytest.raises(enhancement.LayerError, match="is \\("):
         enhancement.apply_layer(np.zeros((300, 256, 3), np.uint8), layer)
 
