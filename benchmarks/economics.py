@@ -9,7 +9,7 @@ what cameras write). A mosaic has more edges per pixel than one large photo, so 
 are higher than a camera's; ratios against AVIF are what to read.
 
 Per image, side by side in one process (one thread: CPU seconds are per core):
-- every preset x effort through the real codec (`pipeline.fidelity.compress_to_target`): stored
+- every preset x effort through the real codec (`pipeline.codec.fidelity.compress_to_target`): stored
   bytes (small file + layer), verified Y-PSNR and its overshoot above the target, CPU seconds by
   stage, MP/s per core;
 - full-image AVIF at libaom speed 6 and 8 with the layer's settings, its bytes interpolated (log-rate,
@@ -17,7 +17,7 @@ Per image, side by side in one process (one thread: CPU seconds are per core):
 - `original`: JPEG XL recompression of the JPEG, thumbnail included, and whether rehydration gives
   the JPEG back byte for byte;
 - rehydration (`codec.rehydrate_image`, PNG out) CPU and wall seconds per layer kind;
-- payback months on each storage class of the default price table (pipeline.prices).
+- payback months on each storage class of the default price table (pipeline.jobs.prices).
 
 Writes <out>/economics.{json,md}.
 """
@@ -43,7 +43,7 @@ from PIL import Image  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.zoo import load_pair  # noqa: E402
-from pipeline import codec, enhancement, fidelity, image_io  # noqa: E402
+from pipeline.codec import image as codec, layer as enhancement, fidelity, image_io  # noqa: E402
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,7 +128,7 @@ def bytes_at(curve: dict[int, tuple[int, float, float]], psnr: float) -> float:
 def payback(source: int, objects: list[int], cpu_s: float) -> dict:
     """Months to pay back per storage class of the default price table (each object billed at
     least the class's minimum size)."""
-    from pipeline import prices
+    from pipeline.jobs import prices
 
     table = prices.load_prices(None)
     return {cls: prices.payback_months(source, objects, len(objects), cpu_s, table, cls) for cls in table.storage}
@@ -137,7 +137,7 @@ def payback(source: int, objects: list[int], cpu_s: float) -> dict:
 def horizon_cost(source: int, objects: list[int], cpu_s: float) -> dict:
     """Per storage class: what the archived image costs over HORIZON_MONTHS (compute + PUTs +
     storage) as a fraction of keeping the source for as long."""
-    from pipeline import prices
+    from pipeline.jobs import prices
 
     table = prices.load_prices(None)
     out = {}
@@ -271,7 +271,7 @@ def markdown(summary: list[dict], rows: list[dict], meta: dict) -> str:
 
 
 def calibrate(out: Path) -> None:
-    """pipeline.fidelity.SAMPLE_OFFSET_DB: Y-PSNR of a full-size encode at each final speed minus
+    """pipeline.codec.fidelity.SAMPLE_OFFSET_DB: Y-PSNR of a full-size encode at each final speed minus
     that of the sample mosaic at the search speed, at one level, on mosaics of *training* photos
     (BSD200; the evaluation photos never tune anything)."""
     train = sorted((ROOT.parent / "shared" / "data" / "train" / "BSD200").glob("*.png"))
@@ -296,7 +296,7 @@ def calibrate(out: Path) -> None:
 
 def probe_settle(out: Path) -> None:
     """How the band settling's aim and trim trade encodes against overshoot, on mosaics of
-    *training* photos (BSD200): the settings `pipeline.fidelity.EFFORTS` was chosen from."""
+    *training* photos (BSD200): the settings `pipeline.codec.fidelity.EFFORTS` was chosen from."""
     train = sorted((ROOT.parent / "shared" / "data" / "train" / "BSD200").glob("*.png"))
     datas = [jpeg(mosaic(train, *SIZES[size], seed=200 + i), QUALITIES[i % 3]) for i, size in enumerate((9.4, 12, 9.4, 12))]
     pairs = {m: load_pair(m) for m in ("taid-x2-webp", "taid-x4-webp")}

@@ -7,7 +7,7 @@ Sources: the evaluation sets (never tuned on: presets were chosen on held-out tr
 re-encoded as JPEG at quality 85, 90 and 95 in turn (Pillow, 4:2:0: what cameras and phones
 write). The pristine PNG is kept to report fidelity against it too.
 
-Per image and target, the real codec (`pipeline.fidelity.compress_to_target`) picks and verifies
+Per image and target, the real codec (`pipeline.codec.fidelity.compress_to_target`) picks and verifies
 a representation; bytes are everything stored (small file with its metadata + enhancement layer).
 Side by side, on the decoded source: full-image AVIF (Pillow, 4:2:0, speed 6, delta-q off: the
 layer's own settings; and at Pillow's defaults) and WebP quality sweeps, interpolated (log-rate, piecewise linear) at the Y-PSNR our
@@ -36,16 +36,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bdrate import bd_rate  # noqa: E402
 from models.metrics import psnr_y  # noqa: E402
 from models.zoo import load_pair  # noqa: E402
-from pipeline import codec, tiling  # noqa: E402
-from pipeline.enhancement import avif_settings  # noqa: E402
-from pipeline.fidelity import PRESETS, compress_to_target, fidelity_psnr, resolve_fidelity  # noqa: E402
+from pipeline.codec import image as codec, tiling  # noqa: E402
+from pipeline.codec.layer import avif_settings  # noqa: E402
+from pipeline.codec.fidelity import PRESETS, compress_to_target, fidelity_psnr, resolve_fidelity  # noqa: E402
 
 SOURCE_QUALITIES = (85, 90, 95)
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval"
 
 
 def encode(arr: np.ndarray, fmt: str, q: int) -> bytes:
-    """Full-image baselines. AVIF: the layer's own settings (pipeline.enhancement.avif_settings);
+    """Full-image baselines. AVIF: the layer's own settings (pipeline.codec.layer.avif_settings);
     AVIF-default: Pillow's defaults (4:2:0, speed 6, libaom's perceptual delta-q on)."""
     buf = io.BytesIO()
     if fmt == "AVIF":  # quality 0..100 onto the layer's 64 levels

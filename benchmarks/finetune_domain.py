@@ -20,7 +20,7 @@ from pathlib import Path
 import ray
 
 from models.synthetic import write_documents
-from pipeline.finetune import FinetuneConfig, run_finetune
+from pipeline.jobs.finetune import FinetuneConfig, run_finetune
 
 RESULTS = Path(__file__).parent / "results"
 GENERAL = Path(__file__).resolve().parents[1] / "tests" / "data" / "Set14"

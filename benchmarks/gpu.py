@@ -67,7 +67,7 @@ if importlib.util.find_spec("pipeline") is None:  # not installed (bench.sh inst
 import infra  # noqa: E402,F401
 import models  # noqa: E402,F401
 import pipeline  # noqa: E402
-from pipeline.local_env import set_local_env_defaults  # noqa: E402
+from pipeline.runtime.local_env import set_local_env_defaults  # noqa: E402
 
 set_local_env_defaults()
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
@@ -169,7 +169,7 @@ class UtilSampler:
 
 
 class ModelProbe:
-    """Polls a run's model actor (`<job name>-model-0`, pipeline.model_server) for its counters
+    """Polls a run's model actor (`<job name>-model-0`, pipeline.runtime.model_server) for its counters
     while the run goes on: (time, seconds inside forward calls, tiles answered)."""
 
     def __init__(self, actor_name: str, every: float = 0.25):
@@ -235,8 +235,8 @@ class Bench:
         """JSON + Markdown, atomically (a reader never sees half a file), after every phase."""
         import fsspec
 
-        from pipeline.manifest import json_safe
-        from pipeline.storage import atomic_write
+        from pipeline.manifest.parts import json_safe
+        from pipeline.storage.fs import atomic_write
 
         fs = fsspec.filesystem("file")
         self.r["elapsed_s"] = time.monotonic() - self.started
@@ -279,8 +279,8 @@ class Bench:
         from PIL import features
 
         from inference_precision import _cpu
-        from pipeline.image_io import HEIF_AVAILABLE
-        from pipeline.inference import InferenceOptions
+        from pipeline.codec.image_io import HEIF_AVAILABLE
+        from pipeline.codec.inference import InferenceOptions
 
         a = self.args
         if a.device == "cuda" and not torch.cuda.is_available():
@@ -346,7 +346,7 @@ class Bench:
 
     # -- 3. stage profile --------------------------------------------------------------------------
     def params(self, preset: str, **kw):
-        from pipeline.config import CompressArchiveParams
+        from pipeline.jobs.params import CompressArchiveParams
 
         return CompressArchiveParams(**{"incremental": False, "compact": "never", "stages": "staged",
                                         "cpus_per_worker": 1.0, "batch_size": self.args.batch_size,
@@ -357,9 +357,9 @@ class Bench:
         actor share, unstaged): seconds per megapixel of each stage over `--sample` images."""
         import torch
 
-        from pipeline import enhancement, image_io, small_file, tiling
+        from pipeline.codec import layer as enhancement, image_io, small_file, tiling
         from pipeline.jobs.compress import resolve_models
-        from pipeline.workers import CompressWorker
+        from pipeline.jobs.workers import CompressWorker
 
         threads = torch.get_num_threads()
         params = resolve_models(self.params(preset, source=str(self.tmp), dest=str(self.folder("profile")),
@@ -465,7 +465,7 @@ class Bench:
     def rehydrate(self, comp: dict, workers: int) -> dict:
         from pipeline.jobs import run_rehydrate
         from pipeline.jobs.common import new_run_id
-        from pipeline.rehydrate_batch import RehydrateParams
+        from pipeline.jobs.params import RehydrateParams
 
         run_id = new_run_id()
         probe = ModelProbe(f"taid-rehydrate-{run_id}-model-0")
@@ -559,9 +559,9 @@ class Bench:
         from inference_precision import FP32, difference, restore
 
         from models.zoo import load_pair
-        from pipeline import codec, image_io
-        from pipeline.inference import InferenceOptions
-        from pipeline.manifest import read_manifest
+        from pipeline.codec import image as codec, image_io
+        from pipeline.codec.inference import InferenceOptions
+        from pipeline.manifest.parts import read_manifest
 
         comp = self.r["runs"].get("standard", {}).get("compress")
         if not comp:

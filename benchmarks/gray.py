@@ -56,7 +56,8 @@ def write_reports(rows: list[dict], data: str) -> None:
 def write_examples() -> None:
     from PIL import Image
 
-    from pipeline.codec import CodecOptions, compress_image, decode_output, rehydrate_image
+    from pipeline.codec.options import CodecOptions
+    from pipeline.codec.image import compress_image, decode_output, rehydrate_image
 
     data = EXAMPLE.read_bytes()
     for model, names in ((MODEL, ("gray_example_small.png", "gray_example_restored.png")),

@@ -97,8 +97,8 @@ def main() -> int:
     os.environ.update(env)
     try:
         from benchmarks.rehydrate_latency import synthetic_manifest
-        from pipeline import manifest_index as mi
-        from pipeline.storage import filesystem
+        from pipeline.manifest import index as mi
+        from pipeline.storage.fs import filesystem
 
         fs, _ = filesystem("s3://bench/archive")
         fs.makedirs("bench", exist_ok=True)

@@ -9,7 +9,7 @@
    with `scale` border pixels shaved (models.evaluate's convention); max |difference| of the bf16
    reconstruction against the fp32 one from the same small image; seconds per megapixel.
 2. Fidelity archives across numeric paths: each image as a JPEG q90 source (benchmarks/fidelity.py's
-   phone-like sources) compressed by pipeline.fidelity.compress_to_target at fp32 (standard, high,
+   phone-like sources) compressed by pipeline.codec.fidelity.compress_to_target at fp32 (standard, high,
    lossless), then rehydrated at fp32 and at bf16: the Y-PSNR drop and max |difference|.
 3. The lossless layer's bytes: the residual against TAU (mod 256, as written before issue 17) with
    the small file at its layer quality, against WebP lossless of the source itself with the
@@ -41,9 +41,9 @@ sys.path.insert(0, str(ROOT))
 from models.data import list_images, mod_crop, read_rgb  # noqa: E402
 from models.metrics import psnr_y  # noqa: E402
 from models.zoo import load_pair  # noqa: E402
-from pipeline import codec, enhancement, fidelity, image_io, tiling  # noqa: E402
-from pipeline.inference import InferenceOptions, configure, using  # noqa: E402
-from pipeline.manifest import json_safe  # noqa: E402
+from pipeline.codec import image as codec, layer as enhancement, fidelity, image_io, tiling  # noqa: E402
+from pipeline.codec.inference import InferenceOptions, configure, using  # noqa: E402
+from pipeline.manifest.parts import json_safe  # noqa: E402
 
 DATA = [str(ROOT / "tests" / "data" / "Set5"), str(ROOT / "tests" / "data" / "Set14")]
 FP32, BF16 = InferenceOptions(precision="fp32"), InferenceOptions(precision="bf16")

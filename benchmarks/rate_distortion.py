@@ -2,7 +2,7 @@
 
     python benchmarks/rate_distortion.py [--data DIR [DIR ...]] [--models ID ...] [--limit N] [--workers 2]
 
-TAID rows go through the real codec (`pipeline.codec.compress_image` -> small file with its
+TAID rows go through the real codec (`pipeline.codec.image.compress_image` -> small file with its
 embedded metadata -> `rehydrate_image`), so the byte counts are those an archive would hold.
 Codec-aware pairs (zoo entries with a "codec" block) are swept over qualities in their own small
 format; lossless pairs give their PNG point plus a lossy-WebP sweep (to show why #9 exists).
@@ -96,7 +96,7 @@ def _point(nbytes: int, restored: np.ndarray, img: np.ndarray, thumb: float | No
 
 def _bicubic_thumb(img: np.ndarray, scale: int) -> np.ndarray:
     """Pillow bicubic of the image reflect-padded to a multiple of scale: the codec's geometry."""
-    from pipeline.tiling import pad_to_multiple
+    from pipeline.codec.tiling import pad_to_multiple
 
     padded = pad_to_multiple(img, scale)
     h, w = padded.shape[:2]
@@ -116,12 +116,8 @@ def _init_worker(models: list[str]) -> None:
 
 def measure_image(uri: str) -> dict:
     """Every (method, setting) point for one image."""
-    from pipeline.codec import (
-        CodecOptions,
-        compress_image,
-        decode_output,
-        rehydrate_image,
-    )
+    from pipeline.codec.options import CodecOptions
+    from pipeline.codec.image import compress_image, decode_output, rehydrate_image
 
     img = read_rgb(uri)
     png = io.BytesIO()

@@ -24,7 +24,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipeline.local_env import LOCAL_ENV  # noqa: E402
+from pipeline.runtime.local_env import LOCAL_ENV  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -33,8 +33,8 @@ def synthetic_manifest(dest: str, rows: int, runs: int) -> list[str]:
     ManifestWriter: key-sorted, same row groups), with realistic column contents."""
     import pyarrow as pa
 
-    from pipeline.manifest import SCHEMA, ManifestWriter
-    from pipeline.storage import filesystem
+    from pipeline.manifest.parts import SCHEMA, ManifestWriter
+    from pipeline.storage.fs import filesystem
 
     fs, root = filesystem(dest)
     per_run = rows // runs
@@ -65,7 +65,7 @@ def synthetic_manifest(dest: str, rows: int, runs: int) -> list[str]:
 LOOKUP = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
-from pipeline.rehydrate import find_row
+from pipeline.archive.access import find_row
 keys = json.loads(sys.argv[3])
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 times = []
@@ -78,8 +78,8 @@ print(json.dumps({"times": times, "rss_base_kb": base, "rss_peak_kb": resource.g
 FULL_READ = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
-from pipeline.manifest import read_manifest
-from pipeline.storage import filesystem
+from pipeline.manifest.parts import read_manifest
+from pipeline.storage.fs import filesystem
 fs, root = filesystem(sys.argv[2])
 t = time.perf_counter(); n = read_manifest(fs, root).num_rows; dt = time.perf_counter() - t
 print(json.dumps({"seconds": dt, "rows": n, "rss_peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
@@ -133,10 +133,11 @@ def main() -> None:
         from PIL import Image
 
         from models.zoo import load_pair
-        from pipeline import rehydrate as rh
-        from pipeline.codec import CodecOptions, compress_image
-        from pipeline.manifest import ManifestWriter
-        from pipeline.storage import atomic_write, filesystem
+        from pipeline.archive import access as rh
+        from pipeline.codec.options import CodecOptions
+        from pipeline.codec.image import compress_image
+        from pipeline.manifest.parts import ManifestWriter
+        from pipeline.storage.fs import atomic_write, filesystem
 
         fs, root = filesystem(os.path.join(tmp, "photo-archive"))
         buf = io.BytesIO()
@@ -174,7 +175,7 @@ def main() -> None:
 
         from flows.compress_archive import compress_archive
         from flows.rehydrate import RehydrateParams, rehydrate
-        from pipeline.config import CompressArchiveParams
+        from pipeline.jobs.params import CompressArchiveParams
 
         src = Path(tmp) / "batch-src"
         src.mkdir()

@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.fidelity import bytes_at, decode  # noqa: E402
 from models.zoo import load_pair  # noqa: E402
-from pipeline import codec, image_io  # noqa: E402
-from pipeline.enhancement import avif_settings  # noqa: E402
-from pipeline.fidelity import PRESETS, _Base, fidelity_psnr  # noqa: E402
+from pipeline.codec import image as codec, image_io  # noqa: E402
+from pipeline.codec.layer import avif_settings  # noqa: E402
+from pipeline.codec.fidelity import PRESETS, _Base, fidelity_psnr  # noqa: E402
 
 TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "train" / "BSD200"
 

@@ -60,7 +60,7 @@ def manifest_rows(keys, etags, sizes, run_id: str, when: datetime, rng):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from pipeline.manifest import SCHEMA
+    from pipeline.manifest.parts import SCHEMA
 
     n = len(keys)
     const = lambda v, t: pa.array(np.full(n, v) if not isinstance(v, str) else [v] * n, t)  # noqa: E731
@@ -82,14 +82,14 @@ def manifest_rows(keys, etags, sizes, run_id: str, when: datetime, rng):
 
 def write_run(dest: str, table, run_id: str) -> None:
     """A run partition as the ManifestWriter lays it out: key-sorted parts of PART_ROWS rows."""
-    from pipeline.manifest import ManifestWriter
-    from pipeline.storage import filesystem
+    from pipeline.manifest.parts import ManifestWriter
+    from pipeline.storage.fs import filesystem
 
     fs, root = filesystem(dest)
     w = ManifestWriter(fs, root, run_id)
     for start in range(0, table.num_rows, PART_ROWS):
         w.write_table(table.slice(start, PART_ROWS))
-    from pipeline.manifest import write_run_stats
+    from pipeline.manifest.parts import write_run_stats
 
     write_run_stats(fs, root, run_id, {"run_id": run_id, "rows": table.num_rows})  # the run completed
 
@@ -99,8 +99,8 @@ def build_state(tmp: str, n: int, seed: int = 0) -> dict:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from pipeline.inventory import write_inventory
-    from pipeline.storage import filesystem
+    from pipeline.storage.inventory import write_inventory
+    from pipeline.storage.fs import filesystem
 
     rng = np.random.default_rng(seed)
     t = time.perf_counter()
@@ -153,8 +153,8 @@ import json, sys, time
 sys.path.insert(0, sys.argv[1])
 def hwm():  # this process's peak RSS in MiB (ru_maxrss would include the parent's, inherited at fork)
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
-from pipeline.manifest_index import compact
-from pipeline.storage import filesystem
+from pipeline.manifest.index import compact
+from pipeline.storage.fs import filesystem
 fs, root = filesystem(sys.argv[2])
 base = hwm()
 t = time.perf_counter(); r = compact(fs, root); dt = time.perf_counter() - t
@@ -167,10 +167,10 @@ import json, sys, time
 sys.path.insert(0, sys.argv[1])
 def hwm():  # this process's peak RSS in MiB (ru_maxrss would include the parent's, inherited at fork)
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
-from pipeline.config import CompressArchiveParams
-from pipeline.inventory import InventoryListing
-from pipeline.manifest_index import PLAN_COLUMNS, ManifestReader
-from pipeline.plan import plan
+from pipeline.jobs.params import CompressArchiveParams
+from pipeline.storage.inventory import InventoryListing
+from pipeline.manifest.index import PLAN_COLUMNS, ManifestReader
+from pipeline.jobs.plan import plan
 base = hwm()
 params = CompressArchiveParams(source="s3://photos", dest=sys.argv[2], model_id="taid-x2-webp", inventory=sys.argv[3])
 t = time.perf_counter()
@@ -191,8 +191,8 @@ import json, sys, time
 sys.path.insert(0, sys.argv[1])
 def hwm():  # this process's peak RSS in MiB (ru_maxrss would include the parent's, inherited at fork)
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
-from pipeline.manifest_index import ManifestReader
-from pipeline.rehydrate import find_row
+from pipeline.manifest.index import ManifestReader
+from pipeline.archive.access import find_row
 dest, keys = sys.argv[2], json.loads(sys.argv[3])
 def timed(fn):
     out = []
@@ -222,9 +222,9 @@ def dir_bytes(path: Path) -> int:
 def run_keys(n: int, workdir: str | None) -> dict:
     import pyarrow as pa  # noqa: F401
 
-    from pipeline.manifest import ManifestWriter
-    from pipeline.manifest_index import read_pointer
-    from pipeline.storage import filesystem
+    from pipeline.manifest.parts import ManifestWriter
+    from pipeline.manifest.index import read_pointer
+    from pipeline.storage.fs import filesystem
 
     with tempfile.TemporaryDirectory(prefix=f"taid-scale-{n}-", dir=workdir) as tmp:
         state = build_state(tmp, n)
@@ -273,12 +273,12 @@ import json, os, sys, time
 sys.path.insert(0, sys.argv[1])
 def hwm():  # this process's peak RSS in MiB (ru_maxrss would include the parent's, inherited at fork)
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
-from pipeline.local_env import set_local_env_defaults
+from pipeline.runtime.local_env import set_local_env_defaults
 set_local_env_defaults()
 from prefect.testing.utilities import prefect_test_harness
 import ray
 from flows.compress_archive import compress_archive
-from pipeline.config import CompressArchiveParams
+from pipeline.jobs.params import CompressArchiveParams
 base = hwm()
 out = {}
 with prefect_test_harness(server_startup_timeout=120):
@@ -299,10 +299,10 @@ def run_seaweedfs(n: int, workdir: str | None) -> dict:
     import pyarrow as pa
 
     from infra.local_s3 import LocalS3
-    from pipeline.inventory import write_inventory
-    from pipeline.manifest import ManifestWriter
-    from pipeline.manifest_index import compact
-    from pipeline.storage import filesystem
+    from pipeline.storage.inventory import write_inventory
+    from pipeline.manifest.parts import ManifestWriter
+    from pipeline.manifest.index import compact
+    from pipeline.storage.fs import filesystem
 
     with tempfile.TemporaryDirectory(prefix="taid-scale-s3-", dir=workdir) as tmp, LocalS3(tmp) as s3:
         os.environ.update(s3.env())

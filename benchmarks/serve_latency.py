@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.rehydrate_latency import pct, photo  # noqa: E402
-from pipeline.local_env import set_local_env_defaults  # noqa: E402
+from pipeline.runtime.local_env import set_local_env_defaults  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SIZES = {"0.4MP": (548, 730), "2MP": (1224, 1632), "12MP": (3000, 4000)}  # (h, w)
@@ -40,9 +40,10 @@ def build_archive(fs, n_thumbs: int) -> dict[str, tuple[int, int]]:
     from PIL import Image
 
     from models.zoo import load_pair
-    from pipeline.codec import CodecOptions, compress_image
-    from pipeline.manifest import ManifestWriter
-    from pipeline.storage import atomic_write
+    from pipeline.codec.options import CodecOptions
+    from pipeline.codec.image import compress_image
+    from pipeline.manifest.parts import ManifestWriter
+    from pipeline.storage.fs import atomic_write
 
     pair = load_pair("taid-x4")
     photos = {f"photos/{name}.jpg": hw for name, hw in SIZES.items()}
@@ -156,7 +157,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="start-up and cached thumbnails under 1 and 16 clients only; "
                     "prints, writes no results (for profiling)")
     args = ap.parse_args()
-    from pipeline.local_env import SERVE_ENV
+    from pipeline.runtime.local_env import SERVE_ENV
 
     set_local_env_defaults(**SERVE_ENV)  # as `taid serve` with its own local Ray
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")

@@ -57,8 +57,8 @@ def stage_times(folder: Path) -> dict:
     import torch
 
     from models.zoo import load_pair
-    from pipeline import codec, image_io
-    from pipeline.codec import CodecOptions, CompressRecord
+    from pipeline.codec import image as codec, image_io
+    from pipeline.codec.options import CodecOptions, CompressRecord
 
     torch.set_num_threads(1)
     pair = load_pair("taid-x2")
@@ -81,7 +81,7 @@ def stage_times(folder: Path) -> dict:
 
 
 def run_layout(src: Path, dest: Path, layout: dict) -> dict:
-    from pipeline.config import CompressArchiveParams
+    from pipeline.jobs.params import CompressArchiveParams
     from pipeline.jobs import run_compress
 
     shutil.rmtree(dest, ignore_errors=True)
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from pipeline.local_env import set_local_env_defaults
+    from pipeline.runtime.local_env import set_local_env_defaults
 
     set_local_env_defaults()
     work = Path(tempfile.mkdtemp(prefix="taid-staged-"))

@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput_archive import _plain_init, _plain_one  # noqa: E402  (the same Pillow floor)
 RESULTS = Path(__file__).parent / "results"
 
-from pipeline.local_env import set_local_env_defaults  # noqa: E402
+from pipeline.runtime.local_env import set_local_env_defaults  # noqa: E402
 
 set_local_env_defaults(PREFECT_LOGGING_LEVEL="WARNING")
 
@@ -154,7 +154,7 @@ def measure(spec: dict) -> dict:
         torch.set_num_threads(1)
         torch.set_num_interop_threads(1)
         from models.zoo import load_pair
-        from pipeline import codec, tiling
+        from pipeline.codec import image as codec, tiling
 
         pair = load_pair(spec["model"])
 
@@ -304,7 +304,7 @@ def run_plain(fs, keys: list[str], scale: int, dest: str, processes: int) -> dic
 
 def run_flow(model: str, workers: int, source: str, dest: str) -> dict:
     from flows.compress_archive import compress_archive
-    from pipeline.config import CompressArchiveParams
+    from pipeline.jobs.params import CompressArchiveParams
 
     params = CompressArchiveParams(
         source=source, dest=dest, model_id=model, small_format="png", incremental=False,
@@ -323,10 +323,10 @@ def run_flow(model: str, workers: int, source: str, dest: str) -> dict:
 
 def profile_worker(model: str, warm_key: str) -> dict:
     """One CompressWorker in this process (1 torch thread, as an actor with 1 CPU), timed by stage."""
-    import pipeline.workers as rw
-    from pipeline import image_io, small_file, tiling
-    from pipeline.config import CompressArchiveParams
-    from pipeline.storage import list_objects
+    import pipeline.jobs.workers as rw
+    from pipeline.codec import image_io, small_file, tiling
+    from pipeline.jobs.params import CompressArchiveParams
+    from pipeline.storage.listing import list_objects
 
     params = CompressArchiveParams(source="s3://bench/src", dest="s3://bench/profile", model_id=model,
                                    small_format="png", incremental=False, workers=1, cpus_per_worker=1.0)
@@ -352,7 +352,7 @@ def profile_worker(model: str, warm_key: str) -> dict:
     rw.atomic_write = timed("s3_put", saved[3])
     worker.src_fs.cat_file = timed("s3_get", worker.src_fs.cat_file)  # instance attributes, removed below
     worker.dst_fs.info = timed("s3_readback", worker.dst_fs.info)
-    import pipeline.codec as codec_mod
+    import pipeline.codec.image as codec_mod
 
     saved_compress = codec_mod.compress_image
     codec_mod.compress_image = timed("codec_total", saved_compress)

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 RESULTS = Path(__file__).parent / "results"
 DATA = [ROOT / "tests" / "data" / "Set5", ROOT / "tests" / "data" / "Set14"]
 
-from pipeline.local_env import set_local_env_defaults  # noqa: E402
+from pipeline.runtime.local_env import set_local_env_defaults  # noqa: E402
 
 set_local_env_defaults(PREFECT_LOGGING_LEVEL="WARNING")
 
@@ -107,7 +107,7 @@ def _rates(images: int, pixels: int, seconds: float) -> dict:
 # ---------------------------------------------------------------- the flow
 def run_taid(model: str, workers: int, dest: str) -> dict:
     from flows.compress_archive import compress_archive
-    from pipeline.config import CompressArchiveParams
+    from pipeline.jobs.params import CompressArchiveParams
 
     params = CompressArchiveParams(
         source="s3://bench/src", dest=f"s3://bench/{dest}", model_id=model, small_format="png", incremental=False,
@@ -129,7 +129,7 @@ def profile_codec(fs, keys: list[str], model: str, scale: int | None) -> dict:
     import torch
 
     from models.zoo import load_pair
-    from pipeline import codec, image_io, small_file, tiling
+    from pipeline.codec import image as codec, image_io, small_file, tiling
 
     torch.set_num_threads(1)  # what one actor with <= 1 CPU uses
     pair = load_pair(model)

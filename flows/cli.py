@@ -65,7 +65,7 @@ def _write_atomic(path: str, data: bytes) -> None:
 
 def _fidelity_spec(args: argparse.Namespace):
     """The fidelity a compress-file command asks for, or None for one fixed small file."""
-    from pipeline.fidelity import requested_fidelity
+    from pipeline.codec.fidelity import requested_fidelity
 
     return requested_fidelity(args.fidelity, args.target_psnr, args.model_id, args.small_format, args.quality,
                               args.scale, args.effort, args.preview_long_side)
@@ -73,9 +73,10 @@ def _fidelity_spec(args: argparse.Namespace):
 
 def _compress_file(args: argparse.Namespace) -> int:
     from models.zoo import WeightsError, load_pair
-    from pipeline.codec import CodecOptions, compress_image
-    from pipeline.enhancement import layer_name
-    from pipeline.fidelity import compress_to_target
+    from pipeline.codec.options import CodecOptions
+    from pipeline.codec.image import compress_image
+    from pipeline.codec.layer import layer_name
+    from pipeline.codec.fidelity import compress_to_target
 
     fields = {k: v for k, v in vars(args).items() if k in CodecOptions.model_fields and v is not None}
     layer = None
@@ -129,9 +130,10 @@ def _format_of_name(path: str) -> str | None:
 
 def _rehydrate_file(args: argparse.Namespace) -> int:
     from models.zoo import WeightsError, load_pair
-    from pipeline.codec import RehydrateError, rehydrate_image
-    from pipeline.enhancement import layer_name
-    from pipeline.small_file import SmallFileError, read_small
+    from pipeline.codec.options import RehydrateError
+    from pipeline.codec.image import rehydrate_image
+    from pipeline.codec.layer import layer_name
+    from pipeline.codec.small_file import SmallFileError, read_small
 
     try:
         with open(args.input, "rb") as f:
@@ -146,7 +148,7 @@ def _rehydrate_file(args: argparse.Namespace) -> int:
         layer = None
         embedded = read_small(small)[1] or {}
         if (meta.get("enhancement_sha256") or embedded.get("enhancement_sha256")) and not args.preview:
-            try:  # the layer lives beside the small file (pipeline.enhancement.layer_name)
+            try:  # the layer lives beside the small file (pipeline.codec.layer.layer_name)
                 with open(layer_name(args.input), "rb") as f:
                     layer = f.read()
             except FileNotFoundError:
@@ -179,7 +181,7 @@ def _ray_fields(args: argparse.Namespace, model) -> dict:
 
 def compress_params(args: argparse.Namespace):
     """The job parameters of a `compress-archive` command line (pydantic checks them)."""
-    from pipeline.config import CompressArchiveParams
+    from pipeline.jobs.params import CompressArchiveParams
 
     return CompressArchiveParams(**_ray_fields(args, CompressArchiveParams), show_progress=True)
 
@@ -214,7 +216,7 @@ def _compress_archive(args: argparse.Namespace) -> int:
     except ValueError as exc:  # pydantic's errors are ValueErrors; they never echo the input
         print(f"taid compress-archive: {value_error_line(exc)}", file=sys.stderr)
         return 2
-    from pipeline.lease import DestinationBusy
+    from pipeline.manifest.lease import DestinationBusy
 
     try:
         if use_prefect(args):
@@ -235,9 +237,9 @@ def _compress_archive(args: argparse.Namespace) -> int:
 
 
 def _compact(args: argparse.Namespace) -> int:
-    from pipeline.manifest_index import compact
-    from pipeline.s3 import check_access
-    from pipeline.storage import filesystem
+    from pipeline.manifest.index import compact
+    from pipeline.storage.s3 import check_access
+    from pipeline.storage.fs import filesystem
 
     fs, root = filesystem(args.dest, endpoint_url=args.endpoint_url)
     check_access(fs, root)
@@ -249,7 +251,7 @@ def _compact(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from pipeline.verify import report_ok, verify_archive
+    from pipeline.archive.verify import report_ok, verify_archive
 
     options = {"client_kwargs": {"endpoint_url": args.endpoint_url}} if args.endpoint_url else None
     report = verify_archive(args.archive, options)
@@ -265,7 +267,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _rehydrate(args: argparse.Namespace) -> int:
     if args.key:
-        from pipeline.rehydrate import RehydrateRefused, find_row, rehydrate
+        from pipeline.archive.access import RehydrateRefused, find_row, rehydrate
 
         try:
             data = rehydrate(args.key, args.archive, output_format=args.format, quality=args.quality, registry=args.registry,
@@ -273,7 +275,7 @@ def _rehydrate(args: argparse.Namespace) -> int:
         except RehydrateRefused as exc:
             print(f"refused: {exc}", file=sys.stderr)
             return 2
-        from pipeline.rehydrate_batch import output_key
+        from pipeline.jobs.select import output_key
 
         out = args.output or output_key(find_row(args.archive, args.key), args.format).rsplit("/", 1)[-1]
         _write_atomic(out, data)
@@ -294,7 +296,7 @@ def _rehydrate(args: argparse.Namespace) -> int:
 
 def rehydrate_params(args: argparse.Namespace):
     """The job parameters of a batch `rehydrate` command line."""
-    from pipeline.rehydrate_batch import RehydrateParams
+    from pipeline.jobs.params import RehydrateParams
 
     fields = _ray_fields(args, RehydrateParams)
     fields["output_format"] = args.format
@@ -312,7 +314,7 @@ def _resource(text: str) -> tuple[str, float]:
 
 def _fidelity_args(p: argparse.ArgumentParser) -> None:
     """What the small files should be: a fidelity (or target), or one fixed layer (model, format...)."""
-    g = p.add_mutually_exclusive_group()  # names are checked by pipeline.fidelity (not imported here: it loads torch)
+    g = p.add_mutually_exclusive_group()  # names are checked by pipeline.codec.fidelity (not imported here: it loads torch)
     g.add_argument("--fidelity", metavar="NAME", help="preview (30 dB), standard (36, the default), high (40), "
                    "lossless (exact pixels) or original (the source file back, byte for byte for JPEG): each image gets "
                    "the cheapest verified representation reaching it (docs/fidelity.md)")
@@ -330,7 +332,7 @@ def _fidelity_args(p: argparse.ArgumentParser) -> None:
 
 
 def _ray_args(p: argparse.ArgumentParser) -> None:
-    """How a job runs on Ray (pipeline.config.RayParams)."""
+    """How a job runs on Ray (pipeline.runtime.options.RayParams)."""
     p.add_argument("--ray-address", dest="ray_address", help="Ray cluster (default: TAID_RAY_ADDRESS, else a local Ray)")
     p.add_argument("--workers", type=int, help="actors (the CPU workers when staged; default 2)")
     p.add_argument("--cpus-per-worker", dest="cpus_per_worker", type=float, help="Ray CPUs per actor (default 0.5)")
@@ -371,7 +373,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not token and args.host not in LOOPBACK and not args.insecure_open:
         print(f"taid serve: refusing to serve {args.host} without a token (--token or TAID_SERVE_TOKEN)", file=sys.stderr)
         return 2
-    from pipeline.local_env import SERVE_ENV, set_local_env_defaults
+    from pipeline.runtime.local_env import SERVE_ENV, set_local_env_defaults
     from pipeline.serving.config import ServeParams
 
     if not args.ray_address:  # our own local Ray: Serve's throughput settings, before ray is imported
@@ -558,7 +560,7 @@ def setup(args: argparse.Namespace) -> None:
     environment win), and our loggers on stderr at the asked level (libraries at WARNING)."""
     import logging
 
-    from pipeline.local_env import set_local_env_defaults
+    from pipeline.runtime.local_env import set_local_env_defaults
     from pipeline.settings import LOGGERS, get_settings
 
     set_local_env_defaults()
@@ -586,10 +588,10 @@ def value_error_line(exc: ValueError) -> str:
 
 def one_line(exc: BaseException) -> tuple[str, int] | None:
     """(message, exit code) for an error a user can act on; None for a bug (its traceback shows).
-    UserError (pipeline.errors): its message and code; storage misconfiguration (pipeline.s3.explain):
+    UserError (pipeline.errors): its message and code; storage misconfiguration (pipeline.storage.s3.explain):
     what to set, 2; a corrupt Parquet file: 2; disk full, read-only or denied: 1 (a run may have done work)."""
     from pipeline.errors import UserError, os_error_line
-    from pipeline.s3 import explain
+    from pipeline.storage.s3 import explain
 
     if isinstance(exc, UserError):
         return str(exc), exc.exit_code

@@ -1,7 +1,7 @@
 """Prefect flow `finetune`: fine-tune a TAID pair on a domain with Ray Train.
 
 With `ray_address` (the Ray dashboard / Jobs API address, e.g. http://head:8265) the flow submits
-`python -m pipeline.finetune ...` as a Ray job, follows its logs into the flow's log, and retries a
+`python -m pipeline.jobs.finetune ...` as a Ray job, follows its logs into the flow's log, and retries a
 failed submission; without it, the same trainer runs on a local Ray in this process. Either way
 the job's result (`<out>/runs/<name>/result.json`) is published as a Prefect artifact.
 """
@@ -17,7 +17,7 @@ import fsspec
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from pipeline.finetune import FinetuneConfig, run_finetune
+from pipeline.jobs.finetune import FinetuneConfig, run_finetune
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -28,7 +28,7 @@ class FinetuneParams(FinetuneConfig):
     job_timeout_s: float = 6 * 3600
 
     def entrypoint(self) -> str:
-        args = ["python", "-m", "pipeline.finetune"]
+        args = ["python", "-m", "pipeline.jobs.finetune"]
         for name, value in self.model_dump(exclude={"ray_address", "job_timeout_s"}).items():
             if value is None or value is False:
                 continue

@@ -9,7 +9,7 @@ from prefect.artifacts import create_table_artifact
 from flows.run_logs import ArtifactProgress, run_logs
 from pipeline.jobs import run_rehydrate
 from pipeline.jobs.common import new_run_id
-from pipeline.rehydrate_batch import RehydrateParams  # noqa: F401  (this flow's parameter type)
+from pipeline.jobs.params import RehydrateParams  # noqa: F401  (this flow's parameter type)
 
 
 @task(name="rehydrate-rows")

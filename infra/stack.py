@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.local_env import LOCAL_ENV
+from pipeline.runtime.local_env import LOCAL_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -1,7 +1,7 @@
 """The lossy codec inside the training loop: the small image goes through real Pillow JPEG or
 WebP encode/decode between the downscaler and the upscaler, as it will in the archive.
 
-Forward pass: the *real* codec, with the exact encoder settings `pipeline.small_file` uses, so the
+Forward pass: the *real* codec, with the exact encoder settings `pipeline.codec.small_file` uses, so the
 upscaler trains on the very artefacts it will meet. Backward pass (the codec has no gradient):
 
 - `ste`: straight-through, the codec counts as the identity for the downscaler's gradient;
@@ -33,7 +33,7 @@ CODEC_OF_FORMAT = {fmt: codec for codec, fmt in SMALL_FORMAT.items()}
 
 
 def pillow_encode(img: Image.Image, codec: Codec, quality: int) -> bytes:
-    """The small-file encoder settings (pipeline.small_file.encode_small), without metadata."""
+    """The small-file encoder settings (pipeline.codec.small_file.encode_small), without metadata."""
     buf = io.BytesIO()
     if codec == "jpeg":
         img.save(buf, "JPEG", quality=quality, subsampling=0)

@@ -211,7 +211,7 @@ class GrayPair(nn.Module):
 
     `scale` is 1 (no spatial scaling); `small_channels` 1 tells the codec to store one channel;
     `feature_stride` 2: the convolutions run on 2 x 2 blocks, so a tile margin counted in
-    convolutions is twice that many pixels (pipeline.tiling.margin_small)."""
+    convolutions is twice that many pixels (pipeline.codec.tiling.margin_small)."""
 
     scale = 1
     small_channels = 1

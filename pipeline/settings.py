@@ -36,14 +36,14 @@ class Settings(BaseSettings):
     serve_token: SecretStr | None = Field(None, description="bearer token of `taid serve` (the --token flag wins)")
     log_level: LogLevel = Field("INFO", description="level of the taid loggers (the --log-level flag wins)")
     precision: Literal["auto", "fp32", "tf32", "bf16", "fp16"] | None = Field(
-        None, description="numeric precision of the networks where a job sets none (pipeline/inference.py): auto = "
+        None, description="numeric precision of the networks where a job sets none (pipeline/codec/inference.py): auto = "
         "fp32 on a CPU, bf16 on CUDA; lets an operator switch a deployment's actors without a code change")
     use_prefect: Literal["auto", "always", "never"] = Field(
         "auto", description="CLI runs of compress-archive / rehydrate: through the Prefect flow (always), the job "
         "layer directly (never), or the flow only when a Prefect API URL is configured (auto); --prefect / "
         "--no-prefect win")
     prices: str | None = Field(None, description="price table (JSON or TOML file, local path or URI) over the "
-                               "built-in list prices for the cost report (pipeline/prices.py); a job's `prices` "
+                               "built-in list prices for the cost report (pipeline/jobs/prices.py); a job's `prices` "
                                "parameter wins")
     # storage: read by botocore/s3fs themselves; named here for our error messages and pyarrow's S3
     aws_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from pipeline.local_env import set_local_env_defaults
+from pipeline.runtime.local_env import set_local_env_defaults
 
 # Ray binds loopback only, no token auth, no usage stats (see ../shared/INFRA-NOTES.md).
 set_local_env_defaults(RAY_TRAIN_ENABLE_STATE_TRACKING="0")

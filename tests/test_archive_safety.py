@@ -18,15 +18,16 @@ import pytest
 from PIL import Image
 
 from flows.cli import main
-from pipeline import manifest_index as mi
-from pipeline.archive_paths import PATH_COLUMNS, archive_base, relative_path
-from pipeline.config import CompressArchiveParams
-from pipeline.lease import DestinationBusy, Lease, lease_path
-from pipeline.manifest import ManifestWriter, read_manifest
-from pipeline.rehydrate import rehydrate
-from pipeline.rehydrate_batch import RehydrateParams, select_rows
-from pipeline.storage import filesystem
-from pipeline.verify import verify_archive
+from pipeline.manifest import index as mi
+from pipeline.manifest.paths import PATH_COLUMNS, archive_base, relative_path
+from pipeline.jobs.params import CompressArchiveParams
+from pipeline.manifest.lease import DestinationBusy, Lease, lease_path
+from pipeline.manifest.parts import ManifestWriter, read_manifest
+from pipeline.archive.access import rehydrate
+from pipeline.jobs.params import RehydrateParams
+from pipeline.jobs.select import select_rows
+from pipeline.storage.fs import filesystem
+from pipeline.archive.verify import verify_archive
 
 SET5 = Path(__file__).parent / "data" / "Set5"
 
@@ -199,7 +200,7 @@ def test_a_flipped_byte_in_the_index_is_detected_and_rebuilt(local_archive, tmp_
     fs, path = filesystem(root)
     pointer = json.loads((Path(root) / "_index" / "CURRENT.json").read_text())
     flip_a_data_byte(Path(root) / "_index" / pointer["files"][0]["path"])
-    with caplog.at_level(logging.WARNING, logger="pipeline.manifest_index"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.manifest.index"):
         every_key_rehydrates(root, local_archive["keys"])  # the reader falls back to the run partitions
     assert "reading the run partitions directly" in caplog.text
 
@@ -212,7 +213,7 @@ def test_a_flipped_byte_in_the_index_is_detected_and_rebuilt(local_archive, tmp_
     assert out["compacted"] and "corrupt" in out["rebuilt"]
     assert main(["verify", root]) == 0
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pipeline.manifest_index"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.manifest.index"):
         every_key_rehydrates(root, local_archive["keys"])
     assert "run partitions" not in caplog.text
 

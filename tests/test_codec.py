@@ -10,16 +10,9 @@ import pytest
 from PIL import Image
 
 from models.zoo import load_pair
-from pipeline.codec import (
-    CodecOptions,
-    CompressRecord,
-    RehydrateError,
-    check_options,
-    compress_image,
-    decode_output,
-    rehydrate_image,
-)
-from pipeline.small_file import read_small
+from pipeline.codec.options import CodecOptions, CompressRecord, RehydrateError
+from pipeline.codec.image import check_options, compress_image, decode_output, rehydrate_image
+from pipeline.codec.small_file import read_small
 
 
 @pytest.fixture(scope="module")

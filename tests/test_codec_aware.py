@@ -1,6 +1,6 @@
 """Codec-aware pairs (trained with a lossy codec between the two networks), in process: the
 model's `codec` block (zoo entry or checkpoint train_config), its small format and quality as
-defaults, overrides, what the record says, and rehydration through `pipeline.rehydrate`.
+defaults, overrides, what the record says, and rehydration through `pipeline.archive.access`.
 
 The pair here is the shipped taid-x2 weights re-labelled as a codec-aware model in a temporary
 zoo: what is under test is the plumbing, not the weights (tests/test_codec_aware_archive.py runs
@@ -19,8 +19,9 @@ from PIL import Image
 
 import models.zoo as zoo
 from models.zoo import codec_defaults, load_pair, sha256_file
-from pipeline.codec import CodecOptions, RehydrateError, compress_image, decode_output, rehydrate_image
-from pipeline.small_file import SUFFIX, is_lossless_webp
+from pipeline.codec.options import CodecOptions, RehydrateError
+from pipeline.codec.image import compress_image, decode_output, rehydrate_image
+from pipeline.codec.small_file import SUFFIX, is_lossless_webp
 
 MODEL = "taid-x2-lossytest"
 BLOCK = {"small_format": "webp-lossy", "quality": 75, "quality_band": [30, 90], "gradient": "ste"}
@@ -137,8 +138,8 @@ def write_archive(root, key: str, small: bytes, rec, schema=None) -> None:
     """What a compress-archive actor writes for one object: the small file, then its manifest row."""
     from datetime import datetime, timezone
 
-    from pipeline.manifest import ManifestWriter
-    from pipeline.storage import filesystem
+    from pipeline.manifest.parts import ManifestWriter
+    from pipeline.storage.fs import filesystem
 
     path = root / (key + SUFFIX[rec.output_format])
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,9 +152,9 @@ def write_archive(root, key: str, small: bytes, rec, schema=None) -> None:
 
 
 def test_rehydrate_lossy_archive_and_refuse_another_model(lossy, x2, tmp_path):
-    from pipeline.manifest import read_manifest
-    from pipeline.rehydrate import RehydrateRefused, find_row, rehydrate, rehydrate_row
-    from pipeline.storage import filesystem
+    from pipeline.manifest.parts import read_manifest
+    from pipeline.archive.access import RehydrateRefused, find_row, rehydrate, rehydrate_row
+    from pipeline.storage.fs import filesystem
 
     data = photo()
     small, rec = compress_image(data, lossy, CodecOptions(model_id=MODEL))

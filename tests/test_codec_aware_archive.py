@@ -32,7 +32,7 @@ def sources() -> dict[str, bytes]:
 
 
 def rows(fs, dest: str) -> dict[str, dict]:
-    from pipeline.manifest import read_manifest
+    from pipeline.manifest.parts import read_manifest
 
     return {r["source_key"]: r for r in read_manifest(fs, dest).to_pylist()}
 
@@ -40,9 +40,9 @@ def rows(fs, dest: str) -> dict[str, dict]:
 def test_codec_aware_model_defaults_overrides_and_rehydrate(s3, bucket, ray_local, prefect_harness):
     from flows.compress_archive import compress_archive
     from models.zoo import load_pair
-    from pipeline.config import CompressArchiveParams
-    from pipeline.rehydrate import RehydrateRefused, find_row, rehydrate, rehydrate_row
-    from pipeline.small_file import is_lossless_webp
+    from pipeline.jobs.params import CompressArchiveParams
+    from pipeline.archive.access import RehydrateRefused, find_row, rehydrate, rehydrate_row
+    from pipeline.codec.small_file import is_lossless_webp
 
     block = zoo_table()[MODEL]["codec"]
     fs = s3.filesystem()

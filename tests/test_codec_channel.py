@@ -22,7 +22,7 @@ from models.training import (
     train,
     train_step,
 )
-from pipeline import small_file
+from pipeline.codec import small_file
 
 SET14 = Path(__file__).parent / "data" / "Set14"
 
@@ -115,10 +115,10 @@ def test_codec_run_resumes_exactly(tmp_path):
 
 
 def test_finetuning_a_codec_aware_pair_keeps_its_codec_in_the_loop():
-    """pipeline.finetune builds its TrainConfig from the base pair: a codec-aware base is tuned with
+    """pipeline.jobs.finetune builds its TrainConfig from the base pair: a codec-aware base is tuned with
     the same codec, band and gradient (and the stronger guidance), a lossless base without one."""
     from models.zoo import load_pair
-    from pipeline.finetune import FinetuneConfig
+    from pipeline.jobs.finetune import FinetuneConfig
 
     cfg = FinetuneConfig(data="s3://b/docs/", name="t", out="s3://models/")
     base = load_pair("taid-x2-webp")

@@ -1,4 +1,4 @@
-"""Real-world inputs: every policy of pipeline/image_io.py, each with a fixture made here with Pillow."""
+"""Real-world inputs: every policy of pipeline/codec/image_io.py, each with a fixture made here with Pillow."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import pytest
 from PIL import Image, ImageCms, ImageOps
 
 from models.zoo import load_pair
-from pipeline.codec import CodecOptions, compress_image, decode_output, rehydrate_image
-from pipeline.small_file import read_small
+from pipeline.codec.options import CodecOptions
+from pipeline.codec.image import compress_image, decode_output, rehydrate_image
+from pipeline.codec.small_file import read_small
 from tests.test_codec import encode, psnr, smooth_rgb
 
 

@@ -18,8 +18,9 @@ import torch
 from models.data import list_images, mod_crop, read_rgb
 from models.evaluate import evaluate, quality_of, round_trip
 from models.zoo import load_pair
-from pipeline.codec import CodecOptions, compress_image, decode_output, rehydrate_image
-from pipeline.small_file import read_small
+from pipeline.codec.options import CodecOptions
+from pipeline.codec.image import compress_image, decode_output, rehydrate_image
+from pipeline.codec.small_file import read_small
 from tests.test_codec import encode
 
 SET14 = str(Path(__file__).parent / "data" / "Set14")

@@ -7,8 +7,9 @@ import pytest
 
 from models.metrics import psnr
 from models.zoo import load_pair
-from pipeline import tiling
-from pipeline.codec import CodecOptions, compress_image, decode_output, rehydrate_image
+from pipeline.codec import tiling
+from pipeline.codec.options import CodecOptions
+from pipeline.codec.image import compress_image, decode_output, rehydrate_image
 from tests.test_codec import encode, smooth_rgb
 
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from flows.compress_archive import compress_archive, new_run_id
-from pipeline.config import CompressArchiveParams
+from pipeline.jobs.params import CompressArchiveParams
 
 BROKEN = {
     "broken/empty.png": b"",
@@ -47,7 +47,7 @@ def fill_bucket(fs, prefix: str, count: int, size: int = 48) -> dict[str, bytes]
 
 
 def manifest(fs, dest: str):
-    from pipeline.manifest import read_manifest
+    from pipeline.manifest.parts import read_manifest
 
     return read_manifest(fs, dest).to_pylist()  # file paths resolved to URIs
 

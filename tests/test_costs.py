@@ -12,13 +12,13 @@ import pyarrow.dataset as ds
 import pytest
 from PIL import Image
 
-from pipeline.codec import CompressRecord
-from pipeline.config import CompressArchiveParams
+from pipeline.codec.options import CompressRecord
+from pipeline.jobs.params import CompressArchiveParams
 from pipeline.jobs.compress import RunStats, gpu_seconds_held, run_compress, summary_table
-from pipeline.prices import (DEFAULT_PRICES, PriceTableError, Prices, StorageClass, billable_bytes, load_prices,
+from pipeline.jobs.prices import (DEFAULT_PRICES, PriceTableError, Prices, StorageClass, billable_bytes, load_prices,
                              payback_months)
-from pipeline.rows import ArchiveRows
-from pipeline.storage import ObjectInfo
+from pipeline.manifest.rows import ArchiveRows
+from pipeline.storage.keys import ObjectInfo
 
 # round numbers, so the expected values below can be checked by hand
 PRICES = Prices(as_of="test", bytes_per_gb=10**9, vcpu_hour=0.036, gpu_hour=3.6, storage={

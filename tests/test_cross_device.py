@@ -2,8 +2,8 @@
 
 No GPU here, so bf16 autocast on the CPU stands in for "the other device" (it differs from fp32 far
 more than a GPU's fp32 does; benchmarks/gpu.py measures the real GPU vs CPU). Lossy fidelity stays
-within the stated tolerance (pipeline.inference.CROSS_DEVICE_*); exact fidelity stays exact, because
-its layer is the source itself and does not depend on the prediction (pipeline/enhancement.py)."""
+within the stated tolerance (pipeline.codec.inference.CROSS_DEVICE_*); exact fidelity stays exact, because
+its layer is the source itself and does not depend on the prediction (pipeline/codec/layer.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from PIL import Image
 
 from models.data import read_rgb
 from models.zoo import load_pair
-from pipeline import enhancement, fidelity
-from pipeline.inference import CROSS_DEVICE_MAX_ABS_DIFF, CROSS_DEVICE_MAX_PSNR_DROP_DB, InferenceOptions, using
+from pipeline.codec import layer as enhancement, fidelity
+from pipeline.codec.inference import CROSS_DEVICE_MAX_ABS_DIFF, CROSS_DEVICE_MAX_PSNR_DROP_DB, InferenceOptions, using
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from inference_precision import BF16, FP32, decode_rgb, difference, restore  # noqa: E402

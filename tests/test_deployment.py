@@ -45,7 +45,7 @@ REHYDRATE_CMD = (
 )
 NIGHTLY_CMD = "prefect deployment run compress-archive/nightly-taid-samples"
 JOB_CMD = (
-    "ray job submit --working-dir . -- python -m pipeline.finetune --data s3://taid-samples/photos/Set5/ "
+    "ray job submit --working-dir . -- python -m pipeline.jobs.finetune --data s3://taid-samples/photos/Set5/ "
     "--base taid-x2 --name taid-x2-samples --out s3://taid-samples/models --workers 1 --steps 2 "
     "--batch 2 --patch 48 --ckpt-every 2 --holdout-every 2 --force-register"
 )
@@ -69,7 +69,7 @@ def upload(fs, prefix: str, count: int, size: int = 64) -> dict[str, bytes]:
 
 
 def manifest_rows(fs, uri_path: str) -> list[dict]:
-    from pipeline.manifest import read_manifest
+    from pipeline.manifest.parts import read_manifest
 
     return read_manifest(fs, uri_path).to_pylist()  # file paths resolved to URIs
 

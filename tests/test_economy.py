@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from models.zoo import load_pair
-from pipeline import codec, enhancement, fidelity, tiling
-from pipeline.fidelity import compress_to_target, resolve_fidelity
+from pipeline.codec import image as codec, layer as enhancement, fidelity, tiling
+from pipeline.codec.fidelity import compress_to_target, resolve_fidelity
 
 DATA = Path(__file__).parent / "data"
 
@@ -64,7 +64,7 @@ def test_default_effort_runs_no_tau_and_meets_the_target(pairs, monkeypatch):
     assert rec.psnr_y - 36 < 0.25
     out = _restored(small, layer, rec, pairs)
     assert calls == []  # rehydration: the layer alone
-    ref = codec.reference_rgb(__import__("pipeline.image_io", fromlist=["x"]).decode_image(data, 10**8))
+    ref = codec.reference_rgb(__import__("pipeline.codec.image_io", fromlist=["x"]).decode_image(data, 10**8))
     assert fidelity.fidelity_psnr(out, ref, rec.scale) >= 36
     # the small file is only the preview: sized as one (TAD of a box-reduced copy), still a faithful thumbnail
     assert max(rec.out_width, rec.out_height) <= fidelity.PREVIEW_LONG_SIDE and rec.scale == 4
@@ -139,8 +139,8 @@ def test_cli_archive_at_original_with_effort_and_prices(tmp_path, ray_local, mon
     """`taid compress-archive --fidelity original --effort fast --prices FILE` then `taid rehydrate KEY`:
     the JPEG comes back byte for byte, the PNG as its exact pixels; the summary carries the cost."""
     from flows.cli import main
-    from pipeline.manifest import read_manifest
-    from pipeline.storage import filesystem
+    from pipeline.manifest.parts import read_manifest
+    from pipeline.storage.fs import filesystem
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     src, dest = tmp_path / "src", tmp_path / "archive"

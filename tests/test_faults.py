@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from infra.faults import SlowDownProxy
-from pipeline.config import CompressArchiveParams
+from pipeline.jobs.params import CompressArchiveParams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def test_slowdown_30_percent_incremental_and_dry_runs_end_ok(s3, bucket, ray_loc
 def test_an_always_throttled_key_fails_alone_after_one_policy_of_tries(s3, bucket, ray_local):
     """One retry policy, not three nested: the key whose PUTs are always throttled is PUT exactly
     MAX_ATTEMPTS times, fails as a row in bounded time, and its neighbours are written."""
-    from pipeline import s3 as s3mod
+    from pipeline.storage import s3 as s3mod
     from pipeline.jobs import run_compress
 
     fs = s3.filesystem()
@@ -94,8 +94,8 @@ def test_an_always_throttled_key_fails_alone_after_one_policy_of_tries(s3, bucke
 
 
 def test_bucket_check_retries_throttling(s3, bucket):
-    from pipeline import s3 as s3mod
-    from pipeline.storage import filesystem
+    from pipeline.storage import s3 as s3mod
+    from pipeline.storage.fs import filesystem
 
     proxy = SlowDownProxy(s3.port, first=2)
     try:
@@ -192,8 +192,8 @@ def test_disk_full_keeps_rows_of_written_images_no_temp_files_one_line(tmp_path,
     from flows.cli import one_line as cli_line
     from pipeline.errors import DestinationFullError
     from pipeline.jobs import run_compress
-    from pipeline.manifest import read_manifest, reserve_bytes
-    from pipeline.storage import filesystem
+    from pipeline.manifest.parts import read_manifest, reserve_bytes
+    from pipeline.storage.fs import filesystem
 
     src = tmp_path / "src"
     src.mkdir()

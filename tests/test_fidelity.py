@@ -1,4 +1,4 @@
-"""Fidelity you choose (pipeline.fidelity, pipeline.enhancement): every `ok` image rehydrates at or
+"""Fidelity you choose (pipeline.codec.fidelity, pipeline.codec.layer): every `ok` image rehydrates at or
 above its target, measured here independently on what rehydration writes; the enhancement layer
 is bound to its small file, skippable for a preview, refused when modified or missing.
 
@@ -18,9 +18,9 @@ from PIL import Image
 
 from models.metrics import psnr_y
 from models.zoo import load_pair
-from pipeline import codec, enhancement
+from pipeline.codec import image as codec, layer as enhancement
 from flows.cli import main
-from pipeline.fidelity import PRESETS, compress_to_target, resolve_fidelity
+from pipeline.codec.fidelity import PRESETS, compress_to_target, resolve_fidelity
 
 DATA = Path(__file__).parent / "data"
 
@@ -194,7 +194,7 @@ def test_cli_writes_and_finds_the_layer(tmp_path, capsys):
 def test_large_image_searched_on_a_sample_still_meets_the_target(pairs):
     """Above SAMPLE_ABOVE_PIXELS the layer's quality is estimated on a mosaic of tiles, then
     settled at full size: the guarantee is the same, checked here on the whole image."""
-    from pipeline import fidelity
+    from pipeline.codec import fidelity
 
     tiles = [np.asarray(Image.open(DATA / "Set14" / f"{n}.png").convert("RGB"))[:256, :256]
              for n in ("zebra", "lenna", "baboon", "pepper", "monarch", "flowers", "face", "man")]
@@ -211,7 +211,7 @@ def test_large_image_searched_on_a_sample_still_meets_the_target(pairs):
 
 
 def test_settle_moves_from_the_estimate_to_the_lowest_passing_quality():
-    from pipeline.fidelity import _settle
+    from pipeline.codec.fidelity import _settle
 
     calls = []
 

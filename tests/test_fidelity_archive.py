@@ -15,9 +15,9 @@ from PIL import Image
 from flows.compress_archive import compress_archive, summary_table
 from flows.rehydrate import RehydrateParams, rehydrate as rehydrate_flow
 from models.metrics import psnr_y
-from pipeline.config import CompressArchiveParams
-from pipeline.manifest import read_manifest
-from pipeline.rehydrate import RehydrateRefused, find_row, rehydrate
+from pipeline.jobs.params import CompressArchiveParams
+from pipeline.manifest.parts import read_manifest
+from pipeline.archive.access import RehydrateRefused, find_row, rehydrate
 
 DATA = Path(__file__).parent / "data"
 PHOTOS = ["Set14/lenna.png", "Set14/zebra.png", "Set5/bird.png"]

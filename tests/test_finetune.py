@@ -20,7 +20,8 @@ from infra.local_s3 import free_port
 from models.registry import lookup
 from models.synthetic import render_document
 from models.zoo import WeightsError, load_pair
-from pipeline.codec import CodecOptions, RehydrateError, compress_image, decode_output, rehydrate_image
+from pipeline.codec.options import CodecOptions, RehydrateError
+from pipeline.codec.image import compress_image, decode_output, rehydrate_image
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(workers=2, steps=6, batch=2, patch=48, ckpt_every=2, holdout_every=4, warmup_steps=2)
@@ -74,7 +75,7 @@ def test_finetune_flow_resumes_registers_and_serves(s3, bucket, ray_local, prefe
 
 
 def test_registration_needs_a_gain_unless_forced(s3, bucket, ray_local):
-    from pipeline.finetune import FinetuneConfig, run_finetune
+    from pipeline.jobs.finetune import FinetuneConfig, run_finetune
 
     fs = s3.filesystem()
     upload_documents(fs, f"{bucket}/docs", count=5)
@@ -137,7 +138,7 @@ def test_ray_job_submit_end_to_end_and_flow_submission(s3, bucket, ray_head, pre
     registry = f"s3://{bucket}/models"
     job = subprocess.run(
         ["ray", "job", "submit", "--address", address, "--working-dir", str(REPO), "--",
-         "python", "-m", "pipeline.finetune", "--data", f"s3://{bucket}/docs/", "--base", "taid-x2",
+         "python", "-m", "pipeline.jobs.finetune", "--data", f"s3://{bucket}/docs/", "--base", "taid-x2",
          "--name", "taid-x2-cli", "--out", registry, "--workers", "1", "--steps", "2", "--batch", "2",
          "--patch", "48", "--ckpt-every", "2", "--holdout-every", "4", "--force-register"],
         env=env, capture_output=True, text=True, timeout=300,

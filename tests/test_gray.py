@@ -15,7 +15,8 @@ from PIL import Image
 from models.evaluate import evaluate
 from models.metrics import psnr
 from models.zoo import load_pair, zoo_table
-from pipeline.codec import CodecOptions, RehydrateError, compress_image, decode_output, rehydrate_image
+from pipeline.codec.options import CodecOptions, RehydrateError
+from pipeline.codec.image import compress_image, decode_output, rehydrate_image
 
 DATA = Path(__file__).parent / "data"
 MODEL = "taid-gray"
@@ -92,7 +93,7 @@ def test_grey_sources_stay_grey_and_exact_alpha_kept(pair):
 
 
 def test_spatial_scale_and_fidelity_targets_are_refused_clearly(pair):
-    from pipeline.fidelity import requested_fidelity
+    from pipeline.codec.fidelity import requested_fidelity
 
     with pytest.raises(ValueError, match="not reachable with a colour-only"):
         compress_image(png(Image.new("RGB", (8, 8))), pair, CodecOptions(model_id=MODEL, scale=2))
@@ -102,11 +103,11 @@ def test_spatial_scale_and_fidelity_targets_are_refused_clearly(pair):
 
 
 def test_archive_with_taid_gray_rehydrates_every_key_in_colour(tmp_path, ray_local):
-    from pipeline.config import CompressArchiveParams
+    from pipeline.jobs.params import CompressArchiveParams
     from pipeline.jobs import run_compress, run_rehydrate
-    from pipeline.manifest import read_manifest
-    from pipeline.rehydrate_batch import RehydrateParams
-    from pipeline.storage import filesystem
+    from pipeline.manifest.parts import read_manifest
+    from pipeline.jobs.params import RehydrateParams
+    from pipeline.storage.fs import filesystem
 
     src, dest, to = tmp_path / "src", tmp_path / "archive", tmp_path / "restored"
     (src / "photos").mkdir(parents=True)
@@ -134,7 +135,7 @@ def test_archive_with_taid_gray_rehydrates_every_key_in_colour(tmp_path, ray_loc
 def test_tiles_join_without_seams(pair):
     """The grey networks work on 2 x 2 blocks: the tile margin counts their convolutions twice
     (tiling.margin_small, feature_stride), so tiled TAD and TAU give the untiled result."""
-    from pipeline import tiling
+    from pipeline.codec import tiling
 
     img = np.asarray(Image.open(DATA / "Set14" / "pepper.png").convert("RGB"))[:203, :317]
     a, n_a = tiling.downscale_array(pair, img, 1, tile=4096)

@@ -14,8 +14,9 @@ from PIL import Image, ImageCms
 
 from models.metrics import psnr_y
 from models.zoo import load_pair
-from pipeline.codec import CodecOptions, compress_image, decode_output, rehydrate_image
-from pipeline.fidelity import compress_to_target, resolve_fidelity
+from pipeline.codec.options import CodecOptions
+from pipeline.codec.image import compress_image, decode_output, rehydrate_image
+from pipeline.codec.fidelity import compress_to_target, resolve_fidelity
 
 BIRD = Path(__file__).parent / "data" / "Set5" / "bird.png"
 

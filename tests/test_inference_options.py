@@ -1,4 +1,4 @@
-"""Inference options (pipeline.inference) and batching tiles across images (tiling.run_batched)."""
+"""Inference options (pipeline.codec.inference) and batching tiles across images (tiling.run_batched)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from models.data import mod_crop, read_rgb
 from models.evaluate import round_trip
 from models.metrics import psnr_y
 from models.zoo import load_pair
-from pipeline import inference, tiling
-from pipeline.inference import InferenceOptions, configure, using
+from pipeline.codec import inference, tiling
+from pipeline.codec.inference import InferenceOptions, configure, using
 
 SET5 = Path(__file__).parent / "data" / "Set5"
 

@@ -11,12 +11,13 @@ import pyarrow as pa
 import pytest
 
 from pipeline.jobs.compress import decide
-from pipeline.config import CompressArchiveParams
-from pipeline.inventory import InventoryListing, write_inventory
-from pipeline.listing import listing_tables
-from pipeline.manifest import PreviousState
-from pipeline.plan import REASONS, ListingOrderError, aligned, decide_codes
-from pipeline.storage import ObjectInfo, filesystem
+from pipeline.jobs.params import CompressArchiveParams
+from pipeline.storage.inventory import InventoryListing, write_inventory
+from pipeline.storage.listing import listing_tables
+from pipeline.manifest.index import PreviousState
+from pipeline.jobs.plan import REASONS, ListingOrderError, aligned, decide_codes
+from pipeline.storage.keys import ObjectInfo
+from pipeline.storage.fs import filesystem
 
 ODD = ["a.png", "a/x.png", "a0.png", "a/b/c.png", "b c+d%20.png", "é/ü.png", "Z.png", "z/_manifest/kept.png"]
 OURS = ["_manifest/run=1/part-00000.parquet", "_runs/1.json", "_index/CURRENT.json"]
@@ -49,7 +50,7 @@ def seeded(s3):
 
 
 def test_s3_listing_pages_in_byte_order_serial_and_parallel(s3, seeded, tmp_path):
-    from pipeline import s3 as s3mod
+    from pipeline.storage import s3 as s3mod
 
     want = sorted(tree(), key=lambda k: k.encode())
     fs, root = filesystem(f"s3://{seeded}/src")
@@ -72,9 +73,9 @@ def test_s3_listing_pages_in_byte_order_serial_and_parallel(s3, seeded, tmp_path
 
 @pytest.mark.parametrize("fmt", ["CSV", "Parquet"])
 def test_inventory_report_in_seaweedfs_lists_like_the_bucket(s3, seeded, fmt, monkeypatch):
-    import pipeline.inventory
+    import pipeline.storage.inventory
 
-    monkeypatch.setattr(pipeline.inventory, "FAN_IN", 2)  # 5 sorted chunks: merged in rounds of two
+    monkeypatch.setattr(pipeline.storage.inventory, "FAN_IN", 2)  # 5 sorted chunks: merged in rounds of two
     fs, root = filesystem(f"s3://{seeded}/src")
     listed = flatten(listing_tables(fs, root))
     full = [(f"src/{k}", e, s) for k, e, s in listed]
@@ -98,7 +99,7 @@ def test_planner_refuses_an_unsorted_listing():
 
 
 def test_vectorised_decisions_match_decide():
-    from pipeline.fidelity import resolve_fidelity
+    from pipeline.codec.fidelity import resolve_fidelity
 
     std = resolve_fidelity("standard")
     obj = ObjectInfo("a.png", "s3://b/a.png", "e1", 10)
@@ -130,7 +131,7 @@ def test_nightly_run_over_an_unchanged_bucket_starts_no_ray(s3, seeded, prefect_
     import ray
 
     from flows.compress_archive import compress_archive
-    from pipeline.manifest import ManifestWriter
+    from pipeline.manifest.parts import ManifestWriter
 
     fs, root = filesystem(f"s3://{seeded}/src")
     listed = flatten(listing_tables(fs, root))

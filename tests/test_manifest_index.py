@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import manifest_index as mi
-from pipeline.manifest import ManifestWriter, latest_states, read_manifest
-from pipeline.storage import filesystem, protocol_prefix
+from pipeline.manifest import index as mi
+from pipeline.manifest.parts import ManifestWriter, read_manifest
+from pipeline.manifest.index import latest_states
+from pipeline.storage.fs import filesystem
+from pipeline.storage.keys import protocol_prefix
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 STATUSES = ["ok", "ok", "ok", "failed_decode", "skipped_empty"]
@@ -129,7 +131,7 @@ def test_a_crash_mid_compaction_loses_nothing(tmp_path):
     rows = read_manifest(fs, root).num_rows
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.manifest_index", root, "--file-rows", "300",
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.manifest.index", root, "--file-rows", "300",
                              "--row-group", "100"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     index = tmp_path / "archive" / "_index"
     deadline = time.monotonic() + 120
@@ -180,7 +182,7 @@ def test_a_stream_that_breaks_mid_index_continues_from_the_run_partitions(tmp_pa
     data = bytearray(second.read_bytes())
     data[len(data) // 2] ^= 0xFF  # a data page in the middle of the second file: its checksum fails
     second.write_bytes(bytes(data))
-    with caplog.at_level("WARNING", logger="pipeline.manifest_index"):
+    with caplog.at_level("WARNING", logger="pipeline.manifest.index"):
         check_reader(root)  # streams (the first file, then the partitions after its last key) and lookups
     assert "reading the run partitions directly" in caplog.text
     assert "corrupt" in mi.compact(fs, root, repair=True)["rebuilt"]

@@ -105,7 +105,7 @@ def taid(*args: str, env: dict) -> dict:
 
 
 def manifest(fs, dest: str) -> dict[str, dict]:
-    from pipeline.manifest import read_manifest
+    from pipeline.manifest.parts import read_manifest
 
     return {r["source_key"]: r for r in read_manifest(fs, dest).to_pylist()}
 

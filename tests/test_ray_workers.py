@@ -8,7 +8,7 @@ import sys
 
 from ray import cloudpickle
 
-from pipeline.actor_pool import ActorPool, PoolOptions, PoolWorker, gpus_per_actor
+from pipeline.runtime.actor_pool import ActorPool, PoolOptions, PoolWorker, gpus_per_actor
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/ modules
 
@@ -24,7 +24,7 @@ class EchoWorker(PoolWorker):
         if item["key"].startswith("poison"):
             os._exit(1)  # a hard crash (segfaulting decoder, OOM kill): no exception reaches Ray
         if item["key"].startswith("warn"):
-            logging.getLogger("pipeline.workers").warning("odd object %s", item["key"])
+            logging.getLogger("pipeline.jobs.workers").warning("odd object %s", item["key"])
         return {"source_key": item["key"], "status": "ok", "attempts": attempt, "pid": os.getpid()}
 
 
@@ -83,6 +83,6 @@ def test_worker_logs_reach_the_driver(ray_local, caplog):
     with caplog.at_level(logging.WARNING, logger="pipeline"):
         pool.run(iter([{"key": "a"}, {"key": "warn-me"}, {"key": "b"}]), rows.append)
     assert len(rows) == 3
-    records = [r for r in caplog.records if r.name == "pipeline.workers"]
+    records = [r for r in caplog.records if r.name == "pipeline.jobs.workers"]
     assert [r.getMessage() for r in records] == ["[worker] odd object warn-me"]
     assert records[0].levelno == logging.WARNING

@@ -15,11 +15,11 @@ from flows.rehydrate import RehydrateParams, rehydrate as rehydrate_flow
 from models.evaluate import evaluate
 from models.metrics import psnr, psnr_y
 from flows.cli import main
-from pipeline.config import CompressArchiveParams
-from pipeline.manifest import read_manifest
-from pipeline.rehydrate import RehydrateRefused, find_row, rehydrate, rehydrate_pil, rehydrate_row
-from pipeline.rows import RESTORED_SCHEMA
-from pipeline.storage import filesystem
+from pipeline.jobs.params import CompressArchiveParams
+from pipeline.manifest.parts import read_manifest
+from pipeline.archive.access import RehydrateRefused, find_row, rehydrate, rehydrate_pil, rehydrate_row
+from pipeline.manifest.rows import RESTORED_SCHEMA
+from pipeline.storage.fs import filesystem
 
 SET5 = Path(__file__).parent / "data" / "Set5"
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from pipeline.codec import CompressRecord
-from pipeline.manifest import SCHEMA, ManifestWriter
-from pipeline.rows import CODEC_COLUMNS, RESTORED_SCHEMA, ArchiveRow, ArchiveRows, RestoredRows
-from pipeline.storage import ObjectInfo, filesystem
+from pipeline.codec.options import CompressRecord
+from pipeline.manifest.parts import SCHEMA, ManifestWriter
+from pipeline.manifest.rows import CODEC_COLUMNS, RESTORED_SCHEMA, ArchiveRow, ArchiveRows, RestoredRows
+from pipeline.storage.keys import ObjectInfo
+from pipeline.storage.fs import filesystem
 
 OBJ = ObjectInfo(key="a/cat.jpg", uri="s3://b/a/cat.jpg", etag="e1", size=1234)
 
@@ -59,7 +60,7 @@ def test_rows_round_trip_through_parquet(tmp_path):
     writer.add(rows.ok(archive_row, 1, "file:///r/a/cat.jpg.png", "png", b"pixels", preview=False))
     writer.add(rows.refused(archive_row, 1, "small file modified"))
     writer.close()
-    from pipeline.manifest import read_manifest
+    from pipeline.manifest.parts import read_manifest
 
     got = sorted(read_manifest(fs, root, schema=RESTORED_SCHEMA).to_pylist(), key=lambda r: r["status"])
     assert [r["status"] for r in got] == ["ok", "refused"]

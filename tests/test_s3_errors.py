@@ -50,7 +50,7 @@ def test_three_misconfigurations_each_give_one_line_and_exit_2(s3, bucket, tmp_p
 
 def test_failed_flow_run_message_is_the_one_line(s3, bucket, prefect_harness, tmp_path):
     from flows.compress_archive import compress_archive
-    from pipeline.config import CompressArchiveParams
+    from pipeline.jobs.params import CompressArchiveParams
 
     closed = f"http://127.0.0.1:{free_port()}"
     for params, expected in [
@@ -63,8 +63,9 @@ def test_failed_flow_run_message_is_the_one_line(s3, bucket, prefect_harness, tm
 
 
 def test_throttling_is_retried_and_counted(s3, bucket):
-    from pipeline import s3 as s3mod
-    from pipeline.storage import filesystem, list_objects
+    from pipeline.storage import s3 as s3mod
+    from pipeline.storage.fs import filesystem
+    from pipeline.storage.listing import list_objects
 
     s3.filesystem().pipe(f"{bucket}/src/a.png", b"12345")
     proxy = SlowDownProxy(s3.port, first=3)

@@ -21,9 +21,9 @@ from PIL import Image
 
 from flows.compress_archive import compress_archive
 from flows.cli import main
-from pipeline.config import CompressArchiveParams
-from pipeline.manifest import ManifestWriter
-from pipeline.rehydrate import find_row
+from pipeline.jobs.params import CompressArchiveParams
+from pipeline.manifest.parts import ManifestWriter
+from pipeline.archive.access import find_row
 from pipeline.serving.config import ServeParams
 from pipeline.serving.http import token_digest
 

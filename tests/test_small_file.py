@@ -12,8 +12,9 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from models.zoo import load_pair
-from pipeline.codec import CodecOptions, CompressRecord, compress_image, decode_output, rehydrate_image
-from pipeline.small_file import (
+from pipeline.codec.options import CodecOptions, CompressRecord
+from pipeline.codec.image import compress_image, decode_output, rehydrate_image
+from pipeline.codec.small_file import (
     SMALL_FORMATS,
     _riff_chunks,
     embedded_meta,
@@ -52,7 +53,7 @@ def _v1_xmp(meta_json: str) -> bytes:
 
 
 def encode_small_v1(img: Image.Image, small_format: str, quality: int, record: dict) -> bytes:
-    """pipeline.small_file.encode_small as it was at version 1 (no ICC / EXIF here)."""
+    """pipeline.codec.small_file.encode_small as it was at version 1 (no ICC / EXIF here)."""
     meta = {k: record.get(k) for k in _V1_KEYS} | {"taid_small_file": 1}
     meta_json = json.dumps(meta, sort_keys=True, separators=(",", ":"))
     if small_format == "jpeg" and img.mode in ("RGBA", "LA"):

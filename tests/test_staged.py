@@ -1,5 +1,5 @@
 """Staged runs on a real local Ray without a GPU: CPU workers send their tiles to a model actor
-(pipeline/model_server.py). The archive is byte-identical to a single-stage run's, tiles from
+(pipeline/runtime/model_server.py). The archive is byte-identical to a single-stage run's, tiles from
 different images share forward calls, and a model actor killed mid-run is restarted without
 losing or failing an object."""
 
@@ -13,12 +13,12 @@ import numpy as np
 import ray
 from PIL import Image
 
-from pipeline.config import CompressArchiveParams
+from pipeline.jobs.params import CompressArchiveParams
 from pipeline.jobs import run_compress, run_rehydrate
-from pipeline.manifest import read_manifest
-from pipeline.model_server import ModelServer
-from pipeline.rehydrate_batch import RehydrateParams
-from pipeline.storage import filesystem
+from pipeline.manifest.parts import read_manifest
+from pipeline.runtime.model_server import ModelServer
+from pipeline.jobs.params import RehydrateParams
+from pipeline.storage.fs import filesystem
 
 
 def photos(folder, n: int = 6, size: int = 96) -> None:

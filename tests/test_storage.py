@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import CompressArchiveParams
-from pipeline.workers import with_retries
-from pipeline.storage import filesystem, list_objects, secret_option_keys
+from pipeline.jobs.params import CompressArchiveParams
+from pipeline.runtime.retry import with_retries
+from pipeline.storage.fs import filesystem, secret_option_keys
+from pipeline.storage.listing import list_objects
 
 
 def test_endpoint_url_reaches_seaweedfs_without_aws_endpoint_url(s3, bucket, monkeypatch):
@@ -61,7 +62,7 @@ def test_transient_errors_are_retried_and_missing_objects_are_not():
 
 
 def test_atomic_write_leaves_no_temporary_file_when_it_fails(tmp_path):
-    from pipeline.storage import atomic_write
+    from pipeline.storage.fs import atomic_write
 
     fs, root = filesystem(str(tmp_path))
     (tmp_path / "taken").mkdir()  # the rename over a folder fails after the temporary file was written
@@ -95,7 +96,7 @@ def test_manifest_writer_gives_its_reserve_back_when_the_disk_is_full(tmp_path):
     import os
 
     from pipeline.errors import ManifestWriteError
-    from pipeline.manifest import ManifestWriter, reserve_bytes
+    from pipeline.manifest.parts import ManifestWriter, reserve_bytes
 
     fs, root = filesystem(str(tmp_path / "dest"))
     writer = ManifestWriter(fs, root, "r1", rows_per_part=10, reserve=True)

@@ -9,9 +9,12 @@ import pyarrow.dataset as ds
 import pytest
 
 from pipeline.jobs.compress import decide
-from pipeline.config import CompressArchiveParams
-from pipeline.manifest import SCHEMA, ManifestWriter, PreviousState, latest_states, read_manifest
-from pipeline.storage import ObjectInfo, UnsafeKeyError, atomic_write, filesystem, list_objects, safe_join
+from pipeline.jobs.params import CompressArchiveParams
+from pipeline.manifest.parts import SCHEMA, ManifestWriter, read_manifest
+from pipeline.manifest.index import PreviousState, latest_states
+from pipeline.storage.keys import ObjectInfo, UnsafeKeyError, safe_join
+from pipeline.storage.fs import atomic_write, filesystem
+from pipeline.storage.listing import list_objects
 
 
 @pytest.mark.parametrize("key", ["../x.png", "a/../../x.png", "/etc/passwd", "a//b.png", "a/./b.png", "a\\..\\b", ""])
@@ -116,8 +119,9 @@ def test_version_1_part_files_still_read_and_rehydrate(tmp_path):
     from PIL import Image
 
     from models.zoo import load_pair
-    from pipeline.codec import CodecOptions, compress_image, decode_output
-    from pipeline.rehydrate import rehydrate
+    from pipeline.codec.options import CodecOptions
+    from pipeline.codec.image import compress_image, decode_output
+    from pipeline.archive.access import rehydrate
 
     v1 = pa.schema([f for f in SCHEMA if f.name != "small_quality"], metadata={"taid_manifest_schema": "1"})
     pair = load_pair("taid-x2")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timezone
 
-from pipeline import s3
+from pipeline.storage import s3
 
 
 def new_run_id() -> str:

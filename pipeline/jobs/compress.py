@@ -4,8 +4,8 @@
     (read, decode, TAD, encode, atomic write; staged: CPU workers + model actors) -> Parquet manifest parts -> run stats (written last)
     -> compaction of the manifest index
 
-Planning is `pipeline.plan`, the work `pipeline.workers.CompressWorker`, rows `pipeline.rows`, the
-manifest `pipeline.manifest`. No Prefect here: `flows/compress_archive.py` wraps `run_compress`.
+Planning is `pipeline.jobs.plan`, the work `pipeline.jobs.workers.CompressWorker`, rows `pipeline.manifest.rows`, the
+manifest `pipeline.manifest.parts`. No Prefect here: `flows/compress_archive.py` wraps `run_compress`.
 """
 
 from __future__ import annotations
@@ -18,15 +18,17 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import TypedDict
 
-from pipeline import s3
-from pipeline.config import PIPELINE_VERSION, CompressArchiveParams
+from pipeline.storage import s3
+from pipeline.jobs.params import PIPELINE_VERSION, CompressArchiveParams
 from pipeline.errors import DestinationFullError, ManifestWriteError, os_error_line, storage_refuses
 from pipeline.jobs.common import new_run_id, s3_counts
 from pipeline.jobs.progress import NoProgress, Progress, Throttled
-from pipeline.manifest import ManifestWriter, PreviousState, write_run_stats
-from pipeline.prices import DEFAULT_PRICES, Prices, billable_bytes, monthly_saving, months_to_pay_back, one_time_cost
-from pipeline.rows import ArchiveRow, ArchiveRows
-from pipeline.storage import ObjectInfo, UnsafeKeyError, check_source, check_writable, safe_join
+from pipeline.manifest.parts import ManifestWriter, write_run_stats
+from pipeline.manifest.index import PreviousState
+from pipeline.jobs.prices import DEFAULT_PRICES, Prices, billable_bytes, monthly_saving, months_to_pay_back, one_time_cost
+from pipeline.manifest.rows import ArchiveRow, ArchiveRows
+from pipeline.storage.keys import ObjectInfo, UnsafeKeyError, safe_join
+from pipeline.storage.fs import check_source, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ class CompressResult(TypedDict, total=False):
     stored_fraction_ok: float | None
     psnr_y_mean: float | None
     psnr_y_min: float | None
-    # cost (RunStats, pipeline.prices; docs/costs.md)
+    # cost (RunStats, pipeline.jobs.prices; docs/costs.md)
     cpu_s: dict  # CPU-seconds by stage (CPU_STAGES) and "total", over every row; None: no row measured it
     cpu_s_per_mp: dict  # the same per megapixel decoded
     gpu_s: float  # GPU-seconds the run held (a GPU is paid while held, busy or not)
@@ -95,7 +97,7 @@ def decide(obj: ObjectInfo, prev: PreviousState | None, params: CompressArchiveP
 def same_settings(prev: PreviousState, params: CompressArchiveParams) -> bool:
     """Was the latest row made with what this run asks for? The same fidelity (preset or target)
     by one of its pairs, or, for a fixed single layer, the same model and no fidelity.
-    `pipeline.plan.same_settings_mask` is the vectorised twin: change both together."""
+    `pipeline.jobs.plan.same_settings_mask` is the vectorised twin: change both together."""
     spec = params.fidelity_spec()
     if spec is None:
         return prev.fidelity is None and prev.model_id in (params.single_model, None)
@@ -105,12 +107,12 @@ def same_settings(prev: PreviousState, params: CompressArchiveParams) -> bool:
 def plan_objects(params: CompressArchiveParams, counts: dict) -> tuple[Iterator[ObjectInfo], int | None]:
     """(the objects to process, streamed in one listing pass; an estimate of how many objects
     will be listed, None when unknown). The others are counted in `counts` by reason. Memory
-    stays flat in the number of objects: see `pipeline.plan`."""
-    from pipeline.inventory import InventoryListing
-    from pipeline.listing import listing_tables
-    from pipeline.manifest_index import PLAN_COLUMNS, ManifestReader
-    from pipeline.plan import plan
-    from pipeline.storage import protocol_prefix
+    stays flat in the number of objects: see `pipeline.jobs.plan`."""
+    from pipeline.storage.inventory import InventoryListing
+    from pipeline.storage.listing import listing_tables
+    from pipeline.manifest.index import PLAN_COLUMNS, ManifestReader
+    from pipeline.jobs.plan import plan
+    from pipeline.storage.keys import protocol_prefix
 
     fs, root = params.fs(params.source)
     base = protocol_prefix(fs) + root.rstrip("/") + "/"
@@ -146,7 +148,7 @@ def check_storage(params: CompressArchiveParams) -> None:
 def compact_if_needed(fs, root: str, always: bool = False) -> dict:
     """Fold run partitions into the manifest index when policy says so. A failure is logged and
     left to the next run: the run partitions are the source of truth, nothing is lost."""
-    from pipeline.manifest_index import compact, needs_compaction, snapshot
+    from pipeline.manifest.index import compact, needs_compaction, snapshot
 
     try:
         if not (always or needs_compaction(snapshot(fs, root), fs)):
@@ -263,7 +265,7 @@ def resolve_models(params: CompressArchiveParams) -> CompressArchiveParams:
     """Load and verify every pair the run may use now (a missing or modified model fails the run
     before any work) and make the defaults explicit for the actors and the run stats."""
     from models.zoo import load_pair
-    from pipeline.codec import check_options, small_file_settings
+    from pipeline.codec.image import check_options, small_file_settings
 
     spec = params.fidelity_spec()
     if spec is not None:
@@ -281,9 +283,9 @@ def resolve_models(params: CompressArchiveParams) -> CompressArchiveParams:
 def run_compress(params: CompressArchiveParams, progress: Progress | None = None,
                  run_id: str | None = None) -> CompressResult:
     """One compress run: returns (and writes last, as DEST/_runs/<run_id>.json) its stats. A run
-    that writes holds the destination's lease (pipeline.lease): while another run holds it, this
+    that writes holds the destination's lease (pipeline.manifest.lease): while another run holds it, this
     one raises DestinationBusy (one line) before any work."""
-    from pipeline.lease import Lease
+    from pipeline.manifest.lease import Lease
 
     run_id = run_id or new_run_id()
     prices = params.price_table()  # a wrong price file says so in one line, before anything is touched
@@ -296,9 +298,9 @@ def run_compress(params: CompressArchiveParams, progress: Progress | None = None
 
 
 def _run_compress(params: CompressArchiveParams, progress: Progress | None, run_id: str, prices) -> CompressResult:
-    from pipeline.actor_pool import ensure_ray
-    from pipeline.dispatch import dispatch as run_on_ray
-    from pipeline.workers import CompressWorker
+    from pipeline.runtime.actor_pool import ensure_ray
+    from pipeline.runtime.dispatch import dispatch as run_on_ray
+    from pipeline.jobs.workers import CompressWorker
 
     progress = Throttled(progress or NoProgress())
     dst_fs, dest_root = params.fs(params.dest)

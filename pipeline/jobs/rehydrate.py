@@ -1,9 +1,9 @@
 """The rehydrate job: full-resolution images back from an archive, in parallel on the ActorPool.
 
 Selection: explicit keys, a key prefix, a glob, and/or the rows of one compress run
-(`pipeline.rehydrate_batch.select_rows`, through the shared manifest reader). Each selected key's
+(`pipeline.jobs.select.select_rows`, through the shared manifest reader). Each selected key's
 latest `ok` row is rehydrated by `RehydrateWorker`s into `to`, with a manifest of what was produced
-(`pipeline.rows.RestoredRow`) in `to/_manifest/run=<id>/` and run stats in `to/_runs/<id>.json`
+(`pipeline.manifest.rows.RestoredRow`) in `to/_manifest/run=<id>/` and run stats in `to/_runs/<id>.json`
 (written last). Refusals and failures are rows with a status, writes are atomic, and a rerun skips
 images already rehydrated from the same small file.
 """
@@ -14,12 +14,13 @@ import logging
 import time
 from typing import TypedDict
 
-from pipeline import s3
+from pipeline.storage import s3
 from pipeline.jobs.common import new_run_id, s3_counts
 from pipeline.jobs.progress import NoProgress, Progress, Throttled
-from pipeline.manifest import ManifestWriter, write_run_stats
-from pipeline.rehydrate_batch import REHYDRATE_SCHEMA, RehydrateParams, not_done, select_rows
-from pipeline.rows import RestoredRow, RestoredRows
+from pipeline.manifest.parts import ManifestWriter, write_run_stats
+from pipeline.jobs.select import REHYDRATE_SCHEMA, not_done, select_rows
+from pipeline.jobs.params import RehydrateParams
+from pipeline.manifest.rows import RestoredRow, RestoredRows
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,9 @@ class RehydrateResult(TypedDict, total=False):
 
 def run_rehydrate(params: RehydrateParams, progress: Progress | None = None,
                   run_id: str | None = None) -> RehydrateResult:
-    from pipeline.actor_pool import ensure_ray
-    from pipeline.dispatch import dispatch as run_on_ray
-    from pipeline.workers import RehydrateWorker
+    from pipeline.runtime.actor_pool import ensure_ray
+    from pipeline.runtime.dispatch import dispatch as run_on_ray
+    from pipeline.jobs.workers import RehydrateWorker
 
     run_id = run_id or new_run_id()
     progress = Throttled(progress or NoProgress())

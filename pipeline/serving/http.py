@@ -65,6 +65,6 @@ def sniff_content_type(data: bytes) -> str:
 def json_row(row: dict) -> dict:
     """A manifest row as strict JSON: timestamps as ISO strings, an exact (lossless) fidelity's
     infinite PSNR as the string "inf" (JSON has no infinity)."""
-    from pipeline.manifest import json_safe
+    from pipeline.manifest.parts import json_safe
 
     return {k: v.isoformat() if isinstance(v, datetime) else json_safe(v) for k, v in row.items()}

@@ -1,0 +1,138 @@
+"""Rehydrate on demand: full resolution back from an archive written by compress-archive.
+
+    data = rehydrate("2024/cat.jpg", archive="s3://bucket/archive")     # by source key
+    img = rehydrate_pil("s3://bucket/archive/2024/cat.jpg.png", archive="s3://bucket/archive")
+
+The manifest row is found without reading the whole manifest (the manifest index: one row
+group of a key-sorted file, plus any runs newer than the index), the small file's
+sha256 is checked against the row, the upscaler of exactly that model id + weights sha256 is
+loaded (zoo or registry), and the codec restores size, mode, alpha, ICC and orientation policy
+in the original's format. Every refusal raises `RehydrateRefused` with the reason; nothing is
+written in that case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from functools import lru_cache
+
+from PIL import Image
+
+from models.zoo import WeightsError, load_pair
+from pipeline.codec.options import RehydrateError
+from pipeline.codec.image import rehydrate_image
+from pipeline.manifest.index import shared_reader
+from pipeline.manifest.rows import present
+from pipeline.storage.fs import filesystem
+
+
+class RehydrateRefused(RuntimeError):
+    """Unknown key, small file missing or modified, model unavailable or mismatched."""
+
+
+class SmallFileMissing(RehydrateRefused):
+    """The row exists but its small file does not (an HTTP server answers 404, not 409)."""
+
+
+def find_row(archive: str, key_or_uri: str, storage_options: dict | None = None) -> dict:
+    """The latest `ok` manifest row of a source key, or of a small file's URI. Served by the
+    manifest index (one row group read) plus the runs newer than it: see
+    `pipeline.manifest.index.ManifestReader`, which a long-lived server can hold itself."""
+    reader = shared_reader(archive, storage_options)
+    snap = reader.snapshot(refresh=True)  # one pointer read + one listing of _manifest/ per call
+    if not reader.has_manifest(snap):
+        raise RehydrateRefused(f"{archive} has no manifest: not a compress-archive destination")
+    row = reader.find(key_or_uri, snap)
+    if row is None:
+        raise RehydrateRefused(f"no ok row for {key_or_uri!r} in {archive}'s manifest")
+    return row
+
+
+@lru_cache(maxsize=8)
+def _pair(model_id: str, sha256: str, registry: str | None, device: str):
+    return load_pair(model_id, device, expected_sha256=sha256, registry=registry)
+
+
+def warm_pair(model_id: str, sha256: str, registry: str | None = None, device: str = "cpu") -> None:
+    """Load a pair into this process's cache now (a server's start-up), so its first request does not pay for it."""
+    _pair(model_id, sha256, registry, device)
+
+
+def _read_verified(uri: str, sha256: str, what: str, storage_options: dict | None,
+                   missing: type[RehydrateRefused] = RehydrateRefused) -> bytes:
+    fs, path = filesystem(uri, storage_options)
+    try:
+        data = fs.cat_file(path)
+    except FileNotFoundError:
+        raise missing(f"{what} {uri} is missing") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise RehydrateRefused(
+            f"{what} {uri} has sha256 {actual[:16]}..., the manifest says {sha256[:16]}...: modified or corrupt, refusing"
+        )
+    return data
+
+
+def read_small_verified(row: dict, storage_options: dict | None = None) -> bytes:
+    return _read_verified(row["output_uri"], row["output_sha256"], "small file", storage_options, SmallFileMissing)
+
+
+def has_layer(row: dict) -> bool:
+    return present(row.get("enhancement_uri"))
+
+
+def read_layer_verified(row: dict, storage_options: dict | None = None) -> bytes | None:
+    """The row's enhancement layer (pipeline.codec.layer), sha256-checked; None when it has none."""
+    if not has_layer(row):
+        return None
+    return _read_verified(row["enhancement_uri"], row["enhancement_sha256"], "enhancement layer", storage_options)
+
+
+def rehydrate_row(
+    row: dict,
+    output_format: str | None = None,
+    quality: int | None = None,
+    registry: str | None = None,
+    device: str = "cpu",
+    storage_options: dict | None = None,
+    skip_enhancement: bool = False,
+    prepare=None,
+) -> bytes:
+    """The full image of a manifest row; `skip_enhancement` leaves out its enhancement layer (a
+    fast preview at the small file's own fidelity; the layer is then not even read). `prepare`
+    (a worker's) sets how the loaded pair runs: precision, or through a model actor."""
+    small = read_small_verified(row, storage_options)
+    layer = None if skip_enhancement else read_layer_verified(row, storage_options)
+    try:
+        pair = _pair(row["model_id"], row["model_sha256"], registry, device)
+        if prepare is not None:
+            pair = prepare(pair)
+    except WeightsError as exc:
+        raise RehydrateRefused(f"model for {row['source_key']}: {exc}") from exc
+    try:
+        return rehydrate_image(small, row, pair, output_format=output_format, quality=quality, layer=layer,
+                               skip_layer=skip_enhancement)
+    except RehydrateError as exc:
+        raise RehydrateRefused(str(exc)) from exc
+
+
+def rehydrate(
+    key_or_uri: str,
+    archive: str,
+    output_format: str | None = None,
+    quality: int | None = None,
+    registry: str | None = None,
+    storage_options: dict | None = None,
+    skip_enhancement: bool = False,
+) -> bytes:
+    """Image bytes of one archived image at full resolution (the original's format by default)."""
+    row = find_row(archive, key_or_uri, storage_options)
+    return rehydrate_row(row, output_format, quality, registry, storage_options=storage_options,
+                         skip_enhancement=skip_enhancement)
+
+
+def rehydrate_pil(key_or_uri: str, archive: str, **kwargs) -> Image.Image:
+    im = Image.open(io.BytesIO(rehydrate(key_or_uri, archive, **kwargs)))
+    im.load()
+    return im

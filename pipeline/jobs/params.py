@@ -1,0 +1,163 @@
+"""Typed parameters of the archive jobs (Prefect validates flow parameters against these)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from pipeline.codec.options import DEFAULT_MAX_PIXELS, CodecOptions
+from pipeline.runtime.options import RayParams
+from pipeline.storage.fs import filesystem, secret_option_keys
+
+PIPELINE_VERSION = "0.2.0"
+DEFAULT_MODEL = "taid-x2"  # of a fixed single-layer run
+
+
+class CompressArchiveParams(RayParams):
+    # validation errors never echo the input: it may hold storage options
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    source: str = Field(description="URI of the images: a local folder or s3://bucket/prefix")
+    dest: str = Field(description="URI where small files, _manifest/ and _runs/ are written")
+    fidelity: str | None = Field(
+        None, description="fidelity preset: preview, standard, high, lossless or original (pipeline.codec.fidelity); the default "
+        "(standard) unless a target PSNR, or an explicit model / small format / quality without one, is given")
+    target_psnr: float | None = Field(None, gt=0, description="explicit Y-PSNR floor in dB instead of a preset")
+    effort: Literal["fast", "default", "best"] | None = Field(
+        None, description="how hard a fidelity search works for bytes (pipeline.codec.fidelity.EFFORTS); default: default")
+    preview_long_side: int | None = Field(
+        None, ge=16, description="long side (px) of the small file where a layer carries the fidelity; default 768")
+    model_id: str | None = Field(
+        None, description="with a fidelity: the only base pair; without: write exactly this pair's single small "
+        "file (no target). Default: the preset's pairs, or taid-x2 for a single layer")
+    scale: int | None = Field(None, description="2..128 (a power of the model's scale); default: the model's")
+    small_format: Literal["png", "webp", "webp-lossy", "jpeg"] | None = Field(
+        None, description="small-file format; default: the model's (a codec-aware pair's own lossy format, else png)"
+    )
+    quality: int | None = Field(
+        None, ge=1, le=100, description="for webp-lossy / jpeg small files; default: the model's (else 90)"
+    )
+    incremental: bool = Field(True, description="skip objects whose ETag+size match an earlier ok row for this model")
+    retry_failed: bool = Field(False, description="re-run only the objects whose latest row failed")
+    include: list[str] = Field(default_factory=list, description="glob patterns on keys (all when empty)")
+    exclude: list[str] = Field(default_factory=list)
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="decompression-bomb limit per image")
+    max_images: int | None = Field(None, gt=0, description="process at most this many objects")
+    batch_size: int = Field(4, ge=1, description="objects per actor call")
+    dry_run: bool = False
+    verify: bool = Field(False, description="rehydrate each image once and record roundtrip_psnr")
+    rows_per_part: int = Field(5000, ge=1, description="manifest rows per Parquet part file")
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint for s3:// URIs (default: AWS_ENDPOINT_URL, ~/.aws/config, AWS)"
+    )
+    storage_options: dict = Field(
+        default_factory=dict, repr=False,
+        description="extra fsspec options (no credentials: Prefect stores parameters; use the environment, "
+        "~/.aws or fsspec config)",
+    )
+    show_progress: bool = Field(False, description="a progress bar on stderr (the CLI turns it on)")
+    # scale (issue 14): listing source and manifest index
+    inventory: str | None = Field(
+        None, description="URI of an S3 Inventory manifest.json (CSV or Parquet) to use instead of listing the source"
+    )
+    list_workers: int = Field(8, ge=1, description="S3 sub-prefixes listed in parallel")
+    compact: Literal["auto", "always", "never"] = Field(
+        "auto", description="fold the run partitions into the manifest index after the run (auto: when worth it)"
+    )
+    prices: str | None = Field(
+        None, description="price table of the cost report: a JSON or TOML file (local path or URI) over the built-in "
+        "list prices (docs/costs.md); default: the TAID_PRICES setting, else the built-in table"
+    )
+
+    @field_validator("source", "dest")
+    @classmethod
+    def _absolute_local(cls, v: str) -> str:
+        """Local folders become absolute: Ray actors need not share the caller's working directory."""
+        import os
+
+        return v if "://" in v else os.path.abspath(os.path.expanduser(v))
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, v: dict) -> dict:
+        found = secret_option_keys(v)
+        if found:
+            raise ValueError(
+                f"storage_options must not carry credentials ({', '.join(found)}): flow parameters are stored by "
+                "Prefect and sent to every worker. Use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws or fsspec config"
+            )
+        return v
+
+    def fs(self, uri: str):
+        """(filesystem, path) for the source or dest URI with this run's endpoint and options."""
+        from pipeline.storage.fs import filesystem
+
+        return filesystem(uri, self.storage_options, self.endpoint_url)
+
+    @model_validator(mode="after")
+    def _modes(self) -> "CompressArchiveParams":
+        if self.retry_failed and not self.incremental:
+            raise ValueError("retry_failed needs the earlier manifests: keep incremental on")
+        if self.fidelity is not None and self.target_psnr is not None:
+            raise ValueError("give a fidelity preset or a target PSNR, not both")
+        self.fidelity_spec()  # a fidelity together with a fixed format / quality / scale is refused
+        return self
+
+    def fidelity_spec(self):
+        """The fidelity this run guarantees (pipeline.codec.fidelity.Fidelity), or None for a fixed single
+        layer: an explicit model, small format, quality or scale without a fidelity asks for exactly that."""
+        from pipeline.codec.fidelity import requested_fidelity
+
+        return requested_fidelity(self.fidelity, self.target_psnr, self.model_id, self.small_format, self.quality,
+                                  self.scale, self.effort, self.preview_long_side)
+
+    def fidelity_columns(self) -> dict:
+        """What a row of this run was asked for (the manifest's `fidelity` and `target_psnr`)."""
+        spec = self.fidelity_spec()
+        return {"fidelity": spec.name, "target_psnr": spec.target_psnr} if spec else {"fidelity": None, "target_psnr": None}
+
+    @property
+    def single_model(self) -> str:
+        """The model of a fixed single-layer run."""
+        return self.model_id or DEFAULT_MODEL
+
+    def price_table(self):
+        """The prices of this run's cost report (pipeline.jobs.prices.Prices): this run's `prices` file, else
+        the TAID_PRICES setting's, over the built-in table. A file that is missing or wrong raises
+        PriceTableError, whose message says which file and what is wrong."""
+        from pipeline.jobs.prices import load_prices
+
+        return load_prices(self.prices_source, self.storage_options, self.endpoint_url)
+
+    @property
+    def prices_source(self) -> str | None:
+        """The price file this run uses (None: the built-in table)."""
+        from pipeline.settings import get_settings
+
+        return self.prices or get_settings().prices
+
+    def codec_options(self, model_scale: int) -> CodecOptions:
+        return CodecOptions(
+            model_id=self.single_model, scale=self.scale or model_scale, small_format=self.small_format,
+            quality=self.quality, max_pixels=self.max_pixels, verify=self.verify,
+        )
+
+
+class RehydrateParams(RayParams):
+    archive: str = Field(description="the compress-archive destination (with _manifest/)")
+    to: str = Field(description="URI to write full-resolution images (and their manifest) to")
+    source_keys: list[str] = Field(default_factory=list, description="source keys to rehydrate")
+    prefix: str | None = Field(None, description="every key under this prefix")
+    glob: str | None = Field(None, description="every key matching this glob")
+    run_id: str | None = Field(None, description="every ok row of this compress run")
+    output_format: str | None = Field(None, description="png, jpeg, webp, tiff; default: the source's format")
+    quality: int | None = Field(None, ge=1, le=100)
+    skip_enhancement: bool = Field(False, description="preview: leave out enhancement layers (the small files' own "
+                                   "fidelity, faster)")
+    dry_run: bool = False
+    storage_options: dict = Field(default_factory=dict, repr=False)
+
+    def fs(self, uri: str):
+        """(filesystem, path) of `uri` with this run's storage options."""
+        return filesystem(uri, self.storage_options)

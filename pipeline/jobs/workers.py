@@ -1,0 +1,141 @@
+"""The two actor workers the `ActorPool` runs: one object -> one archive row (compress), one archive
+row -> one restored file and its row (rehydrate). Each loads its models once, on the device it
+reserved (`actor_pool.torch_device`), and never raises for one item: failures become rows.
+
+They live in an importable package module so Ray can load them however the caller was loaded
+(a Prefect flow file, the CLI, a test)."""
+
+from __future__ import annotations
+
+import logging
+
+from pipeline.runtime.actor_pool import PoolWorker, torch_device
+from pipeline.jobs.params import PIPELINE_VERSION, CompressArchiveParams
+from pipeline.manifest.rows import ArchiveRows, RestoredRows
+from pipeline.storage.keys import ObjectInfo, UnsafeKeyError, protocol_prefix, safe_join
+from pipeline.storage.fs import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+def write_checked(fs, path: str, blob: bytes) -> None:
+    """Atomic write (S3: retried by the one policy in pipeline.storage.s3), then a size check of what landed."""
+    atomic_write(fs, path, blob)
+    written = fs.info(path)["size"]
+    if written != len(blob):
+        raise OSError(f"wrote {written} of {len(blob)} bytes")
+
+
+def _strip(uri: str) -> str:
+    return uri.split("://", 1)[1] if "://" in uri else uri
+
+
+class ModelUser(PoolWorker):
+    """A worker that runs the networks: on the device it reserved (single stage), or through a model
+    actor (staged: `servers` given, the pairs stay on the CPU for their metadata)."""
+
+    def __init__(self, params, servers: list):
+        import os
+
+        self.server = servers[os.getpid() % len(servers)] if servers else None
+        # staged: the CPU, its threads for decode / encode only (the model actor has the GPU)
+        self.device = torch_device(0 if servers else (params.gpus_per_worker or 0), params.cpus_per_worker)
+        self.inference = params.inference
+
+    def prepare(self, pair):
+        """The loaded pair, set to run as the params say (pipeline.codec.inference) or through the model actor."""
+        from pipeline.codec.inference import configure
+        from pipeline.runtime.model_server import bind
+
+        if self.inference is not None:
+            configure(pair, self.inference)
+        return bind(pair, self.server) if self.server is not None else pair
+
+
+class CompressWorker(ModelUser):
+    """One model (or the fidelity's pairs), loaded once; `handle` turns one object into its row."""
+
+    def __init__(self, params: dict, run_id: str, servers: list | None = None):
+        from models.zoo import load_pair
+
+        self.params = CompressArchiveParams(**params)
+        super().__init__(self.params, servers or [])
+        self.rows = ArchiveRows(run_id, {"model_id": self.params.model_id, **self.params.fidelity_columns()},
+                                PIPELINE_VERSION)
+        self.fidelity = self.params.fidelity_spec()
+        if self.fidelity is not None:  # every pair the fidelity may pick
+            self.pairs = {m: self.prepare(load_pair(m, self.device, registry=self.params.registry))
+                          for m in self.fidelity.models}
+            self.options = self.params.codec_options(2)
+        else:
+            self.pair = self.prepare(load_pair(self.params.single_model, self.device, registry=self.params.registry))
+            self.options = self.params.codec_options(self.pair.scale)
+        self.src_fs, _ = self.params.fs(self.params.source)
+        self.dst_fs, self.dest_root = self.params.fs(self.params.dest)
+
+    def _compress(self, data: bytes):
+        """(small file, enhancement layer or None, record)."""
+        from pipeline.codec.image import compress_image
+        from pipeline.codec.fidelity import compress_to_target
+
+        if self.fidelity is not None:
+            return compress_to_target(data, self.pairs, self.fidelity, self.options)
+        small, record = compress_image(data, self.pair, self.options)
+        return small, None, record
+
+    def handle(self, item: dict, attempt: int):
+        from pipeline.codec.layer import layer_name
+        from pipeline.codec.small_file import SUFFIX
+
+        obj = ObjectInfo(**item)
+        try:
+            data = self.src_fs.cat_file(_strip(obj.uri))
+        except Exception as exc:
+            return self.rows.failed(obj, attempt, "failed_read", exc)
+        small, layer, record = self._compress(data)
+        if small is None:
+            return self.rows.from_codec(obj, attempt, record)
+        try:
+            rel = obj.key + SUFFIX[record.output_format]  # rows name files relative to the archive root
+            out_path = safe_join(self.dest_root, rel)
+        except UnsafeKeyError as exc:
+            return self.rows.skipped(obj, attempt, "skipped_unsafe_key", str(exc), record)
+        layer_path = layer_name(out_path) if layer is not None else None
+        try:
+            if layer is not None:  # the layer first: a small file that names a layer is never visible without it
+                write_checked(self.dst_fs, layer_path, layer)
+            write_checked(self.dst_fs, out_path, small)
+        except Exception as exc:
+            return self.rows.failed(obj, attempt, "failed_write", exc, record)
+        return self.rows.ok(obj, attempt, record, rel, layer_name(rel) if layer is not None else None)
+
+
+class RehydrateWorker(ModelUser):
+    """Verified small file (+ layer) -> the paired upscaler (on the device reserved, or the model
+    actor) -> full-resolution file in `to`."""
+
+    def __init__(self, params: dict, run_id: str, servers: list | None = None):
+        from pipeline.jobs.params import RehydrateParams
+
+        self.params = RehydrateParams(**params)
+        super().__init__(self.params, servers or [])
+        self.rows = RestoredRows(run_id)
+        self.fs, self.root = self.params.fs(self.params.to)
+        self.prefix = protocol_prefix(self.fs)
+
+    def handle(self, row: dict, attempt: int):
+        from pipeline.archive.access import RehydrateRefused, rehydrate_row
+        from pipeline.jobs.select import default_format, restored_path
+
+        p = self.params
+        try:
+            path = restored_path(p, row, self.root)
+            data = rehydrate_row(row, p.output_format, p.quality, p.registry, storage_options=p.storage_options,
+                                 skip_enhancement=p.skip_enhancement, device=self.device, prepare=self.prepare)
+            write_checked(self.fs, path, data)
+        except (RehydrateRefused, UnsafeKeyError) as exc:
+            return self.rows.refused(row, attempt, exc)
+        except Exception as exc:
+            return self.rows.failed(row, attempt, exc)
+        return self.rows.ok(row, attempt, self.prefix + path, p.output_format or default_format(row), data,
+                            p.skip_enhancement)

@@ -1,0 +1,46 @@
+"""How a job runs on Ray: actors, resources, stages and the networks' numeric options."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from pipeline.codec.inference import InferenceOptions
+
+
+class RayParams(BaseModel):
+    """How a job runs on Ray: the same knobs for compress and rehydrate (docs/architecture.md).
+
+    Single stage: `workers` actors each read, decode, run the model and encode in sequence (on a
+    GPU share when `gpus_per_worker` asks for one). Staged: `workers` CPU actors read, decode,
+    encode and write, and `model_actors` model actors (one per GPU by default) run the networks for
+    all of them, batching same-size tiles across images (pipeline/runtime/model_server.py)."""
+
+    ray_address: str = Field("", description="Ray cluster address; empty = the TAID_RAY_ADDRESS setting, else a "
+                             "local Ray")
+    workers: int = Field(2, ge=1, description="number of Ray actors (the CPU workers when staged)")
+    cpus_per_worker: float = Field(0.5, gt=0)
+    gpus_per_worker: float | None = Field(
+        None, ge=0, description="single stage: None = automatic (a GPU share per actor when the cluster has GPUs, "
+        "else CPU); 0 = CPU")
+    actor_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources per model actor (e.g. {'taid_model': 1}: only the "
+        "nodes started with that resource run the model)")
+    max_attempts: int = Field(3, ge=1, description="tries per object across actor crashes")
+    batch_size: int = Field(2, ge=1, description="items per actor call")
+    registry: str | None = Field(None, description="model registry URI for fine-tuned model ids (default: the "
+                                 "TAID_MODEL_REGISTRY setting)")
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict, description="staged: custom Ray resources per CPU worker (e.g. to keep them on nodes "
+        "near the storage); single stage: unused (actor_resources)")
+    stages: Literal["auto", "single", "staged"] = Field(
+        "auto", description="staged (CPU workers + model actors) or single-stage actors; auto = staged when the "
+        "cluster has GPUs")
+    model_actors: int | None = Field(None, ge=1, description="staged: model actors (default: one per GPU, else 1)")
+    gpus_per_model_actor: float | None = Field(None, ge=0, description="staged: default 1 when the cluster has "
+                                               "GPUs, else 0")
+    tile_batch: int = Field(16, ge=1, description="staged: tiles per forward call of a model actor")
+    inference: InferenceOptions | None = Field(
+        None, description="precision / layout / compile of the networks; None = the TAID_PRECISION setting, else "
+        "fp32 on a CPU and bf16 on CUDA (pipeline/codec/inference.py)")
