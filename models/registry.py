@@ -79,9 +79,9 @@ def lookup(model_id: str, registry: str, sha256: str | None = None) -> dict:
 def fetch_weights(model_id: str, registry: str, sha256: str | None = None) -> tuple[Path, str]:
     """Local path of the weights (downloaded once into the cache, verified) and their sha256."""
     entry = lookup(model_id, registry, sha256)
-    from pipeline.settings import get_settings
+    from models.settings import get_model_settings
 
-    local = get_settings().cache_dir / f"{model_id}-{entry['sha256'][:8]}.pt"
+    local = get_model_settings().cache_dir / f"{model_id}-{entry['sha256'][:8]}.pt"
     if not local.exists() or sha256_file(local) != entry["sha256"]:
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = local.with_suffix(f".{os.getpid()}.tmp")

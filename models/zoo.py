@@ -98,9 +98,9 @@ def load_pair(
     (`registry`, or the TAID_MODEL_REGISTRY environment variable; see models/registry.py).
     """
     if registry is None:  # the environment's (TAID_MODEL_REGISTRY), read through the one Settings
-        from pipeline.settings import get_settings
+        from models.settings import get_model_settings
 
-        registry = get_settings().model_registry
+        registry = get_model_settings().model_registry
     try:
         path, zoo_sha = resolve(model)
     except WeightsError:

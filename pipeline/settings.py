@@ -14,25 +14,24 @@ environment sees the change.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from models.settings import ModelSettings
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LOGGERS = ("pipeline", "models", "flows")  # the loggers `log_level` sets (libraries stay at WARNING)
 
 
-class Settings(BaseSettings):
+class Settings(ModelSettings):
+    """Every setting; `model_registry` and `cache_dir` come from models.settings.ModelSettings."""
+
     model_config = SettingsConfigDict(env_prefix="TAID_", extra="ignore", case_sensitive=False)
 
     ray_address: str = Field("", description="Ray cluster for compress and rehydrate jobs when a run names none "
                              "(e.g. ray://head:10001 or auto); empty: a fresh local Ray")
-    model_registry: str | None = Field(None, description="model registry URI for fine-tuned model ids "
-                                       "(models/registry.py); a job's `registry` parameter wins")
-    cache_dir: Path = Field(Path.home() / ".cache" / "taid-archive" / "weights",
-                            description="local cache of weights fetched from the registry (sha256-checked)")
     serve_token: SecretStr | None = Field(None, description="bearer token of `taid serve` (the --token flag wins)")
     log_level: LogLevel = Field("INFO", description="level of the taid loggers (the --log-level flag wins)")
     precision: Literal["auto", "fp32", "tf32", "bf16", "fp16"] | None = Field(
