@@ -307,12 +307,12 @@ PROJECT_FILES = ("pyproject.toml", "README.md")
 
 
 def project_packages(root: Path = ROOT) -> list[str]:
-    """The top-level folders pyproject.toml packages ([tool.setuptools] packages)."""
+    """The top-level folders pyproject.toml packages ([tool.setuptools.packages.find] include)."""
     text = (root / "pyproject.toml").read_text()
-    listed = re.search(r"^packages\s*=\s*\[([^\]]*)\]", text, re.M)
+    listed = re.search(r"^\[tool\.setuptools\.packages\.find\][^\[]*?^include\s*=\s*\[([^\]]*)\]", text, re.M | re.S)
     if not listed:
-        raise ValueError("pyproject.toml: no [tool.setuptools] packages list")
-    return sorted({name.strip().strip('"').split(".")[0] for name in listed.group(1).split(",") if name.strip()})
+        raise ValueError("pyproject.toml: no [tool.setuptools.packages.find] include list")
+    return sorted({name.strip().strip('"').rstrip("*").split(".")[0] for name in listed.group(1).split(",") if name.strip()})
 
 
 def build_project(dest: Path) -> Path:
