@@ -25,7 +25,6 @@ import csv
 import hashlib
 import io
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -307,12 +306,16 @@ PROJECT_FILES = ("pyproject.toml", "README.md")
 
 
 def project_packages(root: Path = ROOT) -> list[str]:
-    """The top-level folders pyproject.toml packages ([tool.setuptools.packages.find] include)."""
-    text = (root / "pyproject.toml").read_text()
-    listed = re.search(r"^\[tool\.setuptools\.packages\.find\][^\[]*?^include\s*=\s*\[([^\]]*)\]", text, re.M | re.S)
-    if not listed:
+    """The top-level folders pyproject.toml packages: the first part of each `include` pattern of
+    [tool.setuptools.packages.find] ("pipeline.*" -> pipeline); setuptools finds the rest in the copy."""
+    import tomllib  # Python 3.11+, as everywhere this script runs (the venv, the GPU machine's 3.12)
+
+    with open(root / "pyproject.toml", "rb") as f:
+        find = tomllib.load(f).get("tool", {}).get("setuptools", {}).get("packages", {})
+    include = find.get("find", {}).get("include") if isinstance(find, dict) else None
+    if not include:
         raise ValueError("pyproject.toml: no [tool.setuptools.packages.find] include list")
-    return sorted({name.strip().strip('"').rstrip("*").split(".")[0] for name in listed.group(1).split(",") if name.strip()})
+    return sorted({pattern.split(".")[0].rstrip("*") for pattern in include})
 
 
 def build_project(dest: Path) -> Path:
