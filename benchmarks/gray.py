@@ -63,7 +63,7 @@ def write_examples() -> None:
     for model, names in ((MODEL, ("gray_example_small.png", "gray_example_restored.png")),
                          (zoo_table()[MODEL]["baseline"], (None, "gray_example_baseline.png"))):
         pair = load_pair(model)
-        small, rec = compress_image(data, pair, CodecOptions(model_id=model, scale=1))
+        small, _, rec = compress_image(data, pair, CodecOptions(model_id=model, scale=1))
         if names[0]:
             (RESULTS / names[0]).write_bytes(small)
         restored = decode_output(rehydrate_image(small, rec, pair))

@@ -128,7 +128,7 @@ def measure_image(uri: str) -> dict:
         thumb_ref = _bicubic_thumb(img, pair.scale)
         for fmt, q in model_settings(model):
             opts = CodecOptions(model_id=model, scale=pair.scale, small_format=fmt, quality=q or 90)
-            small, rec = compress_image(data, pair, opts)
+            small, _, rec = compress_image(data, pair, opts)
             assert rec.ok, rec.error_message
             restored = np.asarray(decode_output(rehydrate_image(small, rec, pair, output_format="png")).convert("RGB"))
             thumb = psnr_y(np.asarray(Image.open(io.BytesIO(small)).convert("RGB")), thumb_ref)

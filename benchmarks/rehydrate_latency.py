@@ -146,7 +146,7 @@ def main() -> None:
         for model in ("taid-x2", "taid-x4"):
             pair = load_pair(model)
             t = time.perf_counter()
-            small, rec = compress_image(buf.getvalue(), pair, CodecOptions(model_id=model, scale=pair.scale))
+            small, _, rec = compress_image(buf.getvalue(), pair, CodecOptions(model_id=model, scale=pair.scale))
             compress_s = time.perf_counter() - t
             key = f"{model}/photo.jpg"
             atomic_write(fs, f"{root}/{key}.png", small)

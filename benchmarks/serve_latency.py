@@ -52,7 +52,7 @@ def build_archive(fs, n_thumbs: int) -> dict[str, tuple[int, int]]:
     for i, (key, (h, w)) in enumerate(photos.items()):
         buf = io.BytesIO()
         Image.fromarray(photo(h, w, i)).save(buf, "JPEG", quality=92)
-        small, rec = compress_image(buf.getvalue(), pair, CodecOptions(model_id="taid-x4", scale=4))
+        small, _, rec = compress_image(buf.getvalue(), pair, CodecOptions(model_id="taid-x4", scale=4))
         uri = f"s3://{BUCKET}/archive/{key}.png"
         atomic_write(fs, uri.removeprefix("s3://"), small)
         writer.add({**rec.model_dump(), "run_id": "bench", "source_key": key, "source_uri": f"s3://{BUCKET}/src/{key}",

@@ -183,7 +183,7 @@ def measure(spec: dict) -> dict:
         def work():
             sizes = []
             for f, d in zip(files, datas):
-                small, rec = codec.compress_image(d, pair, options)
+                small, _, rec = codec.compress_image(d, pair, options)
                 assert rec.ok, rec.error_message
                 produced.append((small_name(f), small))
                 sizes.append(len(small))

@@ -159,7 +159,7 @@ def profile_codec(fs, keys: list[str], model: str, scale: int | None) -> dict:
             t0 = time.perf_counter()
             data = fs.cat_file(f"bench/src/{key}")
             t1 = time.perf_counter()
-            small, rec = codec.compress_image(data, pair, options)
+            small, _, rec = codec.compress_image(data, pair, options)
             t2 = time.perf_counter()
             fs.pipe_file(f"bench/profile/{key}.png", small)
             t3 = time.perf_counter()

@@ -14,6 +14,8 @@ import argparse
 import json
 import sys
 
+from pipeline.codec import formats  # constants only: no torch, no Ray
+
 
 def _train(args: argparse.Namespace) -> int:
     from models.training import TrainConfig, train
@@ -63,34 +65,27 @@ def _write_atomic(path: str, data: bytes) -> None:
         raise
 
 
-def _fidelity_spec(args: argparse.Namespace):
-    """The fidelity a compress-file command asks for, or None for one fixed small file."""
-    from pipeline.codec.fidelity import requested_fidelity
+def _request(args: argparse.Namespace):
+    """What a compress-file command asks for (pipeline.codec.request.Request): a fidelity, or one fixed small file."""
+    from pipeline.codec.options import CodecOptions
+    from pipeline.codec.request import Request
 
-    return requested_fidelity(args.fidelity, args.target_psnr, args.model_id, args.small_format, args.quality,
-                              args.scale, args.effort, args.preview_long_side)
+    asked = ("model_id", "small_format", "quality", "scale")
+    limits = {k: v for k, v in vars(args).items() if k in CodecOptions.model_fields and k not in asked}
+    return Request.of(args.fidelity, args.target_psnr, args.model_id, args.small_format, args.quality,
+                      args.scale, args.effort, args.preview_long_side, **limits)
 
 
 def _compress_file(args: argparse.Namespace) -> int:
     from models.zoo import WeightsError, load_pair
-    from pipeline.codec.options import CodecOptions
-    from pipeline.codec.image import compress_image
     from pipeline.codec.layer import layer_name
-    from pipeline.codec.fidelity import compress_to_target
+    from pipeline.codec.request import encode
 
-    fields = {k: v for k, v in vars(args).items() if k in CodecOptions.model_fields and v is not None}
-    layer = None
     try:
-        spec = _fidelity_spec(args)
+        request = _request(args)
         with open(args.input, "rb") as f:
             data = f.read()
-        if spec is not None:
-            pairs = {m: load_pair(m) for m in spec.models}
-            small, layer, record = compress_to_target(data, pairs, spec, CodecOptions(**fields))
-        else:
-            pair = load_pair(fields.get("model_id", "taid-x2"))
-            fields.setdefault("scale", pair.scale)  # --model X implies X's scale
-            small, record = compress_image(data, pair, CodecOptions(**fields))
+        small, layer, record = encode(data, request, {m: load_pair(m) for m in request.models})
     except (ValueError, OSError, WeightsError) as exc:  # bad options / model / unreadable path (pydantic errors are ValueErrors)
         print(f"taid compress-file: {exc}", file=sys.stderr)
         return 2
@@ -124,8 +119,9 @@ def _compress_file(args: argparse.Namespace) -> int:
 
 def _format_of_name(path: str) -> str | None:
     """The output format a file name asks for (RESTORED.png is PNG), None for other names."""
-    ext = path.rsplit(".", 1)[-1].lower() if "." in path else ""
-    return {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "webp": "webp", "tif": "tiff", "tiff": "tiff"}.get(ext)
+    from pipeline.codec.formats import format_of_name
+
+    return format_of_name(path)
 
 
 def _rehydrate_file(args: argparse.Namespace) -> int:
@@ -326,7 +322,7 @@ def _fidelity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", dest="model_id", help="zoo id, weights file or registered model id: with a fidelity, "
                    "the only base pair; without, exactly this pair's single small files (default taid-x2)")
     p.add_argument("--scale", type=int, help="2, 4, ... 128 (a power of the model's scale; default: the model's)")
-    p.add_argument("--small-format", dest="small_format", choices=["png", "webp", "webp-lossy", "jpeg"],
+    p.add_argument("--small-format", dest="small_format", choices=formats.SMALL_FORMATS,
                    help="default: the model's (a codec-aware model's lossy format, else png)")
     p.add_argument("--quality", type=int, help="for webp-lossy / jpeg small files (default: the model's, else 90)")
 
@@ -474,8 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("output", help="image file to write (atomically)")
     r.add_argument("--record", help="manifest record JSON (default: the metadata embedded in the small file)")
     r.add_argument("--model", help="model to load (default: the one recorded; a mismatch is refused)")
-    r.add_argument("--format", help="png, jpeg, webp, webp-lossy, tiff (default: the output name's extension, "
-                   "else the source's format)")
+    r.add_argument("--format", help=f"{', '.join(formats.REHYDRATE_FORMATS)} (default: the output name's "
+                   "extension, else the source's format)")
     r.add_argument("--quality", type=int, help="for jpeg / lossy webp output")
     r.add_argument("--preview", action="store_true", help="leave out the enhancement layer (the small file's fidelity)")
     r.set_defaults(func=_rehydrate_file)
@@ -525,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--glob", help="... or matching this glob ...")
     h.add_argument("--run-id", dest="run_id", help="... or written by this compress run")
     h.add_argument("--to", help="destination URI for many images")
-    h.add_argument("--format", help="png, jpeg, webp, tiff (default: the source's format)")
+    h.add_argument("--format", help=f"{', '.join(formats.REHYDRATE_FORMATS)} (default: the source's format)")
     h.add_argument("--quality", type=int)
     h.add_argument("--preview", action="store_true", help="leave out enhancement layers (the small files' fidelity)")
     h.add_argument("--registry", help="model registry URI for fine-tuned model ids")

@@ -49,7 +49,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_minimal_round_trip_png(x2):
     img = smooth_rgb(96, 128)
-    small, rec = compress_image(encode(img), x2, CodecOptions())
+    small, _, rec = compress_image(encode(img), x2, CodecOptions())
     assert rec.status == "ok" and small is not None
     assert (rec.width, rec.height, rec.out_width, rec.out_height) == (128, 96, 64, 48)
     assert rec.model_id == "taid-x2" and rec.model_sha256 == x2.weights_sha256
@@ -65,7 +65,7 @@ def test_minimal_round_trip_png(x2):
 def test_arbitrary_sizes_crop_back_exactly(x2, size, scale):
     h, w = size
     img = smooth_rgb(h, w, seed=h)
-    small, rec = compress_image(encode(img), x2, CodecOptions(scale=scale))
+    small, _, rec = compress_image(encode(img), x2, CodecOptions(scale=scale))
     assert rec.status == "ok", rec.error_message
     assert (rec.out_width, rec.out_height) == (-(-w // scale), -(-h // scale))
     out = decode_output(rehydrate_image(small, None, x2))
@@ -76,7 +76,7 @@ def test_recursive_scales_x2_up_to_128(x2):
     img = smooth_rgb(256, 256)
     quality = {}
     for scale in (2, 4, 8, 16, 32, 64, 128):
-        small, rec = compress_image(encode(img), x2, CodecOptions(scale=scale, tile=4096))
+        small, _, rec = compress_image(encode(img), x2, CodecOptions(scale=scale, tile=4096))
         assert rec.status == "ok" and (rec.out_width, rec.out_height) == (256 // scale, 256 // scale)
         out = np.asarray(decode_output(rehydrate_image(small, None, x2)))
         assert out.shape == img.shape
@@ -94,7 +94,7 @@ def test_recursion_matches_models_recursive_helpers(x2):
     from models.networks import downscale_recursive, upscale_recursive
 
     img = smooth_rgb(64, 96)
-    small, rec = compress_image(encode(img), x2, CodecOptions(scale=8))
+    small, _, rec = compress_image(encode(img), x2, CodecOptions(scale=8))
     x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
     levels = downscale_recursive(x2, x, 3)
     ref_small = (levels[-1][0].permute(1, 2, 0) * 255).round().byte().numpy()
@@ -108,7 +108,7 @@ def test_recursion_matches_models_recursive_helpers(x2):
 def test_x4_model_scales(x4):
     img = smooth_rgb(64, 64)
     for scale in (4, 16):
-        small, rec = compress_image(encode(img), x4, CodecOptions(model_id="taid-x4", scale=scale))
+        small, _, rec = compress_image(encode(img), x4, CodecOptions(model_id="taid-x4", scale=scale))
         assert rec.status == "ok" and rec.out_width == 64 // scale
     with pytest.raises(ValueError, match="not reachable"):
         compress_image(encode(img), x4, CodecOptions(model_id="taid-x4", scale=8))
@@ -124,8 +124,8 @@ def test_x4_model_scales(x4):
 @pytest.mark.parametrize("fmt,lossless", [("png", True), ("webp", True), ("webp-lossy", False), ("jpeg", False)])
 def test_small_formats_and_embedded_metadata(x2, fmt, lossless):
     img = smooth_rgb(80, 120)
-    ref_small, _ = compress_image(encode(img), x2, CodecOptions())
-    small, rec = compress_image(encode(img), x2, CodecOptions(small_format=fmt, quality=85))
+    ref_small, _, _ = compress_image(encode(img), x2, CodecOptions())
+    small, _, rec = compress_image(encode(img), x2, CodecOptions(small_format=fmt, quality=85))
     assert rec.output_format == fmt
     im, meta, _, _, detected = read_small(small)
     assert detected == fmt
@@ -141,13 +141,13 @@ def test_small_formats_and_embedded_metadata(x2, fmt, lossless):
 
 def test_lossy_small_file_quality_setting_changes_size(x2):
     data = encode(smooth_rgb(128, 128))
-    sizes = [compress_image(data, x2, CodecOptions(small_format="jpeg", quality=q))[1].output_size for q in (30, 95)]
+    sizes = [compress_image(data, x2, CodecOptions(small_format="jpeg", quality=q)).record.output_size for q in (30, 95)]
     assert sizes[0] < sizes[1]
 
 
 def test_rehydrated_format_follows_source(x2):
     img = smooth_rgb(64, 64)
-    small, rec = compress_image(encode(img, "JPEG", quality=95), x2, CodecOptions())
+    small, _, rec = compress_image(encode(img, "JPEG", quality=95), x2, CodecOptions())
     assert rec.source_format == "JPEG" and rec.rehydrate_format == "jpeg" and rec.rehydrate_quality == 95
     out = decode_output(rehydrate_image(small, rec, x2))
     assert out.format == "JPEG"
@@ -157,19 +157,19 @@ def test_rehydrated_format_follows_source(x2):
     lo = rehydrate_image(small, rec, x2, output_format="jpeg", quality=20)
     hi = rehydrate_image(small, rec, x2, output_format="jpeg", quality=95)
     assert len(lo) < len(hi)
-    small, rec = compress_image(encode(img, "GIF"), x2, CodecOptions())
+    small, _, rec = compress_image(encode(img, "GIF"), x2, CodecOptions())
     assert rec.status == "ok" and decode_output(rehydrate_image(small, rec, x2)).format == "PNG"
-    small, rec = compress_image(encode(img, "WEBP", quality=80), x2, CodecOptions())
+    small, _, rec = compress_image(encode(img, "WEBP", quality=80), x2, CodecOptions())
     assert (rec.rehydrate_format, rec.rehydrate_quality) == ("webp-lossy", 95)
-    small, rec = compress_image(encode(img, "WEBP", lossless=True), x2, CodecOptions())
+    small, _, rec = compress_image(encode(img, "WEBP", lossless=True), x2, CodecOptions())
     assert (rec.rehydrate_format, rec.rehydrate_quality) == ("webp", None)
-    small, rec = compress_image(encode(img), x2, CodecOptions(rehydrate_format="webp"))
+    small, _, rec = compress_image(encode(img), x2, CodecOptions(rehydrate_format="webp"))
     assert decode_output(rehydrate_image(small, None, x2)).format == "WEBP"
 
 
 def test_record_as_dict_and_json(x2):
     img = smooth_rgb(40, 40)
-    small, rec = compress_image(encode(img), x2, CodecOptions())
+    small, _, rec = compress_image(encode(img), x2, CodecOptions())
     as_dict = json.loads(rec.model_dump_json())
     assert CompressRecord.model_validate(as_dict) == rec
     a = rehydrate_image(small, as_dict, x2)
@@ -178,7 +178,7 @@ def test_record_as_dict_and_json(x2):
 
 
 def test_wrong_model_is_refused(x2, x4):
-    small, rec = compress_image(encode(smooth_rgb(32, 32)), x2, CodecOptions())
+    small, _, rec = compress_image(encode(smooth_rgb(32, 32)), x2, CodecOptions())
     with pytest.raises(RehydrateError, match="refusing"):
         rehydrate_image(small, rec, x4)
     tampered = rec.model_dump() | {"model_sha256": "0" * 64}
@@ -192,17 +192,17 @@ def test_not_a_taid_small_file(x2):
         rehydrate_image(plain, None, x2)
     with pytest.raises(RehydrateError):
         rehydrate_image(b"garbage", None, x2)
-    small, rec = compress_image(plain, x2, CodecOptions())
+    small, _, rec = compress_image(plain, x2, CodecOptions())
     with pytest.raises(RehydrateError, match="status"):
         rehydrate_image(small, rec.model_dump() | {"status": "failed_decode"}, x2)
-    other, _ = compress_image(encode(smooth_rgb(32, 32, seed=5)), x2, CodecOptions())
+    other, _, _ = compress_image(encode(smooth_rgb(32, 32, seed=5)), x2, CodecOptions())
     with pytest.raises(RehydrateError, match="sha256"):
         rehydrate_image(other, rec, x2)  # a small file paired with another file's manifest row
 
 
 def test_verify_stores_roundtrip_psnr(x2):
     img = smooth_rgb(64, 64)
-    small, rec = compress_image(encode(img), x2, CodecOptions(verify=True))
+    small, _, rec = compress_image(encode(img), x2, CodecOptions(verify=True))
     out = np.asarray(decode_output(rehydrate_image(small, rec, x2)))
     assert rec.roundtrip_psnr == pytest.approx(psnr(out, img), abs=1e-9)
 
@@ -239,7 +239,7 @@ def test_rehydrate_from_a_bare_manifest_row(x2):
     """A manifest row holding only DESIGN.md's fields (numpy scalars, NaN for nulls) still works:
     the policy flags come from the small file's embedded metadata."""
     rgba = np.dstack([smooth_rgb(40, 48), np.tile(np.linspace(0, 255, 48).astype(np.uint8), (40, 1))])
-    small, rec = compress_image(encode(Image.fromarray(rgba, "RGBA")), x2, CodecOptions())
+    small, _, rec = compress_image(encode(Image.fromarray(rgba, "RGBA")), x2, CodecOptions())
     design_fields = (
         "source_size source_sha256 source_format source_mode bit_depth n_frames exif_orientation icc_present "
         "width height status error_message output_format output_size output_sha256 out_width out_height "
@@ -255,7 +255,7 @@ def test_rehydrate_from_a_bare_manifest_row(x2):
 
 def test_jpeg_output_of_alpha_image_is_refused(x2):
     rgba = np.dstack([smooth_rgb(16, 16), np.full((16, 16), 128, np.uint8)])
-    small, rec = compress_image(encode(Image.fromarray(rgba, "RGBA")), x2, CodecOptions())
+    small, _, rec = compress_image(encode(Image.fromarray(rgba, "RGBA")), x2, CodecOptions())
     with pytest.raises(RehydrateError, match="alpha"):
         rehydrate_image(small, rec, x2, output_format="jpeg")
     with pytest.raises(RehydrateError, match="unknown output format"):

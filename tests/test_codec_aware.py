@@ -89,26 +89,26 @@ def test_load_pair_sets_codec(codec_zoo, lossy, x2):
 
 def test_model_defaults_are_used_and_recorded(lossy):
     data = photo()
-    small, rec = compress_image(data, lossy, CodecOptions(model_id=MODEL))
+    small, _, rec = compress_image(data, lossy, CodecOptions(model_id=MODEL))
     assert rec.status == "ok", rec.error_message
     assert (rec.output_format, rec.small_quality) == ("webp-lossy", 75)
     assert not is_lossless_webp(small) and rec.model_id == MODEL
-    lower = compress_image(data, lossy, CodecOptions(quality=40))[1]
+    lower = compress_image(data, lossy, CodecOptions(quality=40)).record
     assert (lower.output_format, lower.small_quality) == ("webp-lossy", 40) and lower.output_size < rec.output_size
 
 
 def test_explicit_overrides(lossy, x2):
     data = photo()
-    png = compress_image(data, lossy, CodecOptions(small_format="png"))[1]
+    png = compress_image(data, lossy, CodecOptions(small_format="png")).record
     assert (png.output_format, png.small_quality) == ("png", None)
     # another lossy format than the model's: the model's quality belongs to its own codec
-    jpeg = compress_image(data, lossy, CodecOptions(small_format="jpeg"))[1]
+    jpeg = compress_image(data, lossy, CodecOptions(small_format="jpeg")).record
     assert (jpeg.output_format, jpeg.small_quality) == ("jpeg", 90)
-    assert compress_image(data, lossy, CodecOptions(small_format="jpeg", quality=55))[1].small_quality == 55
+    assert compress_image(data, lossy, CodecOptions(small_format="jpeg", quality=55)).record.small_quality == 55
     # a lossless pair keeps its lossless default; asked for a lossy file it records the quality
-    plain = compress_image(data, x2, CodecOptions())[1]
+    plain = compress_image(data, x2, CodecOptions()).record
     assert (plain.output_format, plain.small_quality) == ("png", None)
-    assert compress_image(data, x2, CodecOptions(small_format="webp-lossy"))[1].small_quality == 90
+    assert compress_image(data, x2, CodecOptions(small_format="webp-lossy")).record.small_quality == 90
 
 
 def test_alpha_falls_back_to_webp_at_the_model_quality(codec_zoo):
@@ -118,7 +118,7 @@ def test_alpha_falls_back_to_webp_at_the_model_quality(codec_zoo):
     rgba = np.dstack([np.asarray(Image.open(io.BytesIO(photo(fmt="PNG")))), np.tile(np.arange(96, dtype=np.uint8), (64, 1))])
     buf = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(buf, "PNG")
-    _, rec = compress_image(buf.getvalue(), pair, CodecOptions())
+    _, _, rec = compress_image(buf.getvalue(), pair, CodecOptions())
     assert (rec.output_format, rec.small_quality) == ("webp-lossy", 70) and "alpha" in rec.notes
 
 
@@ -157,7 +157,7 @@ def test_rehydrate_lossy_archive_and_refuse_another_model(lossy, x2, tmp_path):
     from pipeline.storage.fs import filesystem
 
     data = photo()
-    small, rec = compress_image(data, lossy, CodecOptions(model_id=MODEL))
+    small, _, rec = compress_image(data, lossy, CodecOptions(model_id=MODEL))
     write_archive(tmp_path, "2024/a.jpg", small, rec)
     table = read_manifest(*filesystem(str(tmp_path)))
     assert table.column("small_quality").to_pylist() == [75] and table.column("output_format").to_pylist() == ["webp-lossy"]

@@ -25,7 +25,7 @@ def x2():
 
 
 def run(data: bytes, pair, **opts):
-    small, rec = compress_image(data, pair, CodecOptions(**opts))
+    small, _, rec = compress_image(data, pair, CodecOptions(**opts))
     assert (small is None) == (rec.status != "ok"), rec
     return small, rec
 

@@ -27,7 +27,7 @@ SET14 = str(Path(__file__).parent / "data" / "Set14")
 
 
 def codec_round_trip(pair, model_id: str, img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    small, rec = compress_image(encode(img), pair, CodecOptions(model_id=model_id, scale=pair.scale))
+    small, _, rec = compress_image(encode(img), pair, CodecOptions(model_id=model_id, scale=pair.scale))
     assert rec.status == "ok" and rec.tiles == 1
     restored = np.asarray(decode_output(rehydrate_image(small, rec, pair)))
     return np.asarray(read_small(small)[0]), restored

@@ -23,7 +23,7 @@ def test_tiled_equals_untiled_on_2000x1500(x4):
     data = encode(img)
     results = {}
     for tile in (4096, 512):  # one tile vs 4 x 3 tiles of 512 (interior tiles have margins on all sides)
-        small, rec = compress_image(data, x4, CodecOptions(model_id="taid-x4", scale=4, tile=tile))
+        small, _, rec = compress_image(data, x4, CodecOptions(model_id="taid-x4", scale=4, tile=tile))
         assert rec.status == "ok"
         out = np.asarray(decode_output(rehydrate_image(small, rec, x4, tile=tile)))
         results[tile] = (small, rec.tiles, out, psnr(out, img))

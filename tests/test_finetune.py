@@ -64,7 +64,7 @@ def test_finetune_flow_resumes_registers_and_serves(s3, bucket, ray_local, prefe
     # compress and rehydrate with the new model id, resolved through the registry
     tuned = load_pair("taid-x2-docs", registry=registry)
     assert tuned.weights_sha256 == report["sha256"]
-    small, record = compress_image(pages[0], tuned, CodecOptions(model_id="taid-x2-docs"))
+    small, _, record = compress_image(pages[0], tuned, CodecOptions(model_id="taid-x2-docs"))
     assert record.ok and record.model_id == "taid-x2-docs" and record.model_sha256 == report["sha256"]
     restored = decode_output(rehydrate_image(small, None, tuned))
     assert restored.size == (96, 96)

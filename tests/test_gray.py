@@ -56,7 +56,7 @@ def test_quality_bars_against_the_colorization_baseline():
 
 def test_codec_round_trip_is_an_ordinary_grey_png_that_restores_colour(pair):
     src = Image.open(DATA / "Set5" / "butterfly.png").convert("RGB").crop((0, 0, 201, 155))  # odd size on purpose
-    small, rec = compress_image(png(src), pair, CodecOptions(model_id=MODEL, scale=1))
+    small, _, rec = compress_image(png(src), pair, CodecOptions(model_id=MODEL, scale=1))
     assert rec.status == "ok" and (rec.scale, rec.model_id, rec.model_sha256) == (1, MODEL, pair.weights_sha256)
     im = Image.open(io.BytesIO(small))
     assert (im.format, im.mode, im.size) == ("PNG", "L", src.size)
@@ -77,7 +77,7 @@ def test_codec_round_trip_is_an_ordinary_grey_png_that_restores_colour(pair):
 def test_grey_sources_stay_grey_and_exact_alpha_kept(pair):
     photo = Image.open(DATA / "Set5" / "bird.png").convert("RGB").crop((0, 0, 120, 90))
     grey = photo.convert("L")
-    small, rec = compress_image(png(grey), pair, CodecOptions(model_id=MODEL, scale=1))
+    small, _, rec = compress_image(png(grey), pair, CodecOptions(model_id=MODEL, scale=1))
     assert rec.is_gray and Image.open(io.BytesIO(small)).mode == "L"
     out = decode_output(rehydrate_image(small, rec, pair))
     assert out.mode == "L" and np.array_equal(np.asarray(out), np.asarray(grey))
@@ -85,7 +85,7 @@ def test_grey_sources_stay_grey_and_exact_alpha_kept(pair):
     alpha = Image.linear_gradient("L").resize(photo.size)
     for src in (photo.convert("RGBA"), grey.convert("LA")):
         src.putalpha(alpha)
-        small, rec = compress_image(png(src), pair, CodecOptions(model_id=MODEL, scale=1))
+        small, _, rec = compress_image(png(src), pair, CodecOptions(model_id=MODEL, scale=1))
         assert rec.alpha_stored and Image.open(io.BytesIO(small)).mode == "LA"
         out = decode_output(rehydrate_image(small, rec, pair))
         assert out.mode == src.mode and out.size == src.size

@@ -39,7 +39,7 @@ def test_heic_photo_compresses_and_rehydrates_upright(x2):
     stored = Image.open(BIRD).convert("RGB").crop((0, 0, 200, 120))  # landscape as stored by the sensor
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     data = heic(stored, orientation=6, icc=icc)  # "rotate 90 degrees clockwise to view"
-    small, rec = compress_image(data, x2, CodecOptions())
+    small, _, rec = compress_image(data, x2, CodecOptions())
     assert rec.status == "ok", rec.error_message
     assert rec.source_format == "HEIF" and rec.exif_orientation == 6
     assert (rec.width, rec.height) == (120, 200)  # upright: turned exactly once
@@ -64,12 +64,12 @@ def test_heic_through_the_default_fidelity():
 def test_broken_and_high_bit_depth_heic_are_rows(x2):
     data = heic(Image.open(BIRD).convert("RGB"))
     for broken in (data[: len(data) // 2], data[:40]):
-        small, rec = compress_image(broken, x2, CodecOptions())
+        small, _, rec = compress_image(broken, x2, CodecOptions())
         assert small is None and rec.status in ("failed_truncated", "failed_decode"), rec.status
     ten = (np.random.default_rng(0).integers(0, 1024, (20, 30, 3)).astype(np.uint16) << 6)
     buf = io.BytesIO()
     pillow_heif.from_bytes(mode="RGB;16", size=(30, 20), data=ten.tobytes()).save(buf, quality=-1)
-    small, rec = compress_image(buf.getvalue(), x2, CodecOptions())
+    small, _, rec = compress_image(buf.getvalue(), x2, CodecOptions())
     assert small is None and rec.status == "skipped_high_bit_depth" and rec.bit_depth == 10
-    small, rec = compress_image(buf.getvalue(), x2, CodecOptions(high_bit_depth="to8bit"))
+    small, _, rec = compress_image(buf.getvalue(), x2, CodecOptions(high_bit_depth="to8bit"))
     assert rec.status == "ok" and rec.processed_bit_depth == 8 and (rec.width, rec.height) == (30, 20)

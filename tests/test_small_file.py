@@ -157,7 +157,7 @@ def _image(kind: str) -> bytes:
 def test_version_1_files_rehydrate_like_new_ones(x2, fmt, kind):
     """The same small image written in both formats: same pixels, same rehydrated image (mode,
     alpha, grey and output format come from the metadata: WebP stores grey images as RGB)."""
-    png, rec = compress_image(_image(kind), x2, CodecOptions(small_format="png"))
+    png, _, rec = compress_image(_image(kind), x2, CodecOptions(small_format="png"))
     assert rec.status == "ok"
     small_img = read_small(png)[0]
     new, _ = encode_small(small_img, fmt, 80, embedded_meta(rec.model_dump()))

@@ -130,7 +130,7 @@ def test_version_1_part_files_still_read_and_rehydrate(tmp_path):
     for run, (key, fmt) in enumerate([("old.png", "png"), ("new.png", "webp-lossy")]):
         buf = io.BytesIO()
         Image.fromarray(np.full((24, 32, 3), 40 * (run + 1), np.uint8)).save(buf, "PNG")
-        small, rec = compress_image(buf.getvalue(), pair, CodecOptions(small_format=fmt))
+        small, _, rec = compress_image(buf.getvalue(), pair, CodecOptions(small_format=fmt))
         (tmp_path / f"{key}.small").write_bytes(small)
         writer = ManifestWriter(fs, root, f"r{run}", schema=v1 if run == 0 else SCHEMA)
         writer.add({**rec.model_dump(), "run_id": f"r{run}", "source_key": key, "output_uri": str(tmp_path / f"{key}.small"),

@@ -1,7 +1,7 @@
 """Fidelity you choose: per-image rate control to a target Y-PSNR, guaranteed by verification.
 
     spec = resolve_fidelity("standard")                      # or resolve_fidelity(None, target_psnr=38)
-    small, layer, record = compress_to_target(data, pairs, spec, CodecOptions())
+    small, layer, record = compress_to_target(data, pairs, spec, CodecOptions())   # an Encoded
 
 Per image, the codec tries the representations the spec allows and keeps the one with the fewest
 stored bytes (small file + enhancement layer) whose rehydration reaches the target:
@@ -40,7 +40,8 @@ Presets (PRESETS, `--fidelity NAME`):
             lossless of their pixels.
 - original  as lossless, and rehydration writes the original file: a JPEG comes back byte for byte
             (sha256-checked against the manifest), any other source as its exact pixels.
-The base models and qualities were chosen on held-out training photos (docs/fidelity.md).
+The base models and qualities were chosen on held-out training photos (docs/fidelity.md). The specs
+(Fidelity, PRESETS, EFFORTS, resolve_fidelity, requested_fidelity) live in the light pipeline.codec.presets.
 """
 
 from __future__ import annotations
@@ -50,142 +51,27 @@ import io
 import math
 import time
 from contextlib import contextmanager
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, Field
 
 from models.metrics import psnr, rgb_to_y
-from pipeline.codec import image as codec, layer as enhancement, tiling
+from pipeline.codec import formats, image as codec, layer as enhancement, tiling
 from pipeline.codec.inference import CROSS_DEVICE_MAX_PSNR_DROP_DB
+# the specs (presets, efforts, targets) live in the light pipeline.codec.presets; named here too for the callers
+from pipeline.codec.presets import (  # noqa: F401
+    DEFAULT_EFFORT, DEFAULT_FIDELITY, EFFORTS, EXACT, MAX_TARGET_PSNR, PREVIEW_LONG_SIDE, PRESETS, Base, Effort,
+    EffortSettings, Fidelity, requested_fidelity, resolve_fidelity)
 
-EXACT = math.inf
-# the highest explicit target: 8-bit rounding alone costs about 58.9 dB of Y-PSNR, so a finite
-# target above this can only be met exactly; asking for exact is `lossless`, said so
-MAX_TARGET_PSNR = 60.0
-LOSSLESS_OUTPUTS = ("png", "tiff")  # rehydrated formats that hold the restored pixels exactly
+LOSSLESS_OUTPUTS = formats.LOSSLESS_OUTPUTS  # rehydrated formats that hold the restored pixels exactly
 TOLERANCE_DB = 0.0  # the target is a floor: no slack
 # The search aims this far above a finite target, so that rehydrating on another device or precision
 # (which moves TAU's output by a level or two: pipeline.codec.inference.CROSS_DEVICE_MAX_PSNR_DROP_DB) still
 # reaches the target; the compressing path's verification checks the target itself.
 DEVICE_MARGIN_DB = CROSS_DEVICE_MAX_PSNR_DROP_DB
 
-
-class Base(BaseModel):
-    """One base representation: a model pair (its scale) and small-file qualities."""
-
-    model_id: str
-    qualities: list[int] = Field(default_factory=list, description="qualities tried for the small file alone, ascending")
-    layer_quality: int | None = Field(None, description="small-file quality under a layer; None = the model's default")
-
-
-Effort = Literal["fast", "default", "best"]
-
-
-class EffortSettings(NamedTuple):
-    final_speed: int  # libaom speed of the stored layer (6 finest ... 9 fastest)
-    search_speed: int  # libaom speed of the sampled search on large images
-    residual_below: float  # images of at most this many pixels also try the residual of TAU(small) (TAD + TAU at
-    # full size): TAU's CPU grows with the pixels, an object's two PUTs do not, so small images can afford it
-    refine: bool  # the residual layer (one AVIF): after a full-size encode that overshoots, try coarser levels
-    aim_above: float  # large images: the first pass aims this many levels (of ~0.55 dB) above the target, so
-    # that it rarely needs finer bands (each a fraction of an encode) ...
-    trim_above: float  # ... and where it lands more than this many levels above, bands are made coarser
-
-
-EFFORTS: dict[str, EffortSettings] = {
-    "fast": EffortSettings(final_speed=9, search_speed=9, residual_below=0, refine=False, aim_above=0.0,
-                           trim_above=0.8),
-    "default": EffortSettings(final_speed=7, search_speed=9, residual_below=1_000_000, refine=False, aim_above=0.0,
-                              trim_above=0.5),
-    "best": EffortSettings(final_speed=6, search_speed=9, residual_below=math.inf, refine=True, aim_above=0.0,
-                           trim_above=0.0),
-}
-DEFAULT_EFFORT = "default"  # benchmarks/results/economics.md: payback against bytes
-PREVIEW_LONG_SIDE = 768  # a prediction-free layer's small file is only a preview: at most this long (px)
-PREVIEW_TAD_PIXELS = 2_000_000  # ... and its TAD runs on at most this many (box-reduced) pixels
-
-
-class Fidelity(BaseModel):
-    name: str
-    target_psnr: float = Field(gt=0, description="Y-PSNR floor in dB; inf = exact")
-    bases: list[Base]
-    layer_codec: Literal["avif", "webp-lossless"] = "avif"
-    effort: Effort = DEFAULT_EFFORT
-    preview_long_side: int = Field(PREVIEW_LONG_SIDE, ge=16, description="long side of the small file when it is "
-                                   "only the preview (the layer carries the fidelity)")
-    original: bool = Field(False, description="rehydrate to the original file (byte for byte for JPEG sources)")
-
-    @property
-    def models(self) -> list[str]:
-        return [b.model_id for b in self.bases]
-
-
-_LAYERED = [Base(model_id="taid-x4-webp", layer_quality=50)]
-PRESETS: dict[str, Fidelity] = {
-    "preview": Fidelity(name="preview", target_psnr=30.0, bases=[
-        Base(model_id="taid-x2-webp", qualities=[30, 45, 60, 75, 90], layer_quality=60),
-        Base(model_id="taid-x4-webp", layer_quality=50)]),
-    "standard": Fidelity(name="standard", target_psnr=36.0, bases=_LAYERED),
-    "high": Fidelity(name="high", target_psnr=40.0, bases=_LAYERED),
-    "lossless": Fidelity(name="lossless", target_psnr=EXACT, bases=_LAYERED, layer_codec="webp-lossless"),
-    "original": Fidelity(name="original", target_psnr=EXACT, bases=_LAYERED, layer_codec="webp-lossless",
-                         original=True),
-}
-DEFAULT_FIDELITY = "standard"
-
-
-def resolve_fidelity(name: str | None = None, target_psnr: float | None = None, model_id: str | None = None,
-                     effort: str | None = None, preview_long_side: int | None = None) -> Fidelity:
-    """The spec for a preset name or an explicit target (not both); `model_id` makes that pair the
-    only base (its small file alone where it reaches the target, else with a layer)."""
-    if effort is not None and effort not in EFFORTS:
-        raise ValueError(f"unknown effort {effort!r} (choose from {', '.join(EFFORTS)})")
-    if name is not None and target_psnr is not None:
-        raise ValueError("give a fidelity preset or a target PSNR, not both")
-    if target_psnr is not None:
-        if not target_psnr > 0:
-            raise ValueError("target PSNR must be positive (dB)")
-        if target_psnr > MAX_TARGET_PSNR:  # refused, not silently made exact at several times the bytes
-            raise ValueError(f"target PSNR {target_psnr:g} dB is above what any lossy layer reaches ({MAX_TARGET_PSNR:g} "
-                             "dB, about the rounding noise of 8-bit pixels): ask for --fidelity lossless for an exact copy")
-        like = PRESETS["preview" if target_psnr <= PRESETS["preview"].target_psnr else DEFAULT_FIDELITY]
-        spec = like.model_copy(update={"name": "target", "target_psnr": float(target_psnr)})
-    else:
-        name = name or DEFAULT_FIDELITY
-        if name not in PRESETS:
-            raise ValueError(f"unknown fidelity {name!r} (choose from {', '.join(PRESETS)}, or give a target PSNR)")
-        spec = PRESETS[name]
-    if model_id:
-        from models.zoo import colour_only
-
-        if colour_only(model_id):  # its grey small file has no lossy quality to search nor a layer to add
-            raise ValueError(f"{model_id} writes one fixed grey small file: drop the fidelity / target PSNR")
-        spec = spec.model_copy(update={"bases": [Base(model_id=model_id, qualities=[30, 45, 60, 75, 90])]})
-    if effort is not None:
-        spec = spec.model_copy(update={"effort": effort})
-    if preview_long_side is not None:
-        spec = Fidelity(**{**spec.model_dump(), "preview_long_side": preview_long_side})  # validated
-    return spec
-
-
-def requested_fidelity(fidelity: str | None = None, target_psnr: float | None = None, model_id: str | None = None,
-                       small_format: str | None = None, quality: int | None = None,
-                       scale: int | None = None, effort: str | None = None,
-                       preview_long_side: int | None = None) -> Fidelity | None:
-    """What a compress request asks for: the fidelity it guarantees, or None for one fixed small file
-    (an explicit model, small format, quality or scale without a fidelity or target asks for exactly
-    that). A fidelity picks format, quality and scale per image, so naming them too is refused. The
-    one rule for the CLI's compress-file and CompressArchiveParams."""
-    fixed = [name for name, v in (("--small-format", small_format), ("--quality", quality), ("--scale", scale))
-             if v is not None]
-    if fidelity is None and target_psnr is None and (model_id is not None or fixed):
-        return None
-    if fixed:
-        raise ValueError("a fidelity target picks the small file's format, quality and scale per image: drop "
-                         f"{'/'.join(fixed)}, or drop the fidelity / target PSNR to write one fixed layer")
-    return resolve_fidelity(fidelity, target_psnr, model_id, effort, preview_long_side)
+PREVIEW_TAD_PIXELS = 2_000_000  # a preview's TAD runs on at most this many (box-reduced) pixels (PREVIEW_LONG_SIDE)
 
 
 def fidelity_psnr(out: np.ndarray, ref, scale: int) -> float:
@@ -251,17 +137,20 @@ def _channel(arr: np.ndarray, grey: bool) -> np.ndarray:
     return arr[..., 0] if grey else arr
 
 
-def compress_to_target(data: bytes, pairs: dict, spec: Fidelity, options: codec.CodecOptions | None = None):
-    """(small file, enhancement layer or None, record) for one image file. `pairs` maps each of the
-    spec's model ids to its loaded pair. Bad input gives (None, None, record with a status), as
-    codec.compress_image does; an image whose verified fidelity misses the target is `failed_fidelity`."""
+def compress_to_target(data: bytes, pairs: dict, spec: Fidelity, options: codec.CodecOptions | None = None
+                       ) -> codec.Encoded:
+    """Encoded(small file, enhancement layer or None, record) for one image file. `pairs` maps each of
+    the spec's model ids to its loaded pair. Bad input gives Encoded(None, None, record with a status),
+    as codec.compress_image does; an image whose verified fidelity misses the target is `failed_fidelity`.
+    `options` gives the limits and policies (max_pixels, tile, frames, bit depth, rehydrate format);
+    the spec picks model, format, quality and scale per image."""
     options = options or codec.CodecOptions()
     rec = codec.CompressRecord(source_size=len(data), source_sha256=codec._sha256(data), fidelity=spec.name,
                                target_psnr=spec.target_psnr)
     files, rec = codec.decoded_then(data, options, rec,
                                     lambda dec, rec: _search(dec, pairs, spec, options, rec, data))
     small, layer = files or (None, None)
-    return small, layer, rec
+    return codec.Encoded(small, layer, rec)
 
 
 def _preview_scale(pair, width: int, height: int, long_side: int) -> int:
@@ -716,7 +605,7 @@ def _finalize(best, ref: Reference, spec: Fidelity, dec, options: codec.CodecOpt
     if options.rehydrate_format:
         fmt, q = options.rehydrate_format, options.rehydrate_quality
     else:
-        fmt, q = ("original" if spec.original else "png"), None
+        fmt, q = (formats.ORIGINAL if spec.original else "png"), None
     meta = {"rehydrate_format": fmt, "rehydrate_quality": q,
             "enhancement_sha256": codec._sha256(layer) if layer is not None else None}
     with stages("encode"):
@@ -724,7 +613,7 @@ def _finalize(best, ref: Reference, spec: Fidelity, dec, options: codec.CodecOpt
     # verify: decode exactly what is written, as rehydration does, to the output it writes (a
     # prediction-free layer without alpha restores from the layer alone: no TAU, as rehydration)
     with stages("verify"):
-        lossless_out = fmt in LOSSLESS_OUTPUTS or fmt == "original"
+        lossless_out = fmt in LOSSLESS_OUTPUTS or fmt == formats.ORIGINAL
         if (cand.layer_codec in enhancement.PREDICTION_FREE and dec.alpha is None and lossless_out):
             if cand.layer_codec == "jxl-jpeg":  # encode_jpeg_layer checked it gives the source's bytes back
                 achieved = rgb_psnr = math.inf

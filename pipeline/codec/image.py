@@ -1,6 +1,6 @@
 """The archive codec: one image file -> small file + manifest record, and back.
 
-    small, record = compress_image(data, pair, CodecOptions(scale=4))
+    small, _, record = compress_image(data, pair, CodecOptions(scale=4))   # an Encoded: layer is always None here
     restored = rehydrate_image(small, record, pair)       # or record=None: use the embedded metadata
 
 Pure code: no Ray, no Prefect, no storage. Decoding and the real-world policies live in
@@ -16,7 +16,7 @@ trained with WebP or JPEG between its two networks, `pair.codec` from models.zoo
 lossy format at its default quality, any other pair lossless PNG; the record's `output_format`
 and `small_quality` say what was written.
 
-`compress_image` never raises for bad input: it returns (None, record) with `status` set to
+`compress_image` never raises for bad input: it returns Encoded(None, None, record) with `status` set to
 `skipped_<reason>` or `failed_<reason>` and `error_message`. It raises only for caller errors
 (a scale the pair cannot reach). `rehydrate_image` raises `RehydrateError` when the bytes are not a
 TAID small file, when the pair is not the one that made the file (model id or weights sha256
@@ -39,9 +39,9 @@ from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
-from pipeline.codec import image_io, small_file, tiling
+from pipeline.codec import formats, image_io, small_file, tiling
 from pipeline.codec import layer as enhancement
-from pipeline.codec.options import CODEC_VERSION, DEFAULT_MAX_PIXELS, CodecOptions, CompressRecord, RehydrateError  # noqa: F401  (re-exported for callers of the codec)
+from pipeline.codec.options import CODEC_VERSION, DEFAULT_MAX_PIXELS, CodecOptions, CompressRecord, Encoded, RehydrateError  # noqa: F401  (re-exported for callers of the codec)
 
 DEFAULT_SMALL_FORMAT = "png"  # for lossless pairs; a codec-aware pair's `codec` block says its own
 DEFAULT_QUALITY = 90  # for a lossy small format the pair was not trained for
@@ -84,20 +84,23 @@ def small_file_settings(pair, small_format: str | None = None, quality: int | No
 
 def check_options(pair, options: CodecOptions) -> None:
     """Raise ValueError when `options` cannot work with `pair` (a scale that is not a power of the
-    pair's scale). Call it once when a worker starts; compress_image calls it too."""
-    tiling.steps_for(pair, options.scale)
+    pair's scale; no scale is the pair's own). Call it once when a worker starts; compress_image calls it too."""
+    tiling.steps_for(pair, options.scale or pair.scale)
 
 
-def compress_image(data: bytes, pair, options: CodecOptions | None = None) -> tuple[bytes | None, CompressRecord]:
+def compress_image(data: bytes, pair, options: CodecOptions | None = None) -> Encoded:
+    """One fixed small file of `data` by `pair`: Encoded(small, None, record); never a layer."""
     options = options or CodecOptions()
     check_options(pair, options)  # caller error -> ValueError, before any file is touched
     fmt, quality = small_file_settings(pair, options.small_format, options.quality)
-    options = options.model_copy(update={"small_format": fmt, "quality": quality})  # the one place defaults resolve
+    # the one place defaults resolve: the model's format, quality and scale where the options name none
+    options = options.model_copy(update={"small_format": fmt, "quality": quality, "scale": options.scale or pair.scale})
     rec = CompressRecord(
         source_size=len(data), source_sha256=_sha256(data), scale=options.scale,
         model_id=getattr(pair, "model_id", options.model_id), model_sha256=getattr(pair, "weights_sha256", None),
     )
-    return decoded_then(data, options, rec, lambda dec, rec: _compress_decoded(dec, pair, options, rec))
+    small, rec = decoded_then(data, options, rec, lambda dec, rec: _compress_decoded(dec, pair, options, rec))
+    return Encoded(small, None, rec)
 
 
 def decoded_then(data: bytes, options: CodecOptions, rec: CompressRecord, work):
@@ -353,7 +356,7 @@ def rehydrate_image(
     where it makes sense: JPEG stays JPEG at quality 95, PNG stays PNG; see image_io.default_output).
     `layer`: the enhancement layer the small file names (pipeline.codec.layer), if it has one;
     `skip_layer` rehydrates without it (preview fidelity)."""
-    if (output_format or _embedded_format(small, record)) == "original":
+    if (output_format or _embedded_format(small, record)) == formats.ORIGINAL:
         if not skip_layer and layer is not None:
             original = _original_file(small, record, pair, layer)
             if original is not None:

@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageCms, UnidentifiedImageError
 
+from pipeline.codec import formats
 from pipeline.codec.small_file import DEFAULT_JPEG_QUALITY
 
 ORIENTATION_TAG = 0x0112
@@ -91,8 +92,8 @@ _UNSUPPORTED = ((b"8BPS", "Photoshop PSD"), (b"%!PS", "PostScript/EPS"), (b"\xc5
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
 # Rehydrated output format by source format: the original format where it makes sense.
-REHYDRATE_FORMAT = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "TIFF": "tiff"}
-OUTPUT_FORMATS = ("png", "jpeg", "webp", "webp-lossy", "tiff")
+REHYDRATE_FORMAT = formats.SOURCE_OUTPUT
+OUTPUT_FORMATS = formats.OUTPUT_FORMATS
 
 
 class DecodeFailure(Exception):
@@ -351,8 +352,7 @@ def default_output(source_format: str | None, lossy_webp: bool = False) -> tuple
 
 def encode_output(img: Image.Image, fmt: str, quality: int | None, icc: bytes | None, exif: bytes | None) -> bytes:
     """Encode the rehydrated image (ICC and EXIF with Orientation=1 embedded)."""
-    fmt = fmt.lower()
-    fmt = {"jpg": "jpeg", "tif": "tiff"}.get(fmt, fmt)
+    fmt = formats.canonical(fmt)
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output format {fmt!r} (choose from {OUTPUT_FORMATS})")
     kw: dict = {}

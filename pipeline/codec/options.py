@@ -1,18 +1,21 @@
-"""What a compress request asks and what it yields: the codec options, the per-image record, the limits."""
+"""What a compress request asks and what it yields: the codec options, the per-image record, the
+`Encoded` result, the limits. Light on purpose (no torch): job parameters and the server import it."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, Field, field_validator
 
-from pipeline.codec import tiling
+from pipeline.codec.formats import OutputFormat, SmallFormat
 
 
 CODEC_VERSION = "2"  # 2: AVIF layers by level (cq-level), jxl-jpeg layers, previews by size
 
 
 DEFAULT_MAX_PIXELS = 120_000_000
+DEFAULT_TILE = 1024  # tile side in full-resolution pixels (pipeline.codec.tiling)
+DEFAULT_MODEL = "taid-x2"  # of a fixed small file when none is named
 
 
 class RehydrateError(ValueError):
@@ -20,19 +23,20 @@ class RehydrateError(ValueError):
 
 
 class CodecOptions(BaseModel):
-    model_id: str = "taid-x2"
-    scale: int = Field(2, description="power of the model's scale: 2..128 for taid-x2, 4/16/64 for taid-x4")
-    small_format: Literal["png", "webp", "webp-lossy", "jpeg"] | None = Field(
+    model_id: str = DEFAULT_MODEL
+    scale: int | None = Field(None, description="power of the model's scale: 2..128 for taid-x2, 4/16/64 for taid-x4; "
+                              "None = the model's own")
+    small_format: SmallFormat | None = Field(
         None, description="None = the model's: its codec block's format for a codec-aware pair, else png"
     )
     quality: int | None = Field(
         None, ge=1, le=100, description="for webp-lossy and jpeg small files; None = the model's (else 90)"
     )
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="decompression-bomb limit, checked from the header")
-    tile: int = Field(tiling.DEFAULT_TILE, ge=64, description="tile side in full-resolution pixels")
+    tile: int = Field(DEFAULT_TILE, ge=64, description="tile side in full-resolution pixels")
     multi_frame: Literal["skip", "first"] = "skip"
     high_bit_depth: Literal["skip", "to8bit"] = "skip"
-    rehydrate_format: Literal["png", "jpeg", "webp", "webp-lossy", "tiff"] | None = Field(
+    rehydrate_format: OutputFormat | None = Field(
         None, description="default output format for rehydration; None = the source's (image_io.default_output)"
     )
     rehydrate_quality: int | None = Field(None, ge=1, le=100)
@@ -40,7 +44,9 @@ class CodecOptions(BaseModel):
 
     @field_validator("scale")
     @classmethod
-    def _power_of_two(cls, v: int) -> int:
+    def _power_of_two(cls, v: int | None) -> int | None:
+        if v is None:
+            return v
         if v < 1 or v > 128 or v & (v - 1):
             raise ValueError("scale must be a power of two in 2..128 (1 for a colour-only pair: taid-gray)")
         return v
@@ -108,3 +114,13 @@ class CompressRecord(BaseModel):
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+
+class Encoded(NamedTuple):
+    """What the codec made of one image, by either path (a fixed small file or a fidelity target):
+    the small file, its enhancement layer (None without one; always None for a fixed small file)
+    and the record. Bad input gives small=None and a record whose status says why."""
+
+    small: bytes | None
+    layer: bytes | None
+    record: CompressRecord

@@ -39,10 +39,8 @@ from urllib.parse import quote, unquote
 
 from PIL import Image, PngImagePlugin
 
+from pipeline.codec.formats import LOSSY_SMALL_FORMATS as LOSSY_FORMATS, SMALL_FORMATS, SMALL_SUFFIX as SUFFIX  # noqa: F401
 
-SMALL_FORMATS = ("png", "webp", "webp-lossy", "jpeg")
-LOSSY_FORMATS = ("webp-lossy", "jpeg")
-SUFFIX = {"png": ".png", "webp": ".webp", "webp-lossy": ".webp", "jpeg": ".jpg"}
 EMBED_VERSION = 2
 # record key -> short key in the compact encoding (values)
 _SHORT = {"width": "w", "height": "h", "scale": "s", "model_id": "m", "model_sha256": "k",

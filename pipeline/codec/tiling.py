@@ -42,8 +42,7 @@ from torch import nn
 
 from models.networks import TaskAwarePair
 from pipeline.codec.inference import InferenceOptions, autocast, options_for, set_backend_flags
-
-DEFAULT_TILE = 1024
+from pipeline.codec.options import DEFAULT_TILE  # noqa: F401  (defined with the options, which stay torch-free)
 
 
 def steps_for(pair: TaskAwarePair, scale: int) -> int:

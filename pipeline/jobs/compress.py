@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import TypedDict
 
+from pipeline.codec.request import Request
 from pipeline.storage import s3
 from pipeline.jobs.params import PIPELINE_VERSION, CompressArchiveParams
 from pipeline.errors import DestinationFullError, ManifestWriteError, os_error_line, storage_refuses
@@ -79,14 +80,16 @@ class CompressResult(TypedDict, total=False):
     index: dict  # the manifest index compaction after the run
 
 
-def decide(obj: ObjectInfo, prev: PreviousState | None, params: CompressArchiveParams) -> str:
+def decide(obj: ObjectInfo, prev: PreviousState | None, params: CompressArchiveParams,
+           request: Request | None = None) -> str:
     """'process', or why not: 'unchanged' (ok row with the same ETag and size for this model),
     'failed_before' (incremental runs leave failures to retry_failed), 'skipped_before' (an
     unchanged object our policy refused: empty, not an image, too large...), 'not_failed'
     (retry_failed runs touch failed_* rows only: a skip is a decision, not an accident)."""
     if params.retry_failed:  # whatever the object's version now: its latest row failed
         return "process" if prev is not None and prev.status.startswith("failed") else "not_failed"
-    same = prev is not None and prev.etag == obj.etag and prev.size == obj.size and same_settings(prev, params)
+    same = (prev is not None and prev.etag == obj.etag and prev.size == obj.size
+            and same_settings(prev, request or params.request()))
     if not params.incremental or not same:
         return "process"
     if prev.status == "ok":
@@ -94,17 +97,17 @@ def decide(obj: ObjectInfo, prev: PreviousState | None, params: CompressArchiveP
     return "failed_before" if prev.status.startswith("failed") else "skipped_before"
 
 
-def same_settings(prev: PreviousState, params: CompressArchiveParams) -> bool:
+def same_settings(prev: PreviousState, request: Request) -> bool:
     """Was the latest row made with what this run asks for? The same fidelity (preset or target)
     by one of its pairs, or, for a fixed single layer, the same model and no fidelity.
     `pipeline.jobs.plan.same_settings_mask` is the vectorised twin: change both together."""
-    spec = params.fidelity_spec()
-    if spec is None:
-        return prev.fidelity is None and prev.model_id in (params.single_model, None)
-    return prev.fidelity == spec.name and prev.target_psnr == spec.target_psnr and prev.model_id in (*spec.models, None)
+    asked = request.columns()
+    return (prev.fidelity == asked["fidelity"] and (asked["fidelity"] is None or prev.target_psnr == asked["target_psnr"])
+            and prev.model_id in (*request.models, None))
 
 
-def plan_objects(params: CompressArchiveParams, counts: dict) -> tuple[Iterator[ObjectInfo], int | None]:
+def plan_objects(params: CompressArchiveParams, counts: dict,
+                 request: Request | None = None) -> tuple[Iterator[ObjectInfo], int | None]:
     """(the objects to process, streamed in one listing pass; an estimate of how many objects
     will be listed, None when unknown). The others are counted in `counts` by reason. Memory
     stays flat in the number of objects: see `pipeline.jobs.plan`."""
@@ -129,7 +132,7 @@ def plan_objects(params: CompressArchiveParams, counts: dict) -> tuple[Iterator[
         reader = ManifestReader(params.dest, fs=dst_fs, root=dest_root)
         estimate = estimate or reader.snapshot().keys or None
         states = reader.latest(PLAN_COLUMNS)
-    return plan(listing, states, params, base, counts), estimate
+    return plan(listing, states, params, base, counts, request), estimate
 
 
 def check_storage(params: CompressArchiveParams) -> None:
@@ -267,16 +270,16 @@ def resolve_models(params: CompressArchiveParams) -> CompressArchiveParams:
     from models.zoo import load_pair
     from pipeline.codec.image import check_options, small_file_settings
 
-    spec = params.fidelity_spec()
-    if spec is not None:
-        for model_id in spec.models:
+    request = params.request()
+    if request.fidelity is not None:
+        for model_id in request.models:
             load_pair(model_id, registry=params.registry)
-        return params.model_copy(update={"fidelity": None if params.target_psnr else spec.name})
+        return params.model_copy(update={"fidelity": None if params.target_psnr else request.fidelity.name})
     pair = load_pair(params.single_model, registry=params.registry)
     fmt, quality = small_file_settings(pair, params.small_format, params.quality)
     params = params.model_copy(update={"model_id": params.single_model, "scale": params.scale or pair.scale,
                                        "small_format": fmt, "quality": quality})
-    check_options(pair, params.codec_options(pair.scale))  # e.g. x8 with taid-x4: a caller error, before any work
+    check_options(pair, params.request().options)  # e.g. x8 with taid-x4: a caller error, before any work
     return params
 
 
@@ -308,8 +311,9 @@ def _run_compress(params: CompressArchiveParams, progress: Progress | None, run_
     if params.incremental and params.compact != "never":
         compact_if_needed(dst_fs, dest_root)  # e.g. runs that crashed before their compaction
     params = resolve_models(params)
+    request = params.request()  # the run's, once: the plan, the rows and the actors' pairs follow it
     counts: dict = {}  # the plan streams: one listing pass, decided as the work goes
-    planned, estimate = plan_objects(params, counts)
+    planned, estimate = plan_objects(params, counts, request)
     yielded = [0]
 
     def counted(objects):
@@ -327,7 +331,7 @@ def _run_compress(params: CompressArchiveParams, progress: Progress | None, run_
     # local: room kept back for the manifest, so a disk that fills up still takes the rows of what was written
     writer = ManifestWriter(dst_fs, dest_root, run_id, params.rows_per_part, reserve=True)
     full: list[str] = []  # why the destination refuses every write (full, read-only): nothing new is started
-    rows = ArchiveRows(run_id, {"model_id": params.model_id, **params.fidelity_columns()}, PIPELINE_VERSION)
+    rows = ArchiveRows(run_id, {"model_id": params.model_id, **request.columns()}, PIPELINE_VERSION)
 
     def done() -> tuple[int, int]:
         """(objects done, total): listed objects not to process count as done; the total is the
@@ -361,10 +365,8 @@ def _run_compress(params: CompressArchiveParams, progress: Progress | None, run_
         first = next(planned, None)  # plans until the first object to process, or the end
         if first is not None:  # else nothing new: no actors, just the (empty) run record
             ensure_ray(params.ray_address)
-            spec = params.fidelity_spec()
             dispatch = run_on_ray(CompressWorker, params, run_id, f"taid-compress-{run_id}",
-                                  checked(itertools.chain([first], planned)), on_row, rows.crash,
-                                  list(spec.models) if spec else [params.model_id])
+                                  checked(itertools.chain([first], planned)), on_row, rows.crash, request.models)
     except ManifestWriteError:
         pass  # no more work whose rows could not be kept; the one line is raised below
     finally:
@@ -382,7 +384,7 @@ def _run_compress(params: CompressArchiveParams, progress: Progress | None, run_
     result: CompressResult = {
         "run_id": run_id, "source": params.source, "dest": params.dest, "model_id": params.model_id,
         "scale": params.scale, "small_format": params.small_format, "quality": params.quality,
-        **params.fidelity_columns(),
+        **request.columns(),
         "pipeline_version": PIPELINE_VERSION, "plan": counts, "dispatch": dispatch,
         "manifest_parts": writer.parts,
         **stats.summary(run_objects=writer.parts + 1,  # + the run stats file written below

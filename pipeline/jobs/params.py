@@ -6,12 +6,13 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from pipeline.codec.options import DEFAULT_MAX_PIXELS, CodecOptions
+from pipeline.codec.formats import RehydrateFormat, SmallFormat, canonical
+from pipeline.codec.options import DEFAULT_MAX_PIXELS, DEFAULT_MODEL
+from pipeline.codec.presets import Effort
 from pipeline.runtime.options import RayParams
 from pipeline.storage.fs import filesystem, secret_option_keys
 
 PIPELINE_VERSION = "0.2.0"
-DEFAULT_MODEL = "taid-x2"  # of a fixed single-layer run
 
 
 class CompressArchiveParams(RayParams):
@@ -24,7 +25,7 @@ class CompressArchiveParams(RayParams):
         None, description="fidelity preset: preview, standard, high, lossless or original (pipeline.codec.fidelity); the default "
         "(standard) unless a target PSNR, or an explicit model / small format / quality without one, is given")
     target_psnr: float | None = Field(None, gt=0, description="explicit Y-PSNR floor in dB instead of a preset")
-    effort: Literal["fast", "default", "best"] | None = Field(
+    effort: Effort | None = Field(
         None, description="how hard a fidelity search works for bytes (pipeline.codec.fidelity.EFFORTS); default: default")
     preview_long_side: int | None = Field(
         None, ge=16, description="long side (px) of the small file where a layer carries the fidelity; default 768")
@@ -32,7 +33,7 @@ class CompressArchiveParams(RayParams):
         None, description="with a fidelity: the only base pair; without: write exactly this pair's single small "
         "file (no target). Default: the preset's pairs, or taid-x2 for a single layer")
     scale: int | None = Field(None, description="2..128 (a power of the model's scale); default: the model's")
-    small_format: Literal["png", "webp", "webp-lossy", "jpeg"] | None = Field(
+    small_format: SmallFormat | None = Field(
         None, description="small-file format; default: the model's (a codec-aware pair's own lossy format, else png)"
     )
     quality: int | None = Field(
@@ -101,21 +102,19 @@ class CompressArchiveParams(RayParams):
             raise ValueError("retry_failed needs the earlier manifests: keep incremental on")
         if self.fidelity is not None and self.target_psnr is not None:
             raise ValueError("give a fidelity preset or a target PSNR, not both")
-        self.fidelity_spec()  # a fidelity together with a fixed format / quality / scale is refused
+        self.request()  # a fidelity together with a fixed format / quality / scale is refused
         return self
 
-    def fidelity_spec(self):
-        """The fidelity this run guarantees (pipeline.codec.fidelity.Fidelity), or None for a fixed single
-        layer: an explicit model, small format, quality or scale without a fidelity asks for exactly that."""
-        from pipeline.codec.fidelity import requested_fidelity
+    def request(self):
+        """What this run makes of each image (pipeline.codec.request.Request): the fidelity it guarantees,
+        or a fixed single layer where an explicit model, small format, quality or scale is named without
+        a fidelity. Build it once per run and hand it down (plan, workers): its `models` are the pairs to
+        load, its `columns()` the manifest's `fidelity` and `target_psnr`."""
+        from pipeline.codec.request import Request
 
-        return requested_fidelity(self.fidelity, self.target_psnr, self.model_id, self.small_format, self.quality,
-                                  self.scale, self.effort, self.preview_long_side)
-
-    def fidelity_columns(self) -> dict:
-        """What a row of this run was asked for (the manifest's `fidelity` and `target_psnr`)."""
-        spec = self.fidelity_spec()
-        return {"fidelity": spec.name, "target_psnr": spec.target_psnr} if spec else {"fidelity": None, "target_psnr": None}
+        return Request.of(self.fidelity, self.target_psnr, self.model_id, self.small_format, self.quality,
+                          self.scale, self.effort, self.preview_long_side, max_pixels=self.max_pixels,
+                          verify=self.verify)
 
     @property
     def single_model(self) -> str:
@@ -137,12 +136,6 @@ class CompressArchiveParams(RayParams):
 
         return self.prices or get_settings().prices
 
-    def codec_options(self, model_scale: int) -> CodecOptions:
-        return CodecOptions(
-            model_id=self.single_model, scale=self.scale or model_scale, small_format=self.small_format,
-            quality=self.quality, max_pixels=self.max_pixels, verify=self.verify,
-        )
-
 
 class RehydrateParams(RayParams):
     archive: str = Field(description="the compress-archive destination (with _manifest/)")
@@ -151,12 +144,18 @@ class RehydrateParams(RayParams):
     prefix: str | None = Field(None, description="every key under this prefix")
     glob: str | None = Field(None, description="every key matching this glob")
     run_id: str | None = Field(None, description="every ok row of this compress run")
-    output_format: str | None = Field(None, description="png, jpeg, webp, tiff; default: the source's format")
+    output_format: RehydrateFormat | None = Field(
+        None, description="png, jpeg, webp, webp-lossy, tiff or original; default: the source's format")
     quality: int | None = Field(None, ge=1, le=100)
     skip_enhancement: bool = Field(False, description="preview: leave out enhancement layers (the small files' own "
                                    "fidelity, faster)")
     dry_run: bool = False
     storage_options: dict = Field(default_factory=dict, repr=False)
+
+    @field_validator("output_format", mode="before")
+    @classmethod
+    def _canonical_format(cls, v):
+        return canonical(v) if isinstance(v, str) else v  # jpg -> jpeg, TIF -> tiff, as the codec spells them
 
     def fs(self, uri: str):
         """(filesystem, path) of `uri` with this run's storage options."""

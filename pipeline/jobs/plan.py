@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.codec.request import Request
 from pipeline.jobs.params import CompressArchiveParams
 from pipeline.storage.sorted_merge import count_at_most
 from pipeline.storage.keys import ObjectInfo
@@ -31,22 +32,24 @@ def _mask(arr) -> np.ndarray:
     return pc.fill_null(arr, False).to_numpy(zero_copy_only=False)
 
 
-def same_settings_mask(prev: pa.Table, params: CompressArchiveParams) -> np.ndarray:
-    """`flows.compress_archive.same_settings` for a whole page: the same fidelity (label and
+def same_settings_mask(prev: pa.Table, request: Request) -> np.ndarray:
+    """`pipeline.jobs.compress.same_settings` for a whole page: the same fidelity (label and
     target) by one of its pairs, or for a fixed single layer the same model and no fidelity."""
     model, fidelity, target = (prev.column(c) for c in ("model_id", "fidelity", "target_psnr"))
-    spec = params.fidelity_spec()
+    spec = request.fidelity
     if spec is None:
-        models, settings = [params.single_model], _mask(pc.is_null(fidelity))
+        settings = _mask(pc.is_null(fidelity))
     else:
-        models = list(spec.models)
         settings = _mask(pc.equal(fidelity, spec.name)) & _mask(pc.equal(target, float(spec.target_psnr)))
-    return settings & _mask(pc.or_kleene(pc.is_null(model), pc.is_in(model, value_set=pa.array(models, pa.string()))))
+    models = pa.array(request.models, pa.string())
+    return settings & _mask(pc.or_kleene(pc.is_null(model), pc.is_in(model, value_set=models)))
 
 
-def decide_codes(listing: pa.Table, prev: pa.Table, params: CompressArchiveParams) -> np.ndarray:
+def decide_codes(listing: pa.Table, prev: pa.Table, params: CompressArchiveParams,
+                 request: Request | None = None) -> np.ndarray:
     """`decide()` for a whole page: index into REASONS per listed object. `prev` holds the
-    latest row of each listed key, aligned with `listing` (null where there is none)."""
+    latest row of each listed key, aligned with `listing` (null where there is none). `request`:
+    the run's (params.request(), built once by the caller; built here when not given)."""
     n = listing.num_rows
     status = prev.column("status")
     failed = pc.fill_null(pc.starts_with(status, "failed"), False).to_numpy(zero_copy_only=False)
@@ -56,7 +59,7 @@ def decide_codes(listing: pa.Table, prev: pa.Table, params: CompressArchiveParam
         return np.zeros(n, dtype=np.int64)
     same = pc.and_(pc.equal(prev.column("source_etag"), listing.column("etag")),
                    pc.equal(prev.column("source_size"), listing.column("size")))
-    same = pc.fill_null(same, False).to_numpy(zero_copy_only=False) & same_settings_mask(prev, params)
+    same = pc.fill_null(same, False).to_numpy(zero_copy_only=False) & same_settings_mask(prev, request or params.request())
     ok = pc.fill_null(pc.equal(status, "ok"), False).to_numpy(zero_copy_only=False)
     return np.where(~same, 0, np.where(ok, 1, np.where(failed, 2, 3)))
 
@@ -102,13 +105,15 @@ def aligned(listing: Iterable[pa.Table], states: Iterable[pa.Table]) -> Iterator
 
 
 def plan(listing: Iterable[pa.Table], states: Iterable[pa.Table] | None, params: CompressArchiveParams,
-         base_uri: str, counts: dict) -> Iterator[ObjectInfo]:
+         base_uri: str, counts: dict, request: Request | None = None) -> Iterator[ObjectInfo]:
     """The objects to process, streamed; every other listed object is counted in `counts` by
-    reason (as `decide` names it), `listed` counts them all, `over_max_images` what max_images cut."""
+    reason (as `decide` names it), `listed` counts them all, `over_max_images` what max_images cut.
+    `request`: the run's (params.request() when not given)."""
     taken = 0
+    request = request or params.request()
     pairs = aligned(listing, states if states is not None else iter(()))
     for page, prev in pairs:
-        codes = decide_codes(page, prev, params)
+        codes = decide_codes(page, prev, params, request)
         counts["listed"] = counts.get("listed", 0) + page.num_rows
         for code, n in enumerate(np.bincount(codes, minlength=len(REASONS))):
             if code and n:

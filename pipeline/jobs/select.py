@@ -9,13 +9,14 @@ import fnmatch
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from pipeline.codec.formats import OUTPUT_SUFFIX
 from pipeline.jobs.params import RehydrateParams
 from pipeline.manifest.parts import read_manifest
 from pipeline.manifest.rows import RESTORED_SCHEMA, present
 from pipeline.storage.keys import UnsafeKeyError, protocol_prefix, safe_join
 
 REHYDRATE_SCHEMA = RESTORED_SCHEMA  # derived from pipeline.manifest.rows.RestoredRow
-SUFFIX = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "webp-lossy": ".webp", "tiff": ".tif"}
+SUFFIX = OUTPUT_SUFFIX  # restored file suffix by output format
 
 
 def select_rows(params: RehydrateParams) -> list[dict]:

@@ -53,35 +53,27 @@ class ModelUser(PoolWorker):
 
 
 class CompressWorker(ModelUser):
-    """One model (or the fidelity's pairs), loaded once; `handle` turns one object into its row."""
+    """The run's request and every pair it needs, loaded once; `handle` turns one object into its row."""
 
     def __init__(self, params: dict, run_id: str, servers: list | None = None):
         from models.zoo import load_pair
 
         self.params = CompressArchiveParams(**params)
         super().__init__(self.params, servers or [])
-        self.rows = ArchiveRows(run_id, {"model_id": self.params.model_id, **self.params.fidelity_columns()},
-                                PIPELINE_VERSION)
-        self.fidelity = self.params.fidelity_spec()
-        if self.fidelity is not None:  # every pair the fidelity may pick
-            self.pairs = {m: self.prepare(load_pair(m, self.device, registry=self.params.registry))
-                          for m in self.fidelity.models}
-            self.options = self.params.codec_options(2)
-        else:
-            self.pair = self.prepare(load_pair(self.params.single_model, self.device, registry=self.params.registry))
-            self.options = self.params.codec_options(self.pair.scale)
+        # the run's request, from the run's resolved params (the actor gets them as a dict): the same
+        # Request the driver planned with
+        self.request = self.params.request()
+        self.rows = ArchiveRows(run_id, {"model_id": self.params.model_id, **self.request.columns()}, PIPELINE_VERSION)
+        self.pairs = {m: self.prepare(load_pair(m, self.device, registry=self.params.registry))
+                      for m in self.request.models}
         self.src_fs, _ = self.params.fs(self.params.source)
         self.dst_fs, self.dest_root = self.params.fs(self.params.dest)
 
     def _compress(self, data: bytes):
-        """(small file, enhancement layer or None, record)."""
-        from pipeline.codec.image import compress_image
-        from pipeline.codec.fidelity import compress_to_target
+        """Encoded(small file, enhancement layer or None, record)."""
+        from pipeline.codec.request import encode
 
-        if self.fidelity is not None:
-            return compress_to_target(data, self.pairs, self.fidelity, self.options)
-        small, record = compress_image(data, self.pair, self.options)
-        return small, None, record
+        return encode(data, self.request, self.pairs)
 
     def handle(self, item: dict, attempt: int):
         from pipeline.codec.layer import layer_name

@@ -22,6 +22,7 @@ from ray import serve
 from typing_extensions import Annotated
 
 from models.zoo import WeightsError
+from pipeline.codec.formats import SOURCE_OUTPUT
 from pipeline.codec.options import CODEC_VERSION
 from pipeline.codec.image_io import encode_output
 from pipeline.archive.access import (RehydrateRefused, SmallFileMissing, find_row, read_small_verified, rehydrate_row,
@@ -123,7 +124,7 @@ def downsize(data: bytes, max_side: int, fmt: str | None, quality: int | None) -
     im.load()
     scale = max_side / max(im.size)
     small = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.LANCZOS)
-    fmt = fmt or {"JPEG": "jpeg", "WEBP": "webp", "TIFF": "tiff"}.get(im.format, "png")
+    fmt = fmt or SOURCE_OUTPUT.get(im.format, "png")
     return encode_output(small, fmt, quality, im.info.get("icc_profile"), im.info.get("exif"))
 
 

@@ -6,10 +6,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipeline.codec.formats import RehydrateFormat
 from pipeline.storage.fs import secret_option_keys
 
 # "original": the source file itself where the archive keeps it (a JPEG under --fidelity original), else exact pixels
-OutputFormat = Literal["png", "jpeg", "webp", "webp-lossy", "tiff", "original"]
+OutputFormat = RehydrateFormat
 
 
 class ServeParams(BaseModel):

@@ -7,8 +7,7 @@ import hashlib
 import hmac
 from datetime import datetime
 
-CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "webp-lossy": "image/webp",
-                 "tiff": "image/tiff"}
+from pipeline.codec.formats import MEDIA_TYPES as CONTENT_TYPES  # noqa: F401  (the server's name for them)
 
 
 def token_digest(token: str) -> str:

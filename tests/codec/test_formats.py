@@ -1,0 +1,48 @@
+"""Formats listed once (pipeline.codec.formats): every list of choices derives from it."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+import pytest
+from pydantic import ValidationError
+
+from pipeline.codec import formats
+from pipeline.codec.options import CodecOptions
+
+
+def _choices(model, field: str) -> set:
+    ann = model.model_fields[field].annotation
+    return {a for arg in get_args(ann) for a in get_args(arg)}
+
+
+def test_choices_derive_from_formats():
+    from pipeline.jobs.params import CompressArchiveParams, RehydrateParams
+    from pipeline.serving.config import ImageQuery
+
+    assert _choices(CodecOptions, "small_format") == set(formats.SMALL_FORMATS)
+    assert _choices(CompressArchiveParams, "small_format") == set(formats.SMALL_FORMATS)
+    assert _choices(CodecOptions, "rehydrate_format") == set(formats.OUTPUT_FORMATS)
+    assert _choices(RehydrateParams, "output_format") == set(formats.REHYDRATE_FORMATS)
+    assert _choices(ImageQuery, "format") == set(formats.REHYDRATE_FORMATS)
+    assert set(formats.REHYDRATE_FORMATS) == set(formats.OUTPUT_FORMATS) | {formats.ORIGINAL}
+
+
+def test_names_and_aliases():
+    from pipeline.jobs.params import RehydrateParams
+
+    assert formats.format_of_name("out/RESTORED.JPG") == "jpeg" and formats.format_of_name("a.tif") == "tiff"
+    assert formats.format_of_name("dir.v2/noext") is None and formats.format_of_name("a.gif") is None
+    assert RehydrateParams(archive="a", to="b", output_format="JPG").output_format == "jpeg"
+    with pytest.raises(ValidationError):
+        RehydrateParams(archive="a", to="b", output_format="gif")
+
+
+def test_cli_offers_the_same_choices():
+    import argparse
+
+    from flows.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    small = next(a for a in sub.choices["compress-file"]._actions if a.dest == "small_format")
+    assert tuple(small.choices) == formats.SMALL_FORMATS
