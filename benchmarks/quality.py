@@ -32,17 +32,18 @@ def write_reports(results: list[dict], data: str) -> None:
     lines = [
         "# Reconstruction quality (Y-PSNR dB / SSIM on Y, shave = scale; thumbnail = small image vs Pillow bicubic)",
         "",
-        "Codec-aware models are measured through their own small-file codec at its default quality (column",
-        "'small file'; the thumbnail is then the decoded small image, bpp = coded small image per original",
-        "pixel), and their bicubic / Lanczos baselines code the Pillow downscale with the same codec and quality.",
+        "Codec-aware models are measured through their own lossy small format (the channel they were trained",
+        "through) at its default quality (column 'small file'; the thumbnail is then the decoded small image,",
+        "bpp = coded small image per original pixel), and their bicubic / Lanczos baselines code the Pillow",
+        "downscale in the same format and quality.",
         "",
         "| model | small file | set | images | PSNR-Y | PSNR-RGB | SSIM | thumb PSNR-Y (mean / min) | bicubic PSNR-Y | Lanczos PSNR-Y | gain vs bicubic | TAID paper |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         paper = f"{r['published_taid_psnr_y']:.2f}" if r["published_taid_psnr_y"] else "-"
-        c = r.get("small_codec")
-        small = f"{c['codec']} q{c['quality']}, {r['bpp']:.3f} bpp" if c else "lossless"
+        c = r.get("channel")
+        small = f"{c['format']} q{c['quality']}, {r['bpp']:.3f} bpp" if c else "lossless"
         lines.append(
             f"| {r['model']} | {small} | {r['set']} | {r['n_images']} | {r['psnr_y']:.2f} | {r['psnr_rgb']:.2f} | {r['ssim']:.4f} | "
             f"{r['thumb_psnr_y']:.2f} / {r['min_thumb_psnr_y']:.2f} | {r['bicubic']['psnr_y']:.2f} | "
@@ -71,12 +72,12 @@ def main() -> None:
                 "scale": r["scale"],
                 "set": folder.name,
                 "n_images": r["n_images"],
-                "small_codec": r["small_codec"],
+                "channel": r["channel"],
                 **{k: round(v, 4) for k, v in r["mean"].items()},
                 "min_thumb_psnr_y": round(min(i["thumb_psnr_y"] for i in r["images"]), 4),
                 "bicubic": {k: round(v, 4) for k, v in r["baselines"]["bicubic"].items()},
                 "lanczos": {k: round(v, 4) for k, v in r["baselines"]["lanczos"].items()},
-                "published_taid_psnr_y": None if r["small_codec"] else PUBLISHED_TAID.get(r["scale"], {}).get(folder.name),
+                "published_taid_psnr_y": None if r["channel"] else PUBLISHED_TAID.get(r["scale"], {}).get(folder.name),
             }
             results.append(row)
             print(json.dumps(row))

@@ -4,7 +4,7 @@
 
 TAID rows go through the real codec (`pipeline.codec.image.compress_image` -> small file with its
 embedded metadata -> `rehydrate_image`), so the byte counts are those an archive would hold.
-Codec-aware pairs (zoo entries with a "codec" block) are swept over qualities in their own small
+Codec-aware pairs (zoo entries with a "channel" block) are swept over qualities in their own small
 format; lossless pairs give their PNG point plus a lossy-WebP sweep (to show why #9 exists).
 Baselines code the full-resolution image with Pillow's JPEG (4:2:0, optimized), WebP and AVIF down
 to their lowest qualities (so the curves overlap 0.1-0.6 bpp), plus "plain thumbnail" references:
@@ -41,7 +41,7 @@ from bdrate import bd_rate, rate_at_equal_quality
 
 from models.data import list_images, read_rgb
 from models.metrics import psnr_y, ssim_y
-from models.zoo import load_pair, zoo_table
+from models.zoo import entry_channel, load_pair, zoo_table
 
 RESULTS = Path(__file__).parent / "results"
 SHARED_EVAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "eval"
@@ -73,16 +73,16 @@ def decode(data: bytes) -> np.ndarray:
 
 
 @functools.cache
-def codec_block(model: str) -> dict | None:
-    """The zoo's codec block of `model` (None: a lossless pair or not a zoo model); read once."""
-    return zoo_table().get(model, {}).get("codec")
+def model_channel(model: str) -> dict | None:
+    """The zoo's channel block of `model` (None: a lossless pair or not a zoo model); read once."""
+    return entry_channel(zoo_table().get(model, {}))
 
 
 def model_settings(model: str) -> list[tuple[str, int | None]]:
-    """(small_format, quality) points for one model: its own codec swept, or PNG + a lossy sweep."""
-    codec = codec_block(model)
-    if codec:
-        return [(codec["small_format"], q) for q in CODEC_AWARE_QUALITIES]
+    """(small_format, quality) points for one model: its own channel's format swept, or PNG + a lossy sweep."""
+    channel = model_channel(model)
+    if channel:
+        return [(channel["small_format"], q) for q in CODEC_AWARE_QUALITIES]
     fmt, qualities = LOSSLESS_MODEL_LOSSY
     return [("png", None)] + [(fmt, q) for q in qualities]
 
@@ -168,7 +168,7 @@ def add_envelopes(curves: dict) -> dict:
     by_format: dict = defaultdict(list)
     for method, pts in curves.items():
         model, _, fmt = method.partition(" ")
-        if codec_block(model):
+        if model_channel(model):
             by_format[fmt].extend({**p, "setting": f"{model} q{p['setting']}"} for p in pts)
     for fmt, pts in by_format.items():
         curves[f"taid best-of-scales {fmt}"] = sorted(pts, key=lambda p: p["bpp"])
@@ -199,7 +199,7 @@ def settings_table(curves: dict) -> list[dict]:
     refs = [m for m in curves if m.endswith("(full image)")]
     rows = []
     for method, pts in curves.items():
-        if "best-of-scales" in method or not codec_block(method.split(" ")[0]):
+        if "best-of-scales" in method or not model_channel(method.split(" ")[0]):
             continue
         for p in pts:
             vs = {ref.split(" ")[0]: rate_at_equal_quality([(r["bpp"], r["psnr_y"]) for r in curves[ref]],
@@ -223,7 +223,7 @@ def plot(curves: dict, path: Path, title: str) -> None:
                 style = "-"
             elif method.startswith("bicubic"):
                 style = ":"
-            elif codec_block(method.split(" ")[0]):
+            elif model_channel(method.split(" ")[0]):
                 style = "-o"
             else:
                 style = "--x"

@@ -35,7 +35,7 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from models.evaluate import evaluate, format_table
 
-    report = evaluate(args.model, args.data, device=args.device, limit=args.limit, codec=args.codec,
+    report = evaluate(args.model, args.data, device=args.device, limit=args.limit, channel=args.codec,
                       quality=args.quality, lossless=args.lossless)
     print(format_table(report))
     if args.json:
@@ -430,10 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ckpt-every", dest="ckpt_every", type=int)
     t.add_argument("--minutes", type=float, help="wall-clock budget; the schedule is shortened to fit")
     t.add_argument("--init-from", dest="init_from", help="start from these weights (zoo name or .pt)")
-    t.add_argument("--codec", choices=["jpeg", "webp"], help="train with this lossy codec between the two networks")
-    t.add_argument("--codec-quality", dest="codec_quality", type=int, nargs=2, metavar=("QMIN", "QMAX"),
+    t.add_argument("--codec", dest="channel", choices=["jpeg", "webp"], help="train with this lossy codec between the two networks")
+    t.add_argument("--codec-quality", dest="channel_quality", type=int, nargs=2, metavar=("QMIN", "QMAX"),
                    help="quality band of the codec in the loop (default 30 90)")
-    t.add_argument("--codec-gradient", dest="codec_gradient", choices=["ste", "proxy"],
+    t.add_argument("--codec-gradient", dest="channel_gradient", choices=["ste", "proxy"],
                    help="gradient around the codec: straight-through or a differentiable JPEG (default ste)")
     t.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     t.add_argument("--fresh", action="store_true", help="ignore an existing last.pt instead of resuming")

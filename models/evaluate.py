@@ -6,11 +6,12 @@ with `scale` pixels shaved from every border, and PSNR also on RGB with the same
 `thumb_psnr_y` compares the 8-bit small image with Pillow's bicubic downscale of the same
 original (no shave): is the small image still a faithful thumbnail?
 
-With a lossy small file (`codec`/`quality`, by default a codec-aware model's own, see the zoo's
-"codec" block) the small image goes through that real codec (models.codec_channel) before the
-upscaler, the thumbnail is the *decoded* small image, `bpp` is the coded small image's bits per
-original pixel (image payload only; the archive adds ~0.2 KB of metadata per file), and the
-baselines code Pillow's downscale with the same codec and quality before upscaling it.
+With a lossy channel (`channel`/`quality`: jpeg or webp-lossy, by default a codec-aware model's
+own, see the zoo's "channel" block) the small image goes through that real encoder
+(models.channel) before the upscaler, the thumbnail is the *decoded* small image, `bpp` is the
+coded small image's bits per original pixel (image payload only; the archive adds ~0.2 KB of
+metadata per file), and the baselines code Pillow's downscale through the same channel and quality
+before upscaling it. The report's `channel` is then {format, quality} (None: lossless small image).
 
 A colour-aware grayscale pair (taid-gray, `models.networks.GrayPair`) is evaluated by
 `evaluate_gray`: nothing is scaled, so no mod-crop and no shave; `psnr_rgb` / `psnr_y` / `ssim`
@@ -30,25 +31,25 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models.codec_channel import CODEC_OF_FORMAT, Codec, pillow_encode, real_round_trip
+from models.channel import ChannelFormat, channel_format, pillow_encode, real_round_trip
 from models.data import list_images, mod_crop, read_rgb, to_tensor
 from models.metrics import psnr, psnr_y, ssim_y, to_uint8
 from models.networks import GrayPair, TaskAwarePair
-from models.zoo import load_pair, zoo_table
+from models.zoo import entry_channel, load_pair, zoo_table
 
 BASELINES = {"bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
 
 
 def pil_down_up(
-    img: np.ndarray, scale: int, method: Image.Resampling, codec: Codec | None = None, q: int = 90
+    img: np.ndarray, scale: int, method: Image.Resampling, channel: ChannelFormat | None = None, q: int = 90
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(small, restored, coded bytes) with the same Pillow filter both ways, the small image
-    optionally through `codec` at quality `q` in between."""
+    optionally through the lossy `channel` at quality `q` in between."""
     h, w = img.shape[:2]
     small = Image.fromarray(img).resize((w // scale, h // scale), method)
     nbytes = 0
-    if codec:
-        data = pillow_encode(small, codec, q)
+    if channel:
+        data = pillow_encode(small, channel, q)
         nbytes = len(data)
         small = Image.open(io.BytesIO(data)).convert("RGB")
     return np.asarray(small), np.asarray(small.resize((w, h), method)), nbytes
@@ -64,25 +65,25 @@ def quality_of(restored: np.ndarray, original: np.ndarray, scale: int) -> dict[s
 
 @torch.no_grad()
 def round_trip(
-    pair: TaskAwarePair, img: np.ndarray, device: str = "cpu", codec: Codec | None = None, q: int = 90
+    pair: TaskAwarePair, img: np.ndarray, device: str = "cpu", channel: ChannelFormat | None = None, q: int = 90
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """(8-bit small image as the upscaler receives it, 8-bit reconstruction, small bits per small
-    pixel) of an H x W x 3 uint8 image (multiple of scale); `codec` codes the small image first."""
+    pixel) of an H x W x 3 uint8 image (multiple of scale); a lossy `channel` codes the small image first."""
     x = to_tensor(img).to(device).contiguous(memory_format=torch.channels_last)
     small = pair.downscale(x)["small"]
     bits = 0.0
-    if codec:
-        small, bits = real_round_trip(small, codec, [q])
+    if channel:
+        small, bits = real_round_trip(small, channel, [q])
     return to_uint8(small), to_uint8(pair.upscale(small)["restored"]), bits
 
 
-def model_codec(model: str | TaskAwarePair) -> tuple[Codec | None, int | None]:
-    """A codec-aware model's own small-file codec and default quality: the loaded pair's `codec`
+def model_channel(model: str | TaskAwarePair) -> tuple[ChannelFormat | None, int | None]:
+    """A codec-aware model's own lossy channel and default quality: the loaded pair's `channel`
     (models.zoo.load_pair sets it from the zoo entry or the checkpoint), else the zoo's block."""
-    block = getattr(model, "codec", None) if not isinstance(model, str) else zoo_table().get(model, {}).get("codec")
+    block = getattr(model, "channel", None) if not isinstance(model, str) else entry_channel(zoo_table().get(model, {}))
     if not block:
         return None, None
-    return CODEC_OF_FORMAT[block["small_format"]], int(block["quality"])
+    return channel_format(block["small_format"]), int(block["quality"])
 
 
 def _mean(rows: list[dict], keys: tuple[str, ...]) -> dict[str, float]:
@@ -91,14 +92,15 @@ def _mean(rows: list[dict], keys: tuple[str, ...]) -> dict[str, float]:
 
 def evaluate(
     model: str | TaskAwarePair, data: str | list[str], device: str = "cpu", limit: int | None = None,
-    codec: Codec | None = None, quality: int | None = None, lossless: bool = False,
+    channel: str | None = None, quality: int | None = None, lossless: bool = False,
 ) -> dict:
     """`data` is a folder / URI of images, or an explicit list of image URIs (a held-out split).
 
-    A codec-aware model is evaluated through its own codec and default quality unless `codec` /
-    `quality` say otherwise or `lossless` is set."""
-    default_codec, default_q = model_codec(model)
-    codec = None if lossless else (codec or default_codec)
+    A codec-aware model is evaluated through its own lossy channel and default quality unless
+    `channel` (jpeg or webp-lossy; "webp" is read as webp-lossy) / `quality` say otherwise or
+    `lossless` is set."""
+    default_channel, default_q = model_channel(model)
+    channel = None if lossless else (channel_format(channel) or default_channel)
     q = quality or default_q or 90
     pair = load_pair(model, device) if isinstance(model, str) else model.to(device).eval()
     pair = pair.to(memory_format=torch.channels_last)
@@ -108,21 +110,21 @@ def evaluate(
     if not uris:
         raise FileNotFoundError(f"no images under {data}")
     if isinstance(pair, GrayPair):
-        if codec:
-            raise ValueError("the grey pair is evaluated on its lossless small image only (no --codec)")
+        if channel:
+            raise ValueError("the grey pair is evaluated on its lossless small image only (no lossy channel)")
         baseline = zoo_table().get(model, {}).get("baseline") if isinstance(model, str) else None
         return evaluate_gray(pair, uris, data, device, baseline)
     rows, base_rows = [], {name: [] for name in BASELINES}
     for uri in uris:
         img = mod_crop(read_rgb(uri), s)
-        small, restored, bits = round_trip(pair, img, device, codec, q)
+        small, restored, bits = round_trip(pair, img, device, channel, q)
         bicubic_small, _, _ = pil_down_up(img, s, BASELINES["bicubic"])
         row = {"name": Path(uri).stem, **quality_of(restored, img, s), "thumb_psnr_y": psnr_y(small, bicubic_small)}
-        if codec:
+        if channel:
             row["bpp"] = bits / (s * s)
         rows.append(row)
         for name, method in BASELINES.items():
-            _, base, nbytes = pil_down_up(img, s, method, codec, q)
+            _, base, nbytes = pil_down_up(img, s, method, channel, q)
             base_rows[name].append({**quality_of(base, img, s), "bpp": nbytes * 8 / img.shape[0] / img.shape[1]})
     keys = ("psnr_y", "psnr_rgb", "ssim")
     return {
@@ -131,11 +133,11 @@ def evaluate(
         "scale": s,
         "data": data,
         "n_images": len(rows),
-        "small_codec": {"codec": codec, "quality": q} if codec else None,
+        "channel": {"format": channel, "quality": q} if channel else None,
         "conventions": f"mod-crop to {s}, 8-bit outputs, Y = BT.601 luma, shave {s} px (thumb: no shave)",
-        "mean": _mean(rows, (*keys, "thumb_psnr_y", *(("bpp",) if codec else ()))),
+        "mean": _mean(rows, (*keys, "thumb_psnr_y", *(("bpp",) if channel else ()))),
         "images": rows,
-        "baselines": {name: _mean(r, (*keys, *(("bpp",) if codec else ()))) for name, r in base_rows.items()},
+        "baselines": {name: _mean(r, (*keys, *(("bpp",) if channel else ()))) for name, r in base_rows.items()},
     }
 
 
@@ -172,7 +174,7 @@ def evaluate_gray(pair: GrayPair, uris: list[str], data: str, device: str = "cpu
         "scale": 1,
         "data": data,
         "n_images": len(rows),
-        "small_codec": None,
+        "channel": None,
         "conventions": "colour to grey and back: no crop, no shave, 8-bit outputs, Y = BT.601 luma; "
                        "gray_vs_luma_psnr: grey small image vs Pillow convert('L')",
         **mean,
@@ -187,9 +189,9 @@ def format_table(report: dict) -> str:
     if "gray_vs_luma_psnr" in report:
         return _format_gray(report)
     lines = [f"{report['model']} x{report['scale']} on {report['data']} ({report['n_images']} images)"]
-    if report.get("small_codec"):
-        c = report["small_codec"]
-        lines[0] += f", small image coded as {c['codec']} q{c['quality']} ({report['mean']['bpp']:.3f} bpp)"
+    if report.get("channel"):
+        c = report["channel"]
+        lines[0] += f", small image coded as {c['format']} q{c['quality']} ({report['mean']['bpp']:.3f} bpp)"
     lines.append(f"{'image':<24}{'PSNR-Y':>9}{'PSNR-RGB':>10}{'SSIM':>8}{'thumb-Y':>9}")
     for r in report["images"]:
         lines.append(f"{r['name']:<24}{r['psnr_y']:9.2f}{r['psnr_rgb']:10.2f}{r['ssim']:8.4f}{r['thumb_psnr_y']:9.2f}")

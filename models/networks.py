@@ -132,7 +132,7 @@ class TaskAwarePair(nn.Module):
 
     def forward(self, x: torch.Tensor, channel=None) -> dict[str, torch.Tensor]:
         """`channel` (optional) maps the 8-bit small image to what the upscaler will receive, e.g.
-        a lossy codec round trip (models.codec_channel.CodecChannel); the guidance still sees
+        a lossy JPEG or WebP round trip (models.channel.LossyChannel); the guidance still sees
         the small image before the channel: that is what the encoder is given."""
         self._check(x)
         small_float = self.downscaler(x)
@@ -242,7 +242,7 @@ class GrayPair(nn.Module):
     def forward(self, x: torch.Tensor, channel=None) -> dict[str, torch.Tensor]:
         """Training pass (H, W even); "guide" is the BT.601 luma the grey image is held close to."""
         if channel is not None:
-            raise ValueError("the grey pair is trained without a lossy codec in the loop")
+            raise ValueError("the grey pair is trained without a lossy channel")
         small_float = self.downscaler(x)
         small = quantize_8bit(small_float)
         return {

@@ -16,9 +16,9 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field, field_validator
 
-from models.codec_channel import CodecChannel, real_round_trip
+from models.channel import LEGACY_KEYS, ChannelFormat, LossyChannel, channel_format, real_round_trip
 from models.data import (
     PatchSampler,
     list_images,
@@ -32,6 +32,10 @@ from models.metrics import psnr, psnr_y, to_uint8
 from models.networks import GRAY_TASKS, GrayPair, TaskAwarePair, bicubic_resize, bt601_luma
 
 logger = logging.getLogger(__name__)
+
+
+def _old(field: str) -> list[str]:
+    return [old for old, new in LEGACY_KEYS.items() if new == field]
 
 
 class TrainConfig(BaseModel):
@@ -59,9 +63,22 @@ class TrainConfig(BaseModel):
     ckpt_every: int = 1000
     minutes: float | None = Field(None, description="wall-clock budget: shrink `steps` to fit it")
     init_from: str | None = Field(None, description="weights (zoo name or .pt) to start from, e.g. for fine-tuning")
-    codec: Literal["jpeg", "webp"] | None = Field(None, description="lossy codec in the loop (None: lossless small image)")
-    codec_quality: tuple[int, int] = Field((30, 90), description="quality band; each image draws one uniformly")
-    codec_gradient: Literal["ste", "proxy"] = Field("ste", description="gradient path around the codec")
+    # the lossy channel between TAD and TAU (models.channel); stored configs before issue 22 named
+    # these codec / codec_quality / codec_gradient and said "webp": still read, written anew
+    channel: ChannelFormat | None = Field(
+        None, validation_alias=AliasChoices("channel", *_old("channel")),
+        description="lossy channel in the loop: jpeg or webp-lossy (None: lossless small image)")
+    channel_quality: tuple[int, int] = Field(
+        (30, 90), validation_alias=AliasChoices("channel_quality", *_old("channel_quality")),
+        description="the channel's quality band; each image draws one uniformly")
+    channel_gradient: Literal["ste", "proxy"] = Field(
+        "ste", validation_alias=AliasChoices("channel_gradient", *_old("channel_gradient")),
+        description="gradient path around the channel")
+
+    @field_validator("channel", mode="before")
+    @classmethod
+    def _channel_spelling(cls, value):
+        return channel_format(value)
 
 
 def build_pair(cfg: TrainConfig) -> TaskAwarePair | GrayPair:
@@ -70,11 +87,11 @@ def build_pair(cfg: TrainConfig) -> TaskAwarePair | GrayPair:
     return TaskAwarePair(cfg.scale, cfg.channels, cfg.down_blocks, cfg.up_blocks)
 
 
-def make_channel(cfg: TrainConfig) -> CodecChannel | None:
-    """The codec round trip between downscaler and upscaler, or None for a lossless pair."""
-    if cfg.codec is None:
+def make_channel(cfg: TrainConfig) -> LossyChannel | None:
+    """The lossy round trip between downscaler and upscaler, or None for a lossless pair."""
+    if cfg.channel is None:
         return None
-    return CodecChannel(cfg.codec, *cfg.codec_quality, gradient=cfg.codec_gradient, seed=cfg.seed)
+    return LossyChannel(cfg.channel, *cfg.channel_quality, gradient=cfg.channel_gradient, seed=cfg.seed)
 
 
 def make_optimizer(pair: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -91,7 +108,7 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 
 def train_step(
     pair: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, cfg: TrainConfig, step: int,
-    channel: CodecChannel | None = None,
+    channel: LossyChannel | None = None,
 ) -> dict[str, float]:
     """One optimisation step on a batch of high-resolution patches; `pair` may be DDP-wrapped."""
     for group in optimizer.param_groups:
@@ -115,7 +132,7 @@ def validate(
 ) -> dict[str, float]:
     """Mean Y-PSNR of the 8-bit reconstruction and of the small image against bicubic (shave = scale).
 
-    With a codec in the loop (cfg.codec) the small image goes through the real codec at the low
+    With a lossy channel (cfg.channel) the small image goes through the real encoder at the low
     end, middle and top of the quality band; `psnr_y` / `thumb_psnr_y` are then the means over
     those three (what checkpoints are compared on) and each quality also reports its own numbers
     and the small file's bits per *original* pixel."""
@@ -124,8 +141,8 @@ def validate(
     pair.eval()
     s = pair.scale
     qualities: list[int | None] = [None]
-    if cfg is not None and cfg.codec:
-        lo, hi = cfg.codec_quality
+    if cfg is not None and cfg.channel:
+        lo, hi = cfg.channel_quality
         qualities = sorted({lo, (lo + hi) // 2, hi})
     per_q: dict = {q: {"rec": [], "thumb": [], "bpp": []} for q in qualities}
     for img in images:
@@ -134,7 +151,7 @@ def validate(
         small = pair.downscale(x)["small"]
         guide = to_uint8(bicubic_resize(x, 1.0 / s))
         for q in qualities:
-            received, bpp = (small, 0.0) if q is None else real_round_trip(small, cfg.codec, [q])
+            received, bpp = (small, 0.0) if q is None else real_round_trip(small, cfg.channel, [q])
             restored = pair.upscale(received)["restored"]
             per_q[q]["rec"].append(psnr_y(to_uint8(restored), img, shave=s))
             per_q[q]["thumb"].append(psnr_y(to_uint8(received), guide, shave=1))
@@ -167,7 +184,7 @@ def validate_gray(pair: GrayPair, images: list[np.ndarray], device: str = "cpu")
 
 
 def save_training_state(
-    path: Path, pair, optimizer, cfg: TrainConfig, step: int, sampler, history, channel: CodecChannel | None = None
+    path: Path, pair, optimizer, cfg: TrainConfig, step: int, sampler, history, channel: LossyChannel | None = None
 ) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(

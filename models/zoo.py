@@ -4,10 +4,12 @@ The table lives in `models/zoo.json` (one entry per model id) so tools can read 
 Python; weights live in `models/weights/<model_id>-<first 8 hex of sha256>.pt` and are verified
 against the full sha256 before `torch.load(..., weights_only=True)` touches them.
 
-Codec-aware pairs (trained with a lossy codec between downscaler and upscaler) carry a `codec`
-block: {"small_format": "webp-lossy" | "jpeg", "quality": default quality, "quality_band": [lo, hi],
-"gradient": "ste" | "proxy"}; `load_pair` sets it as `pair.codec` (None for lossless pairs), and
-the codec writes such a pair's small files in that format and quality unless told otherwise.
+Codec-aware pairs (trained with a lossy channel, JPEG or lossy WebP, between downscaler and
+upscaler: models.channel) carry a `channel` block: {"small_format": "webp-lossy" | "jpeg", "quality":
+default quality, "quality_band": [lo, hi], "gradient": "ste" | "proxy"}; `load_pair` sets it as
+`pair.channel` (None for lossless pairs), and the archive codec writes such a pair's small files in
+that format and quality unless told otherwise. Zoo entries and weights written before issue 22
+call the block / the training settings "codec" (models.channel.LEGACY_KEYS): both are still read.
 """
 
 from __future__ import annotations
@@ -19,16 +21,15 @@ from pathlib import Path
 
 import torch
 
-from models.codec_channel import SMALL_FORMAT
+from models.channel import channel_format, channel_settings
 from models.networks import GRAY_TASKS, TaskAwarePair, pair_from_config
 
 ZOO_FILE = Path(__file__).with_name("zoo.json")
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 ARCH_KEYS = ("scale", "channels", "down_blocks", "up_blocks")
 TASK_KEY = "task"  # in a grey pair's config only: "gray" (taid-gray) or "luma" (its baseline)
-# the training codec (TrainConfig.codec) -> the small format that stores what that pair was trained on
-CODEC_SMALL_FORMAT = SMALL_FORMAT  # training codec -> the small_format its files are written in
-DEFAULT_QUALITY_BAND = (30, 90)  # TrainConfig.codec_quality's default
+DEFAULT_QUALITY_BAND = (30, 90)  # TrainConfig.channel_quality's default
+CHANNEL_KEY, LEGACY_CHANNEL_KEY = "channel", "codec"  # a zoo entry's block; the old name is still read
 
 
 class WeightsError(RuntimeError):
@@ -67,26 +68,31 @@ def resolve(model: str) -> tuple[Path, str | None]:
     raise WeightsError(f"unknown model {model!r}: not in the zoo ({', '.join(sorted(table)) or 'empty'}) and not a .pt file")
 
 
-def codec_defaults(codec: str | None, quality_band=None, gradient: str | None = None) -> dict | None:
-    """The `codec` block of a pair trained with `codec` ("jpeg", "webp" or None = lossless) over
-    `quality_band` [qmin, qmax]: its small format, and the middle of the band as default quality."""
-    if not codec:
+def channel_block(channel: str | None, quality_band=None, gradient: str | None = None, quality: int | None = None) -> dict | None:
+    """The `channel` block of a pair trained through `channel` ("jpeg", "webp-lossy"; the old "webp"
+    is read as "webp-lossy"; None = lossless) over `quality_band` [qmin, qmax]: its small format and
+    default quality (`quality`, else the middle of the band)."""
+    fmt = channel_format(channel)
+    if fmt is None:
         return None
-    if codec not in CODEC_SMALL_FORMAT:
-        raise ValueError(f"unknown training codec {codec!r} (known: {', '.join(CODEC_SMALL_FORMAT)})")
     lo, hi = (int(q) for q in (quality_band or DEFAULT_QUALITY_BAND))
-    return {"small_format": CODEC_SMALL_FORMAT[codec], "quality": (lo + hi) // 2, "quality_band": [lo, hi],
-            "gradient": gradient or "ste"}
+    return {"small_format": fmt, "quality": (lo + hi) // 2 if quality is None else int(quality),
+            "quality_band": [lo, hi], "gradient": gradient or "ste"}
 
 
-def _codec_block(model: str, blob: dict) -> dict | None:
-    """A zoo entry's `codec` block when it has the key; else derived from the checkpoint's
-    train_config (weights files and registry models)."""
+def entry_channel(entry: dict) -> dict | None:
+    """A zoo entry's `channel` block (an entry written before issue 22 calls it `codec`)."""
+    return entry.get(CHANNEL_KEY, entry.get(LEGACY_CHANNEL_KEY))
+
+
+def _channel_block(model: str, blob: dict) -> dict | None:
+    """A zoo entry's `channel` block when it has one; else derived from the checkpoint's
+    train_config (weights files and registry models; old key names read too)."""
     entry = zoo_table().get(model)
-    if entry is not None and "codec" in entry:
-        return entry["codec"]
-    train = blob.get("train_config") or {}
-    return codec_defaults(train.get("codec"), train.get("codec_quality"), train.get("codec_gradient"))
+    if entry is not None and (CHANNEL_KEY in entry or LEGACY_CHANNEL_KEY in entry):
+        return entry_channel(entry)
+    train = channel_settings(blob.get("train_config") or {})
+    return channel_block(train.get("channel"), train.get("channel_quality"), train.get("channel_gradient"))
 
 
 def load_pair(
@@ -128,7 +134,7 @@ def load_pair(
     pair.model_id = blob.get("model_id", model)
     pair.weights_sha256 = actual
     try:
-        pair.codec = _codec_block(model, blob)
+        pair.channel = _channel_block(model, blob)
     except ValueError as exc:
         raise WeightsError(f"weights {path}: {exc}") from exc
     return pair.to(device).eval()
@@ -162,3 +168,44 @@ def export_weights(training_state: str | Path, model_id: str, out_dir: str | Pat
     final = out / f"{model_id}-{sha[:8]}.pt"
     os.replace(tmp, final)
     return final, sha
+
+
+TRAIN_DATA = "T91 + BSD200 (../shared/data/train), every 20th file held out for validation"
+
+
+def zoo_entry(
+    run: str | Path, model_id: str, state: dict, *, hardware: str, command: str, previous: dict | None = None,
+    lead: dict | None = None, recipe: dict | None = None,
+) -> dict:
+    """Export `run`/last.pt (already loaded as `state`) into WEIGHTS_DIR as `model_id` and return its
+    zoo entry (the infra/cpu/add_*_model.py tools): file, sha256, architecture, parameter count, the
+    training record (`lead` goes after the data, `recipe` after the schedule) and `previous`'s
+    metrics. Older files of the id are removed: the zoo keeps one version per id (the registry is
+    where versions accumulate)."""
+    cfg = state["config"]
+    old = list(WEIGHTS_DIR.glob(f"{model_id}-*.pt"))
+    path, sha = export_weights(Path(run) / "last.pt", model_id, WEIGHTS_DIR)
+    for f in old:
+        if f != path:
+            f.unlink()
+    return {
+        "file": path.name,
+        "sha256": sha,
+        "config": arch_config(cfg),
+        "parameters": sum(v.numel() for v in state["state_dict"].values()),
+        "training": {
+            "data": TRAIN_DATA,
+            **(lead or {}),
+            "steps": state["step"],
+            "batch": cfg["batch"],
+            "patch": cfg["patch"],
+            "lr": cfg["lr"],
+            "schedule": f"Adam(0.9, 0.99), {cfg['warmup_steps']} warm-up steps, cosine to {cfg['min_lr_ratio']} x lr, "
+                        f"grad clip {cfg['grad_clip']}",
+            **(recipe or {}),
+            "seed": cfg["seed"],
+            "hardware": hardware,
+            "command": command,
+        },
+        "metrics": (previous or {}).get("metrics", {}),
+    }

@@ -1,5 +1,5 @@
-"""Codec-aware pairs (trained with a lossy codec between the two networks), in process: the
-model's `codec` block (zoo entry or checkpoint train_config), its small format and quality as
+"""Codec-aware pairs (trained with a lossy channel between the two networks), in process: the
+model's `channel` block (zoo entry or checkpoint train_config), its small format and quality as
 defaults, overrides, what the record says, and rehydration through `pipeline.archive.access`.
 
 The pair here is the shipped taid-x2 weights re-labelled as a codec-aware model in a temporary
@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import models.zoo as zoo
-from models.zoo import codec_defaults, load_pair, sha256_file
+from models.zoo import channel_block, load_pair, sha256_file
 from pipeline.codec.options import CodecOptions, RehydrateError
 from pipeline.codec.image import compress_image, decode_output, rehydrate_image
 from pipeline.codec.small_file import SUFFIX, is_lossless_webp
@@ -30,7 +30,8 @@ BLOCK = {"small_format": "webp-lossy", "quality": 75, "quality_band": [30, 90], 
 @pytest.fixture(scope="module")
 def codec_zoo(tmp_path_factory):
     """A zoo with the real entries plus MODEL (taid-x2's weights, model_id and train_config
-    saying codec webp over [40, 80]); yields the MODEL weights path."""
+    saying, with the keys and spelling of before issue 22, codec webp over [40, 80]); yields the
+    MODEL weights path."""
     folder = tmp_path_factory.mktemp("zoo")
     table = zoo.zoo_table()
     for entry in table.values():
@@ -43,7 +44,7 @@ def codec_zoo(tmp_path_factory):
     torch.save(blob, tmp)
     sha = sha256_file(tmp)
     weights = tmp.rename(folder / f"{MODEL}-{sha[:8]}.pt")
-    table[MODEL] = {**table["taid-x2"], "file": weights.name, "sha256": sha, "codec": BLOCK}
+    table[MODEL] = {**table["taid-x2"], "file": weights.name, "sha256": sha, "channel": BLOCK}
     (folder / "zoo.json").write_text(json.dumps(table))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(zoo, "ZOO_FILE", folder / "zoo.json")
@@ -69,22 +70,24 @@ def photo(h: int = 64, w: int = 96, fmt: str = "JPEG") -> bytes:
     return buf.getvalue()
 
 
-def test_codec_defaults():
-    assert codec_defaults(None) is None and codec_defaults("") is None
-    assert codec_defaults("webp", [30, 90]) == {"small_format": "webp-lossy", "quality": 60, "quality_band": [30, 90],
-                                                "gradient": "ste"}
-    assert codec_defaults("jpeg", (20, 50), "proxy") == {"small_format": "jpeg", "quality": 35,
-                                                         "quality_band": [20, 50], "gradient": "proxy"}
-    assert codec_defaults("jpeg")["quality_band"] == list(zoo.DEFAULT_QUALITY_BAND)
+def test_channel_block():
+    assert channel_block(None) is None and channel_block("") is None
+    want = {"small_format": "webp-lossy", "quality": 60, "quality_band": [30, 90], "gradient": "ste"}
+    assert channel_block("webp-lossy", [30, 90]) == want
+    assert channel_block("webp", [30, 90]) == want  # the old spelling, as stored before issue 22
+    assert channel_block("jpeg", (20, 50), "proxy") == {"small_format": "jpeg", "quality": 35,
+                                                        "quality_band": [20, 50], "gradient": "proxy"}
+    assert channel_block("jpeg", (20, 50), quality=45)["quality"] == 45
+    assert channel_block("jpeg")["quality_band"] == list(zoo.DEFAULT_QUALITY_BAND)
     with pytest.raises(ValueError, match="avif"):
-        codec_defaults("avif")
+        channel_block("avif")
 
 
-def test_load_pair_sets_codec(codec_zoo, lossy, x2):
-    assert x2.codec is None  # lossless zoo entries have no codec block
-    assert lossy.codec == BLOCK and lossy.model_id == MODEL  # the zoo entry's block wins
-    by_file = load_pair(str(codec_zoo))  # not a zoo id: derived from the checkpoint's train_config
-    assert by_file.codec == {"small_format": "webp-lossy", "quality": 60, "quality_band": [40, 80], "gradient": "ste"}
+def test_load_pair_sets_channel(codec_zoo, lossy, x2):
+    assert x2.channel is None  # lossless zoo entries have no channel block
+    assert lossy.channel == BLOCK and lossy.model_id == MODEL  # the zoo entry's block wins
+    by_file = load_pair(str(codec_zoo))  # not a zoo id: derived from the checkpoint's (old-style) train_config
+    assert by_file.channel == {"small_format": "webp-lossy", "quality": 60, "quality_band": [40, 80], "gradient": "ste"}
 
 
 def test_model_defaults_are_used_and_recorded(lossy):
@@ -114,7 +117,7 @@ def test_explicit_overrides(lossy, x2):
 def test_alpha_falls_back_to_webp_at_the_model_quality(codec_zoo):
     """A jpeg codec-aware pair cannot put alpha into JPEG: lossy WebP at the same quality, recorded."""
     pair = load_pair(MODEL)
-    pair.codec = {**BLOCK, "small_format": "jpeg", "quality": 70}
+    pair.channel = {**BLOCK, "small_format": "jpeg", "quality": 70}
     rgba = np.dstack([np.asarray(Image.open(io.BytesIO(photo(fmt="PNG")))), np.tile(np.arange(96, dtype=np.uint8), (64, 1))])
     buf = io.BytesIO()
     Image.fromarray(rgba, "RGBA").save(buf, "PNG")

@@ -44,7 +44,7 @@ def test_codec_aware_model_defaults_overrides_and_rehydrate(s3, bucket, ray_loca
     from pipeline.archive.access import RehydrateRefused, find_row, rehydrate, rehydrate_row
     from pipeline.codec.small_file import is_lossless_webp
 
-    block = zoo_table()[MODEL]["codec"]
+    block = zoo_table()[MODEL]["channel"]
     fs = s3.filesystem()
     objects = sources()
     for key, data in objects.items():

@@ -49,17 +49,17 @@ def test_codec_aware_weights_beat_lossless_pair_and_bicubic_through_the_codec(
     from models.evaluate import evaluate
     from models.zoo import zoo_table
 
-    block = zoo_table()[model]["codec"]
+    block = zoo_table()[model]["channel"]
     out = tmp_path / "report.json"
     assert main(["eval", "--model", model, "--data", str(SET5), "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    codec = report["small_codec"]
-    assert codec == {"codec": {"webp-lossy": "webp", "jpeg": "jpeg"}[block["small_format"]], "quality": block["quality"]}
+    channel = report["channel"]
+    assert channel == {"format": block["small_format"], "quality": block["quality"]}
     mean = report["mean"]
     # the bar: the decoded small file is still a faithful thumbnail at the default quality
     assert mean["thumb_psnr_y"] >= 32.0
     assert 0 < mean["bpp"] < 2.0
     assert mean["psnr_y"] - report["baselines"]["bicubic"]["psnr_y"] >= min_gain_bicubic
-    base = evaluate(lossless, str(SET5), codec=codec["codec"], quality=codec["quality"])
-    assert base["small_codec"] == codec
+    base = evaluate(lossless, str(SET5), channel=channel["format"], quality=channel["quality"])
+    assert base["channel"] == channel
     assert mean["psnr_y"] - base["mean"]["psnr_y"] >= min_gain_lossless

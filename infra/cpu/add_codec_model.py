@@ -1,11 +1,12 @@
-"""Export a codec-aware training run into the model zoo (weights file + models/zoo.json entry).
+"""Export a codec-aware training run (a pair trained with a lossy channel) into the model zoo
+(weights file + models/zoo.json entry).
 
     python infra/cpu/add_codec_model.py --run runs/codec/x2-webp --id taid-x2-webp --quality 75 \
         --hardware "2-core CPU VM" --command "taid train ..."
 
 Writes models/weights/<id>-<sha8>.pt (older files of the same id are removed: the zoo keeps one
 version per id; the registry is where versions accumulate) and the entry's file, sha256,
-architecture, recipe and "codec" block (the small format and default quality compress-archive
+architecture, recipe and "channel" block (the small format and default quality compress-archive
 uses for this model). Metrics are added by `python benchmarks/quality.py --update-zoo`.
 """
 
@@ -19,8 +20,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from models.codec_channel import SMALL_FORMAT  # noqa: E402
-from models.zoo import ARCH_KEYS, WEIGHTS_DIR, ZOO_FILE, export_weights, zoo_table  # noqa: E402
+from models.channel import channel_settings  # noqa: E402
+from models.zoo import CHANNEL_KEY, ZOO_FILE, channel_block, zoo_entry, zoo_table  # noqa: E402
 
 
 def main() -> None:
@@ -34,43 +35,23 @@ def main() -> None:
 
     state = torch.load(Path(args.run) / "last.pt", map_location="cpu", weights_only=True)
     cfg = state["config"]
-    if not cfg.get("codec"):
-        raise SystemExit(f"{args.run} was trained without a codec in the loop")
-    lo, hi = cfg["codec_quality"]
-    old = [f for f in WEIGHTS_DIR.glob(f"{args.id}-*.pt")]
-    path, sha = export_weights(Path(args.run) / "last.pt", args.id, WEIGHTS_DIR)
-    for f in old:
-        if f != path:
-            f.unlink()
-    params = sum(v.numel() for v in state["state_dict"].values())
+    loop = channel_settings(cfg)  # a run from before issue 22 stored codec / codec_quality / codec_gradient
+    if not loop.get("channel"):
+        raise SystemExit(f"{args.run} was trained without a lossy channel in the loop")
+    block = channel_block(loop["channel"], loop["channel_quality"], loop["channel_gradient"], args.quality)
+    lo, hi = block["quality_band"]
     table = zoo_table()
-    table[args.id] = {
-        "file": path.name,
-        "sha256": sha,
-        "config": {k: cfg[k] for k in ARCH_KEYS},
-        "parameters": params,
-        "codec": {"small_format": SMALL_FORMAT[cfg["codec"]], "quality": args.quality, "quality_band": [lo, hi],
-                  "gradient": cfg["codec_gradient"]},
-        "training": {
-            "data": "T91 + BSD200 (../shared/data/train), every 20th file held out for validation",
-            "init_from": cfg["init_from"],
-            "steps": state["step"],
-            "batch": cfg["batch"],
-            "patch": cfg["patch"],
-            "lr": cfg["lr"],
-            "schedule": f"Adam(0.9, 0.99), {cfg['warmup_steps']} warm-up steps, cosine to {cfg['min_lr_ratio']} x lr, "
-                        f"grad clip {cfg['grad_clip']}",
-            "guidance_weight": cfg["guidance_weight"],
-            "codec_in_loop": f"{cfg['codec']} q{lo}-{hi} (one quality per image, uniform), "
-                             f"gradient: {cfg['codec_gradient']}",
-            "seed": cfg["seed"],
-            "hardware": args.hardware,
-            "command": args.command,
-        },
-        "metrics": table.get(args.id, {}).get("metrics", {}),
-    }
+    entry = zoo_entry(
+        args.run, args.id, state, hardware=args.hardware, command=args.command, previous=table.get(args.id),
+        lead={"init_from": cfg["init_from"]},
+        recipe={"guidance_weight": cfg["guidance_weight"],
+                "channel": f"{block['small_format']} q{lo}-{hi} (one quality per image, uniform), "
+                           f"gradient: {block['gradient']}"},
+    )
+    training, metrics = entry.pop("training"), entry.pop("metrics")  # the block goes before them, as before
+    table[args.id] = {**entry, CHANNEL_KEY: block, "training": training, "metrics": metrics}
     ZOO_FILE.write_text(json.dumps(table, indent=2) + "\n")
-    print(f"{args.id}: {path} sha256 {sha} ({params} parameters, step {state['step']})")
+    print(f"{args.id}: {entry['file']} sha256 {entry['sha256']} ({entry['parameters']} parameters, step {state['step']})")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from models.zoo import WEIGHTS_DIR, ZOO_FILE, arch_config, export_weights, zoo_table  # noqa: E402
+from models.zoo import ZOO_FILE, zoo_entry, zoo_table  # noqa: E402
 
 GRAY_ID, BASELINE_ID = "taid-gray", "taid-gray-luma"
 
@@ -28,35 +28,13 @@ GRAY_ID, BASELINE_ID = "taid-gray", "taid-gray-luma"
 def entry(run: Path, model_id: str, hardware: str, command: str, table: dict, loss: str | None = None) -> dict:
     state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
     cfg = state["config"]
-    old = list(WEIGHTS_DIR.glob(f"{model_id}-*.pt"))
-    path, sha = export_weights(run / "last.pt", model_id, WEIGHTS_DIR)
-    for f in old:
-        if f != path:
-            f.unlink()
-    params = sum(v.numel() for v in state["state_dict"].values())
-    print(f"{model_id}: {path} sha256 {sha} ({params} parameters, step {state['step']} of {cfg['steps']})")
-    return {
-        "file": path.name,
-        "sha256": sha,
-        "config": arch_config(cfg),
-        "parameters": params,
-        "training": {
-            "data": "T91 + BSD200 (../shared/data/train), every 20th file held out for validation",
-            "task": cfg["task"],
-            "steps": state["step"],
-            "batch": cfg["batch"],
-            "patch": cfg["patch"],
-            "lr": cfg["lr"],
-            "schedule": f"Adam(0.9, 0.99), {cfg['warmup_steps']} warm-up steps, cosine to {cfg['min_lr_ratio']} x lr, "
-                        f"grad clip {cfg['grad_clip']}",
-            "loss": loss or "L1 reconstruction (RGB)" + (f" + {cfg['guidance_weight']} x L1 guidance of the 8-bit grey image "
-                                                  "to BT.601 luma" if cfg["task"] == "gray" else ", TAU only"),
-            "seed": cfg["seed"],
-            "hardware": hardware,
-            "command": command,
-        },
-        "metrics": table.get(model_id, {}).get("metrics", {}),
-    }
+    loss = loss or "L1 reconstruction (RGB)" + (f" + {cfg['guidance_weight']} x L1 guidance of the 8-bit grey image "
+                                                "to BT.601 luma" if cfg["task"] == "gray" else ", TAU only")
+    out = zoo_entry(run, model_id, state, hardware=hardware, command=command, previous=table.get(model_id),
+                    lead={"task": cfg["task"]}, recipe={"loss": loss})
+    print(f"{model_id}: {out['file']} sha256 {out['sha256']} ({out['parameters']} parameters, "
+          f"step {state['step']} of {cfg['steps']})")
+    return out
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ bottom/right to a multiple of `scale`, downscaled to ceil(W/scale) x ceil(H/scal
 `out_height`), and on rehydration upscaled and cropped back to exactly W x H.
 
 Small format and quality default to the model's (`small_file_settings`): a codec-aware pair (one
-trained with WebP or JPEG between its two networks, `pair.codec` from models.zoo) writes that
+trained with WebP or JPEG between its two networks, `pair.channel` from models.zoo) writes that
 lossy format at its default quality, any other pair lossless PNG; the record's `output_format`
 and `small_quality` say what was written.
 
@@ -43,7 +43,7 @@ from pipeline.codec import formats, image_io, small_file, tiling
 from pipeline.codec import layer as enhancement
 from pipeline.codec.options import CODEC_VERSION, DEFAULT_MAX_PIXELS, CodecOptions, CompressRecord, Encoded, RehydrateError  # noqa: F401  (re-exported for callers of the codec)
 
-DEFAULT_SMALL_FORMAT = "png"  # for lossless pairs; a codec-aware pair's `codec` block says its own
+DEFAULT_SMALL_FORMAT = "png"  # for lossless pairs; a codec-aware pair's `channel` block says its own
 DEFAULT_QUALITY = 90  # for a lossy small format the pair was not trained for
 
 
@@ -70,15 +70,15 @@ def _through_pair(pair, arr: np.ndarray, scale: int, tile: int, up: bool, grey: 
 
 
 def small_file_settings(pair, small_format: str | None = None, quality: int | None = None) -> tuple[str, int | None]:
-    """(small format, quality) with the model's defaults filled in: a codec-aware pair's `codec`
+    """(small format, quality) with the model's defaults filled in: a codec-aware pair's `channel`
     block (models.zoo), else png. The model's quality goes with the model's format only: another
     lossy format gets DEFAULT_QUALITY. Quality is None for the lossless formats."""
-    codec = getattr(pair, "codec", None) or {}
-    fmt = small_format or codec.get("small_format") or DEFAULT_SMALL_FORMAT
+    channel = getattr(pair, "channel", None) or {}
+    fmt = small_format or channel.get("small_format") or DEFAULT_SMALL_FORMAT
     if fmt not in small_file.LOSSY_FORMATS:
         return fmt, None
     if quality is None:
-        quality = codec.get("quality") if fmt == codec.get("small_format") else None
+        quality = channel.get("quality") if fmt == channel.get("small_format") else None
     return fmt, int(quality) if quality is not None else DEFAULT_QUALITY
 
 

@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
-from models.codec_channel import CODEC_OF_FORMAT
 from models.data import PatchSampler, list_images, read_rgb, split_holdout
 from models.evaluate import evaluate
 from models.training import TrainConfig, make_channel, make_optimizer, train_step
@@ -49,7 +48,8 @@ class FinetuneConfig(BaseModel):
     lr: float = 1e-4
     warmup_steps: int = 20
     guidance_weight: float | None = Field(
-        None, description="None: 1.0 for a codec-aware base (lower let the thumbnail drift under the codec), else 0.03"
+        None, description="None: 1.0 for a codec-aware base (lower let the thumbnail drift through its lossy channel), "
+                          "else 0.03"
     )
     holdout_every: int = Field(5, description="every n-th domain image is held out for the before/after comparison")
     ckpt_every: int = 100
@@ -59,14 +59,14 @@ class FinetuneConfig(BaseModel):
     seed: int = 0
     fail_at_step: int | None = Field(None, description="testing: fail once at this step to exercise resume")
 
-    def train_config(self, arch: dict, codec: dict | None = None) -> TrainConfig:
-        """`codec` is the base pair's codec block: a codec-aware base is fine-tuned with the same
-        codec and quality band in the loop, so the tuned pair stays codec-aware."""
+    def train_config(self, arch: dict, channel: dict | None = None) -> TrainConfig:
+        """`channel` is the base pair's channel block (models.zoo): a codec-aware base is fine-tuned
+        with the same lossy channel and quality band in the loop, so the tuned pair stays codec-aware."""
         loop = {}
-        if codec:
-            loop = {"codec": CODEC_OF_FORMAT[codec["small_format"]], "codec_quality": tuple(codec["quality_band"]),
-                    "codec_gradient": codec["gradient"]}
-        guidance = self.guidance_weight if self.guidance_weight is not None else (1.0 if codec else 0.03)
+        if channel:
+            loop = {"channel": channel["small_format"], "channel_quality": tuple(channel["quality_band"]),
+                    "channel_gradient": channel["gradient"]}
+        guidance = self.guidance_weight if self.guidance_weight is not None else (1.0 if channel else 0.03)
         return TrainConfig(
             **arch, guidance_weight=guidance, data=[self.data], patch=self.patch, batch=self.batch,
             steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps, seed=self.seed, **loop,
@@ -125,7 +125,7 @@ def train_loop_per_worker(config: dict) -> None:
         sampler.load_state(state["sampler"][rank % len(state["sampler"])])
     model = ray.train.torch.prepare_model(pair)  # DDP (gloo on CPU, nccl on GPU), moved to the device
     optimizer = make_optimizer(model, tcfg)
-    channel = make_channel(tcfg)  # a codec-aware base keeps its codec in the loop (seeded per rank)
+    channel = make_channel(tcfg)  # a codec-aware base keeps its lossy channel in the loop (seeded per rank)
     if channel is not None:
         channel.rng = np.random.default_rng(tcfg.seed + rank + 1000 * step)
     if state is not None:
@@ -177,7 +177,7 @@ def run_finetune(cfg: FinetuneConfig, log=None) -> dict:
     if not train_uris or not held_uris:
         raise ValueError(f"{cfg.data}: need images for training and a held-out split, found {len(uris)}")
     base = load_pair(cfg.base, registry=cfg.out)
-    tcfg = cfg.train_config(base.arch, getattr(base, "codec", None))
+    tcfg = cfg.train_config(base.arch, base.channel)
     storage_path, storage_fs = pyarrow_storage(cfg.storage_path)
     log(f"fine-tuning {cfg.base} -> {cfg.name}: {len(train_uris)} training / {len(held_uris)} held-out images, "
         f"{cfg.workers} workers, gpu={use_gpu}")

@@ -1,13 +1,17 @@
-"""The lossy codec inside the training loop: the small image goes through real Pillow JPEG or
-WebP encode/decode between the downscaler and the upscaler, as it will in the archive.
+"""The lossy channel of training: between the downscaler (TAD) and the upscaler (TAU) the small
+image goes through a real Pillow JPEG or lossy-WebP encode/decode, as it will in the archive.
 
-Forward pass: the *real* codec, with the exact encoder settings `pipeline.codec.small_file` uses, so the
-upscaler trains on the very artefacts it will meet. Backward pass (the codec has no gradient):
+The channel's formats are spelled as the archive's small formats (`pipeline.codec.small_file`):
+"jpeg" and "webp-lossy". Training configs stored before that spelled lossy WebP "webp" and called
+the three settings codec / codec_quality / codec_gradient (LEGACY_KEYS); they are still read.
 
-- `ste`: straight-through, the codec counts as the identity for the downscaler's gradient;
+Forward pass: the *real* encoder, with the exact settings `pipeline.codec.small_file` uses, so the
+upscaler trains on the very artefacts it will meet. Backward pass (the encoder has no gradient):
+
+- `ste`: straight-through, the channel counts as the identity for the downscaler's gradient;
 - `proxy`: the gradient of a differentiable JPEG (8x8 DCT of YCbCr, the quality-scaled IJG
   quantisation tables, soft rounding) at a matching quality, so the downscaler learns that
-  high frequencies are what the codec throws away. The forward value is still the real codec:
+  high frequencies are what the channel throws away. The forward value is still the real one:
   `proxy(x) + (real(x) - proxy(x)).detach()`. WebP (VP8) is also a block-DCT codec; its proxy
   is the JPEG one at the same quality number, a rough but monotone match.
 
@@ -26,29 +30,52 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-Codec = Literal["jpeg", "webp"]
+ChannelFormat = Literal["jpeg", "webp-lossy"]
 Gradient = Literal["ste", "proxy"]
-SMALL_FORMAT = {"jpeg": "jpeg", "webp": "webp-lossy"}  # the pipeline's small_format for each codec
-CODEC_OF_FORMAT = {fmt: codec for codec, fmt in SMALL_FORMAT.items()}
+CHANNEL_FORMATS: tuple[str, ...] = ("jpeg", "webp-lossy")  # the small format a channel-trained pair's files use
+LEGACY_FORMATS = {"webp": "webp-lossy"}  # stored training configs before issue 22 said "webp" for lossy WebP
+# stored training configs before issue 22: old key -> TrainConfig field (weights blobs, checkpoints)
+LEGACY_KEYS = {"codec": "channel", "codec_quality": "channel_quality", "codec_gradient": "channel_gradient"}
 
 
-def pillow_encode(img: Image.Image, codec: Codec, quality: int) -> bytes:
+def channel_format(name: str | None) -> ChannelFormat | None:
+    """A channel format as now spelled ("webp" read as "webp-lossy"); None or "" for no channel."""
+    if not name:
+        return None
+    fmt = LEGACY_FORMATS.get(name, name)
+    if fmt not in CHANNEL_FORMATS:
+        raise ValueError(f"unknown channel format {name!r} (known: {', '.join(CHANNEL_FORMATS)})")
+    return fmt
+
+
+def channel_settings(train_config: dict) -> dict:
+    """channel / channel_quality / channel_gradient of a stored training config, old keys read too."""
+    out = {new: train_config[old] for old, new in LEGACY_KEYS.items() if old in train_config}
+    out.update({k: train_config[k] for k in LEGACY_KEYS.values() if k in train_config})  # the new key wins
+    if "channel" in out:
+        out["channel"] = channel_format(out["channel"])
+    return out
+
+
+def pillow_encode(img: Image.Image, fmt: ChannelFormat, quality: int) -> bytes:
     """The small-file encoder settings (pipeline.codec.small_file.encode_small), without metadata."""
     buf = io.BytesIO()
-    if codec == "jpeg":
+    if fmt == "jpeg":
         img.save(buf, "JPEG", quality=quality, subsampling=0)
-    else:
+    elif fmt == "webp-lossy":
         img.save(buf, "WEBP", quality=quality, method=4, exact=True)
+    else:
+        raise ValueError(f"unknown channel format {fmt!r} (known: {', '.join(CHANNEL_FORMATS)})")
     return buf.getvalue()
 
 
-def real_round_trip(small: torch.Tensor, codec: Codec, qualities: list[int]) -> tuple[torch.Tensor, float]:
+def real_round_trip(small: torch.Tensor, fmt: ChannelFormat, qualities: list[int]) -> tuple[torch.Tensor, float]:
     """Encode and decode every image of an N x 3 x h x w batch (values in [0, 1], 8-bit levels)
     at its own quality; returns the decoded batch and the mean bits per small pixel."""
     arr = (small.detach().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     out, bits = np.empty_like(arr), 0
     for i, q in enumerate(qualities):
-        data = pillow_encode(Image.fromarray(arr[i]), codec, int(q))
+        data = pillow_encode(Image.fromarray(arr[i]), fmt, int(q))
         bits += 8 * len(data)
         out[i] = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     decoded = torch.from_numpy(out).to(small.device).permute(0, 3, 1, 2).float() / 255.0
@@ -110,23 +137,24 @@ def jpeg_proxy(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     return rgb[..., :h, :w]
 
 
-class CodecChannel:
+class LossyChannel:
     """Callable small -> decoded small with a gradient path; `last_bpp` holds the bits per small
     pixel of the latest batch (for logging the rate the pair is being trained at)."""
 
-    def __init__(self, codec: Codec, q_min: int, q_max: int, gradient: Gradient = "ste", seed: int = 0):
-        if codec not in SMALL_FORMAT:
-            raise ValueError(f"codec must be one of {tuple(SMALL_FORMAT)}, got {codec!r}")
+    def __init__(self, fmt: str, q_min: int, q_max: int, gradient: Gradient = "ste", seed: int = 0):
+        fmt = channel_format(fmt)
+        if fmt is None:
+            raise ValueError("a lossy channel needs a format (jpeg or webp-lossy)")
         if not 1 <= q_min <= q_max <= 100:
             raise ValueError(f"need 1 <= q_min <= q_max <= 100, got {q_min}..{q_max}")
-        self.codec, self.q_min, self.q_max, self.gradient = codec, q_min, q_max, gradient
+        self.format, self.q_min, self.q_max, self.gradient = fmt, q_min, q_max, gradient
         self.rng = np.random.default_rng(seed)
         self.last_bpp = float("nan")
 
     def __call__(self, small: torch.Tensor, qualities: list[int] | None = None) -> torch.Tensor:
         if qualities is None:
             qualities = self.rng.integers(self.q_min, self.q_max + 1, size=small.shape[0]).tolist()
-        decoded, self.last_bpp = real_round_trip(small, self.codec, qualities)
+        decoded, self.last_bpp = real_round_trip(small, self.format, qualities)
         if self.gradient == "ste":
             return small + (decoded - small).detach()
         proxy = jpeg_proxy(small, torch.tensor(qualities, device=small.device))
