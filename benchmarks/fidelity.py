@@ -116,7 +116,7 @@ def measure(path: Path, i: int, specs: dict, pairs: dict) -> dict:
                 "ratio_to_avif": stored / avif if avif else None, "ratio_to_webp": stored / webp if webp else None,
                 "ratio_to_avif_default": stored / avif_default if avif_default else None,
                 "ratio_to_avif_plus_preview": stored / (avif + len(buf.getvalue())) if avif else None,
-                "preview_only_psnr_y": psnr_y(decode(codec.rehydrate_image(small, None, pair, layer=layer, skip_layer=True)), src),
+                "preview_only_psnr_y": psnr_y(decode(codec.rehydrate_image(small, None, pair, layer=layer, preview=True)), src),
             })
         out["runs"][label] = run
     return out

@@ -155,7 +155,7 @@ def _rehydrate_file(args: argparse.Namespace) -> int:
         if fmt and fmt == (meta.get("rehydrate_format") or embedded.get("rehydrate_format") or "png"):
             fmt = None  # the recorded format: keep its recorded quality too
         out = rehydrate_image(small, record, pair, output_format=fmt, quality=args.quality, layer=layer,
-                              skip_layer=args.preview)
+                              preview=args.preview)
     except (RehydrateError, SmallFileError, WeightsError, OSError, ValueError) as exc:
         print(f"{args.input}: cannot rehydrate: {exc}", file=sys.stderr)
         return 2
@@ -267,7 +267,7 @@ def _rehydrate(args: argparse.Namespace) -> int:
 
         try:
             data = rehydrate(args.key, args.archive, output_format=args.format, quality=args.quality, registry=args.registry,
-                             skip_enhancement=args.preview)
+                             preview=args.preview)
         except RehydrateRefused as exc:
             print(f"refused: {exc}", file=sys.stderr)
             return 2
@@ -296,7 +296,7 @@ def rehydrate_params(args: argparse.Namespace):
 
     fields = _ray_fields(args, RehydrateParams)
     fields["output_format"] = args.format
-    fields["skip_enhancement"] = args.preview
+    fields["preview"] = args.preview
     return RehydrateParams(**fields)
 
 

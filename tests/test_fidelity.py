@@ -78,7 +78,7 @@ def test_higher_target_costs_more_and_preview_skips_the_layer(pairs):
     assert size[0] < size[1]
     small, layer, rec = high
     src = decoded_rgb(data)
-    preview = rehydrated(small, None, pairs, skip_layer=True)  # no layer needed at all
+    preview = rehydrated(small, None, pairs, preview=True)  # no layer needed at all
     assert psnr_y(preview, src) < rec.psnr_y - 3
     full = rehydrated(small, layer, pairs)
     assert psnr_y(full, src) >= 40

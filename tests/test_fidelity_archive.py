@@ -51,7 +51,7 @@ def test_default_fidelity_archive(s3, bucket, ray_local, prefect_harness):
         src = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
         full = np.asarray(Image.open(io.BytesIO(rehydrate(key, archive))).convert("RGB"))
         assert psnr_y(full, src) >= 36 and psnr_y(full, src, shave=row["scale"]) >= 36
-        preview = np.asarray(Image.open(io.BytesIO(rehydrate(key, archive, skip_enhancement=True))).convert("RGB"))
+        preview = np.asarray(Image.open(io.BytesIO(rehydrate(key, archive, preview=True))).convert("RGB"))
         assert preview.shape == src.shape and psnr_y(preview, src) < psnr_y(full, src)
 
     # a modified layer is refused, and so is a missing one; the preview still works without it
@@ -64,7 +64,7 @@ def test_default_fidelity_archive(s3, bucket, ray_local, prefect_harness):
     fs.rm(layer_uri)
     with pytest.raises(RehydrateRefused, match="enhancement layer .* is missing"):
         rehydrate(key, archive)
-    assert rehydrate(key, archive, skip_enhancement=True)
+    assert rehydrate(key, archive, preview=True)
     fs.pipe(layer_uri, good)
 
     # many at once (Ray actors): PNG outputs named <key>.png, the verified pixels exactly

@@ -105,9 +105,9 @@ def test_rerun_into_the_same_place_redoes_only_what_it_would_write_differently(a
     as_jpeg = run_rehydrate(RehydrateParams(**ask, output_format="jpeg"))
     assert as_jpeg["already_done"] == 0 and as_jpeg["by_status"] == {"ok": 3}
     assert decoded(fs.cat(f"{archive['bucket']}/again/set5/bird.jpg")).format == "JPEG"
-    preview = run_rehydrate(RehydrateParams(**ask, skip_enhancement=True))
+    preview = run_rehydrate(RehydrateParams(**ask, preview=True))
     assert preview["already_done"] == 0 and preview["by_status"] == {"ok": 3}
-    assert run_rehydrate(RehydrateParams(**ask, skip_enhancement=True))["already_done"] == 3
+    assert run_rehydrate(RehydrateParams(**ask, preview=True))["already_done"] == 3
     assert run_rehydrate(RehydrateParams(**ask, output_format="jpeg"))["already_done"] == 3
     rows = read_manifest(*filesystem(to), schema=RESTORED_SCHEMA).to_pylist()
     assert {(r["restored_uri"].rsplit(".", 1)[-1], r["preview"]) for r in rows} == {("png", False), ("jpg", False),

@@ -96,14 +96,14 @@ def rehydrate_row(
     registry: str | None = None,
     device: str = "cpu",
     storage_options: dict | None = None,
-    skip_enhancement: bool = False,
+    preview: bool = False,
     prepare=None,
 ) -> bytes:
-    """The full image of a manifest row; `skip_enhancement` leaves out its enhancement layer (a
+    """The full image of a manifest row; `preview` leaves out its enhancement layer (a
     fast preview at the small file's own fidelity; the layer is then not even read). `prepare`
     (a worker's) sets how the loaded pair runs: precision, or through a model actor."""
     small = read_small_verified(row, storage_options)
-    layer = None if skip_enhancement else read_layer_verified(row, storage_options)
+    layer = None if preview else read_layer_verified(row, storage_options)
     try:
         pair = _pair(row["model_id"], row["model_sha256"], registry, device)
         if prepare is not None:
@@ -112,7 +112,7 @@ def rehydrate_row(
         raise RehydrateRefused(f"model for {row['source_key']}: {exc}") from exc
     try:
         return rehydrate_image(small, row, pair, output_format=output_format, quality=quality, layer=layer,
-                               skip_layer=skip_enhancement)
+                               preview=preview)
     except RehydrateError as exc:
         raise RehydrateRefused(str(exc)) from exc
 
@@ -124,12 +124,12 @@ def rehydrate(
     quality: int | None = None,
     registry: str | None = None,
     storage_options: dict | None = None,
-    skip_enhancement: bool = False,
+    preview: bool = False,
 ) -> bytes:
     """Image bytes of one archived image at full resolution (the original's format by default)."""
     row = find_row(archive, key_or_uri, storage_options)
     return rehydrate_row(row, output_format, quality, registry, storage_options=storage_options,
-                         skip_enhancement=skip_enhancement)
+                         preview=preview)
 
 
 def rehydrate_pil(key_or_uri: str, archive: str, **kwargs) -> Image.Image:

@@ -129,7 +129,7 @@ class _Candidate(NamedTuple):
     total: int  # bytes stored: small file + layer
     base: Base
     small_quality: int | None
-    layer_codec: str | None = None
+    layer_format: str | None = None
     layer_level: int | None = None
 
 
@@ -569,7 +569,7 @@ def _image_layer(ctx: _Context, pair, base: Base, spec: Fidelity):
         else:
             layer, lcodec, level = full
         q, size = _cheapest_thumbnail(b, ctx.ref, None, None)
-    return _Candidate(total=size + len(layer), base=base, small_quality=q, layer_codec=lcodec, layer_level=level), b, layer
+    return _Candidate(total=size + len(layer), base=base, small_quality=q, layer_format=lcodec, layer_level=level), b, layer
 
 
 def _predicted(ctx: _Context, pair, base: Base, target: float):
@@ -585,7 +585,7 @@ def _predicted(ctx: _Context, pair, base: Base, target: float):
     if residual is None:
         return None
     layer, level = residual
-    return _Candidate(total=size + len(layer), base=base, small_quality=q, layer_codec="avif", layer_level=level), b, layer
+    return _Candidate(total=size + len(layer), base=base, small_quality=q, layer_format="avif", layer_level=level), b, layer
 
 
 def thumbnail_psnr(small: bytes, ref, scale: int) -> float:
@@ -614,8 +614,8 @@ def _finalize(best, ref: Reference, spec: Fidelity, dec, options: codec.CodecOpt
     # prediction-free layer without alpha restores from the layer alone: no TAU, as rehydration)
     with stages("verify"):
         lossless_out = fmt in LOSSLESS_OUTPUTS or fmt == formats.ORIGINAL
-        if (cand.layer_codec in enhancement.PREDICTION_FREE and dec.alpha is None and lossless_out):
-            if cand.layer_codec == "jxl-jpeg":  # encode_jpeg_layer checked it gives the source's bytes back
+        if (cand.layer_format in enhancement.PREDICTION_FREE and dec.alpha is None and lossless_out):
+            if cand.layer_format == "jxl-jpeg":  # encode_jpeg_layer checked it gives the source's bytes back
                 achieved = rgb_psnr = math.inf
             else:
                 shape = _channel(ref.rgb, bool(dec.info["is_gray"])).shape
@@ -631,7 +631,7 @@ def _finalize(best, ref: Reference, spec: Fidelity, dec, options: codec.CodecOpt
         thumb = thumbnail_psnr(small, ref, scale)
     rec = rec.model_copy(update={
         "psnr_y": achieved, "psnr_rgb": rgb_psnr, "thumbnail_psnr": thumb,
-        "enhancement_format": cand.layer_codec, "enhancement_level": cand.layer_level,
+        "enhancement_format": cand.layer_format, "enhancement_level": cand.layer_level,
         "enhancement_size": len(layer) if layer is not None else None,
         "enhancement_sha256": meta["enhancement_sha256"], **stages.columns(),
         "notes": "; ".join(filter(None, [rec.notes, b.note])) or None,

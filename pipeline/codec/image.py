@@ -299,12 +299,12 @@ def _check_layer_sha(want: str | None, layer: bytes) -> None:
         raise RehydrateError("enhancement layer's sha256 differs from the one its small file names: wrong or damaged layer")
 
 
-def enhance(pred: Prediction, layer: bytes | None, skip_layer: bool = False) -> np.ndarray:
+def enhance(pred: Prediction, layer: bytes | None, preview: bool = False) -> np.ndarray:
     """The restored colour pixels: the prediction, plus the enhancement layer its metadata names.
     A layer is checked against the sha256 the small file (or its row) carries; a missing one is
-    refused unless `skip_layer` (a fast preview at the small file's own fidelity)."""
+    refused unless `preview` (a fast preview at the small file's own fidelity)."""
     want = pred.meta.get("enhancement_sha256")
-    if skip_layer or (want is None and layer is None):
+    if preview or (want is None and layer is None):
         return pred.color
     if want is None:
         raise RehydrateError("an enhancement layer was given, but the small file names none: refusing to guess")
@@ -319,21 +319,21 @@ def enhance(pred: Prediction, layer: bytes | None, skip_layer: bool = False) -> 
         raise RehydrateError(str(exc)) from exc
 
 
-def needs_prediction(layer: bytes | None, skip_layer: bool = False) -> bool:
+def needs_prediction(layer: bytes | None, preview: bool = False) -> bool:
     """Whether restoring needs TAU's colour: not when a prediction-free layer (the image itself,
     pipeline.codec.layer.PREDICTION_FREE) is applied."""
-    if skip_layer or layer is None:
+    if preview or layer is None:
         return True
     try:
-        return enhancement.layer_codec(layer) not in enhancement.PREDICTION_FREE
+        return enhancement.layer_format(layer) not in enhancement.PREDICTION_FREE
     except enhancement.LayerError:
         return True  # enhance() says what is wrong with it
 
 
 def _rehydrate_pixels(small: bytes, record: CompressRecord | dict | None, pair, tile: int, layer: bytes | None = None,
-                      skip_layer: bool = False):
-    pred = predict(small, record, pair, tile, color=needs_prediction(layer, skip_layer))
-    color = enhance(pred, layer, skip_layer)
+                      preview: bool = False):
+    pred = predict(small, record, pair, tile, color=needs_prediction(layer, preview))
+    color = enhance(pred, layer, preview)
     return _to_pil(color, pred.alpha, pred.is_gray, pred.has_alpha), pred.meta, pred.icc, pred.exif
 
 
@@ -345,7 +345,7 @@ def rehydrate_image(
     quality: int | None = None,
     tile: int = tiling.DEFAULT_TILE,
     layer: bytes | None = None,
-    skip_layer: bool = False,
+    preview: bool = False,
 ) -> bytes:
     """Full-resolution image bytes, upright, with the original's ICC profile and EXIF (Orientation=1).
     `output_format="original"` (the default of a `--fidelity original` archive) gives the source file
@@ -355,14 +355,14 @@ def rehydrate_image(
     Format: `output_format` if given, else the record's `rehydrate_format` (the source's format
     where it makes sense: JPEG stays JPEG at quality 95, PNG stays PNG; see image_io.default_output).
     `layer`: the enhancement layer the small file names (pipeline.codec.layer), if it has one;
-    `skip_layer` rehydrates without it (preview fidelity)."""
+    `preview` rehydrates without it (preview fidelity)."""
     if (output_format or _embedded_format(small, record)) == formats.ORIGINAL:
-        if not skip_layer and layer is not None:
+        if not preview and layer is not None:
             original = _original_file(small, record, pair, layer)
             if original is not None:
                 return original
         output_format = "png"  # no original file kept (not a JPEG source, or a preview): exact pixels, losslessly
-    img, meta, icc, exif = _rehydrate_pixels(small, record, pair, tile, layer, skip_layer)
+    img, meta, icc, exif = _rehydrate_pixels(small, record, pair, tile, layer, preview)
     return encode_restored(img, meta, icc, exif, output_format, quality)
 
 
@@ -381,7 +381,7 @@ def _original_file(small: bytes, record, pair, layer: bytes) -> bytes | None:
     """The source file itself from a jxl-jpeg layer (None for other layers), after the same checks
     as any rehydration (pair, sha256s) and against the source's sha256 where the row has it."""
     try:
-        if enhancement.layer_codec(layer) != "jxl-jpeg":
+        if enhancement.layer_format(layer) != "jxl-jpeg":
             return None
     except enhancement.LayerError as exc:
         raise RehydrateError(str(exc)) from exc

@@ -209,7 +209,7 @@ def encode_jpeg_layer(jpeg: bytes) -> bytes:
 
 def original_bytes(layer: bytes) -> bytes:
     """The source file a jxl-jpeg layer holds, byte for byte."""
-    if layer_codec(layer) != "jxl-jpeg":
+    if layer_format(layer) != "jxl-jpeg":
         raise LayerError("only a jxl-jpeg layer holds the original file")
     import pillow_jxl
 
@@ -222,7 +222,7 @@ def original_bytes(layer: bytes) -> bytes:
     return bytes(data)
 
 
-def layer_codec(layer: bytes) -> str:
+def layer_format(layer: bytes) -> str:
     if len(layer) < 6 or layer[:3] != MAGIC:
         raise LayerError("not a TAID enhancement layer")
     if layer[3] != VERSION:
@@ -235,7 +235,7 @@ def layer_codec(layer: bytes) -> str:
 
 def apply_layer(prediction: np.ndarray, layer: bytes) -> np.ndarray:
     """prediction (H x W x 3 or H x W uint8) + layer -> the restored pixels, same shape."""
-    codec = layer_codec(layer)
+    codec = layer_format(layer)
     if codec == "jxl-jpeg":
         return _decoded_jpeg(original_bytes(layer), prediction)
     if codec == "avif-bands":

@@ -54,7 +54,7 @@ class Fidelity(BaseModel):
     name: str
     target_psnr: float = Field(gt=0, description="Y-PSNR floor in dB; inf = exact")
     bases: list[Base]
-    layer_codec: Literal["avif", "webp-lossless"] = "avif"
+    layer_format: Literal["avif", "webp-lossless"] = "avif"
     effort: Effort = DEFAULT_EFFORT
     preview_long_side: int = Field(PREVIEW_LONG_SIDE, ge=16, description="long side of the small file when it is "
                                    "only the preview (the layer carries the fidelity)")
@@ -72,8 +72,8 @@ PRESETS: dict[str, Fidelity] = {
         Base(model_id="taid-x4-webp", layer_quality=50)]),
     "standard": Fidelity(name="standard", target_psnr=36.0, bases=_LAYERED),
     "high": Fidelity(name="high", target_psnr=40.0, bases=_LAYERED),
-    "lossless": Fidelity(name="lossless", target_psnr=EXACT, bases=_LAYERED, layer_codec="webp-lossless"),
-    "original": Fidelity(name="original", target_psnr=EXACT, bases=_LAYERED, layer_codec="webp-lossless",
+    "lossless": Fidelity(name="lossless", target_psnr=EXACT, bases=_LAYERED, layer_format="webp-lossless"),
+    "original": Fidelity(name="original", target_psnr=EXACT, bases=_LAYERED, layer_format="webp-lossless",
                          original=True),
 }
 DEFAULT_FIDELITY = "standard"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.codec.formats import RehydrateFormat, SmallFormat, canonical
 from pipeline.codec.options import DEFAULT_MAX_PIXELS, DEFAULT_MODEL
@@ -147,7 +147,8 @@ class RehydrateParams(RayParams):
     output_format: RehydrateFormat | None = Field(
         None, description="png, jpeg, webp, webp-lossy, tiff or original; default: the source's format")
     quality: int | None = Field(None, ge=1, le=100)
-    skip_enhancement: bool = Field(False, description="preview: leave out enhancement layers (the small files' own "
+    preview: bool = Field(False, validation_alias=AliasChoices("preview", "skip_enhancement"),  # its name before 0.3
+                          description="preview: leave out enhancement layers (the small files' own "
                                    "fidelity, faster)")
     dry_run: bool = False
     storage_options: dict = Field(default_factory=dict, repr=False)

@@ -96,6 +96,6 @@ def not_done(params: RehydrateParams, rows: list[dict]) -> list[dict]:
             uri = prefix + restored_path(params, row, root)
         except UnsafeKeyError:
             return False  # the worker refuses it, as a row
-        return (uri, row["output_sha256"], params.skip_enhancement) in done
+        return (uri, row["output_sha256"], params.preview) in done
 
     return [r for r in rows if not done_before(r)]

@@ -123,11 +123,11 @@ class RehydrateWorker(ModelUser):
         try:
             path = restored_path(p, row, self.root)
             data = rehydrate_row(row, p.output_format, p.quality, p.registry, storage_options=p.storage_options,
-                                 skip_enhancement=p.skip_enhancement, device=self.device, prepare=self.prepare)
+                                 preview=p.preview, device=self.device, prepare=self.prepare)
             write_checked(self.fs, path, data)
         except (RehydrateRefused, UnsafeKeyError) as exc:
             return self.rows.refused(row, attempt, exc)
         except Exception as exc:
             return self.rows.failed(row, attempt, exc)
         return self.rows.ok(row, attempt, self.prefix + path, p.output_format or default_format(row), data,
-                            p.skip_enhancement)
+                            p.preview)

@@ -131,7 +131,7 @@ class RestoredRow(ManifestRow):
     restored_format: str | None = None
     restored_size: int | None = None
     restored_sha256: str | None = None
-    preview: bool | None = None  # the enhancement layer was left out (skip_enhancement)
+    preview: bool | None = None  # the enhancement layer was left out (preview)
     width: I32 = None
     height: I32 = None
     model_id: str | None = None

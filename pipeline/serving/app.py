@@ -302,7 +302,7 @@ class ArchiveServer:
         self.storage_reads += 1
         try:
             data = rehydrate_row(row, output_format=query.format, quality=query.quality, registry=self.params.registry,
-                                 device=self.device, storage_options=self.storage, skip_enhancement=preview)
+                                 device=self.device, storage_options=self.storage, preview=preview)
         except SmallFileMissing:
             raise HTTPException(404, "the small file of this key is missing") from None
         except RehydrateRefused as exc:
