@@ -132,6 +132,52 @@ def rehydrate(
                          skip_enhancement=skip_enhancement)
 
 
+def rehydrate_to_file(
+    key_or_uri: str,
+    archive: str,
+    output: str | None = None,
+    output_format: str | None = None,
+    quality: int | None = None,
+    registry: str | None = None,
+    storage_options: dict | None = None,
+    skip_enhancement: bool = False,
+) -> tuple[str, int]:
+    """Rehydrate one archived image into a local file, written atomically: `output`, else the
+    name a batch run would give it (`output_key`'s last part) in the working directory.
+    Returns (file written, its size)."""
+    from pipeline.storage.fs import write_local
+
+    row = find_row(archive, key_or_uri, storage_options)
+    data = rehydrate_row(row, output_format, quality, registry, storage_options=storage_options,
+                         skip_enhancement=skip_enhancement)
+    out = output or output_key(row, output_format).rsplit("/", 1)[-1]
+    write_local(out, data)
+    return out, len(data)
+
+
+# what each output format's file is called (a batch run's names, and a single key's default)
+SUFFIX = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "webp-lossy": ".webp", "tiff": ".tif"}
+
+
+def default_format(row: dict) -> str:
+    """What rehydration writes without an explicit format: PNG for fidelity archives (their verified
+    pixels, exactly), else the source's format (JPEG stays JPEG...)."""
+    if present(row.get("fidelity")):
+        return "png"
+    return (row.get("source_format") or "png").lower()
+
+
+def output_key(row: dict, output_format: str | None) -> str:
+    """The key (relative name) of `row`'s rehydrated image in a given format."""
+    if not output_format:
+        key = row["source_key"]
+        if present(row.get("fidelity")) and not key.lower().endswith(".png"):
+            return key + ".png"  # appended, never replaced: cat.jpg and cat.png stay two files
+        return key
+    stem = row["source_key"].rsplit(".", 1)[0] if "." in row["source_key"].rsplit("/", 1)[-1] else row["source_key"]
+    return stem + SUFFIX.get(output_format.lower(), "." + output_format.lower())
+
+
 def rehydrate_pil(key_or_uri: str, archive: str, **kwargs) -> Image.Image:
     im = Image.open(io.BytesIO(rehydrate(key_or_uri, archive, **kwargs)))
     im.load()

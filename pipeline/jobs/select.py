@@ -9,13 +9,13 @@ import fnmatch
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from pipeline.archive.access import output_key
 from pipeline.jobs.params import RehydrateParams
 from pipeline.manifest.parts import read_manifest
-from pipeline.manifest.rows import RESTORED_SCHEMA, present
+from pipeline.manifest.rows import RESTORED_SCHEMA
 from pipeline.storage.keys import UnsafeKeyError, protocol_prefix, safe_join
 
 REHYDRATE_SCHEMA = RESTORED_SCHEMA  # derived from pipeline.manifest.rows.RestoredRow
-SUFFIX = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "webp-lossy": ".webp", "tiff": ".tif"}
 
 
 def select_rows(params: RehydrateParams) -> list[dict]:
@@ -23,9 +23,11 @@ def select_rows(params: RehydrateParams) -> list[dict]:
     a run_id selection reads only that run's partition), file paths resolved to URIs."""
     from pipeline.manifest.index import ManifestReader, keep_latest_ok, resolve_table, run_rows
 
-    reader = ManifestReader(params.archive, params.storage_options)
+    from pipeline.errors import StorageConfigError
+
+    reader = ManifestReader(params.archive, params.fsspec_options())
     if not reader.has_manifest():
-        raise FileNotFoundError(f"{params.archive} has no manifest")
+        raise StorageConfigError(f"{params.archive} has no manifest: not a compress-archive destination")
     filters = []
     if params.source_keys:
         filters.append(ds.field("source_key").isin(params.source_keys))
@@ -46,24 +48,6 @@ def select_rows(params: RehydrateParams) -> list[dict]:
             if not params.glob or fnmatch.fnmatch(row["source_key"], params.glob):
                 rows.append(row)
     return rows
-
-
-def default_format(row: dict) -> str:
-    """What rehydration writes without an explicit format: PNG for fidelity archives (their verified
-    pixels, exactly), else the source's format (JPEG stays JPEG...)."""
-    if present(row.get("fidelity")):
-        return "png"
-    return (row.get("source_format") or "png").lower()
-
-
-def output_key(row: dict, output_format: str | None) -> str:
-    if not output_format:
-        key = row["source_key"]
-        if present(row.get("fidelity")) and not key.lower().endswith(".png"):
-            return key + ".png"  # appended, never replaced: cat.jpg and cat.png stay two files
-        return key
-    stem = row["source_key"].rsplit(".", 1)[0] if "." in row["source_key"].rsplit("/", 1)[-1] else row["source_key"]
-    return stem + SUFFIX.get(output_format.lower(), "." + output_format.lower())
 
 
 def restored_path(params: RehydrateParams, row: dict, root: str) -> str:

@@ -133,7 +133,7 @@ class ArchiveServer:
     def __init__(self, params: ServeParams):
         from ray.util import metrics
 
-        self.params, self.storage = params, params.storage()
+        self.params, self.storage = params, params.fsspec_options()
         token = os.environ.get(params.token_env)
         self.token_sha256 = params.token_sha256 or (token_digest(token) if token else None)
         if not self.token_sha256 and not params.allow_anonymous:
