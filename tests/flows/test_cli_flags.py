@@ -73,4 +73,4 @@ def test_help_of_every_subcommand_shows_the_models_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["rehydrate", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "items per actor call (default: 2)" in text and "--endpoint-url" in text
+    assert "items per actor call" in text and "when an actor crashes) (default: 2)" in text and "--endpoint-url" in text
