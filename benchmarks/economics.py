@@ -167,7 +167,7 @@ def run_image(data: bytes, presets: list[str], pairs: dict, rows: list, name: st
                 fidelity.EFFORTS[spec.effort] = saved
             stored = len(small) + len(layer or b"")
             out, r_cpu, r_wall = cpu_wall(lambda: codec.rehydrate_image(small, rec, pairs[rec.model_id],
-                                                                         output_format="png", layer=layer))
+                                                                         restored_format="png", layer=layer))
             row = {"image": name, "megapixels": mp, "source_bytes": len(data), "preset": preset, "effort": effort,
                    "status": rec.status, "stored_bytes": stored, "small_bytes": len(small),
                    "layer": rec.enhancement_format, "level": rec.enhancement_level, "preview": [rec.out_width, rec.out_height],

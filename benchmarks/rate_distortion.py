@@ -130,7 +130,7 @@ def measure_image(uri: str) -> dict:
             opts = CodecOptions(model_id=model, scale=pair.scale, small_format=fmt, quality=q or 90)
             small, _, rec = compress_image(data, pair, opts)
             assert rec.ok, rec.error_message
-            restored = np.asarray(decode_output(rehydrate_image(small, rec, pair, output_format="png")).convert("RGB"))
+            restored = np.asarray(decode_output(rehydrate_image(small, rec, pair, restored_format="png")).convert("RGB"))
             thumb = psnr_y(np.asarray(Image.open(io.BytesIO(small)).convert("RGB")), thumb_ref)
             out[(f"{model} {fmt}", str(q or 0))] = _point(len(small), restored, img, thumb)
     for codec, qualities in FULL_QUALITIES.items():

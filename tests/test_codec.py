@@ -151,11 +151,11 @@ def test_rehydrated_format_follows_source(x2):
     assert rec.source_format == "JPEG" and rec.rehydrate_format == "jpeg" and rec.rehydrate_quality == 95
     out = decode_output(rehydrate_image(small, rec, x2))
     assert out.format == "JPEG"
-    assert decode_output(rehydrate_image(small, rec, x2, output_format="png")).format == "PNG"
-    assert decode_output(rehydrate_image(small, rec, x2, output_format="webp")).format == "WEBP"
-    assert decode_output(rehydrate_image(small, rec, x2, output_format="tiff")).format == "TIFF"
-    lo = rehydrate_image(small, rec, x2, output_format="jpeg", quality=20)
-    hi = rehydrate_image(small, rec, x2, output_format="jpeg", quality=95)
+    assert decode_output(rehydrate_image(small, rec, x2, restored_format="png")).format == "PNG"
+    assert decode_output(rehydrate_image(small, rec, x2, restored_format="webp")).format == "WEBP"
+    assert decode_output(rehydrate_image(small, rec, x2, restored_format="tiff")).format == "TIFF"
+    lo = rehydrate_image(small, rec, x2, restored_format="jpeg", quality=20)
+    hi = rehydrate_image(small, rec, x2, restored_format="jpeg", quality=95)
     assert len(lo) < len(hi)
     small, _, rec = compress_image(encode(img, "GIF"), x2, CodecOptions())
     assert rec.status == "ok" and decode_output(rehydrate_image(small, rec, x2)).format == "PNG"
@@ -257,6 +257,6 @@ def test_jpeg_output_of_alpha_image_is_refused(x2):
     rgba = np.dstack([smooth_rgb(16, 16), np.full((16, 16), 128, np.uint8)])
     small, _, rec = compress_image(encode(Image.fromarray(rgba, "RGBA")), x2, CodecOptions())
     with pytest.raises(RehydrateError, match="alpha"):
-        rehydrate_image(small, rec, x2, output_format="jpeg")
+        rehydrate_image(small, rec, x2, restored_format="jpeg")
     with pytest.raises(RehydrateError, match="unknown output format"):
-        rehydrate_image(small, rec, x2, output_format="bmp")
+        rehydrate_image(small, rec, x2, restored_format="bmp")

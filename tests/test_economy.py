@@ -36,7 +36,7 @@ def _photo(width: int, height: int, quality: int = 90) -> bytes:
 
 
 def _restored(small: bytes, layer: bytes | None, rec, pairs) -> np.ndarray:
-    out = codec.rehydrate_image(small, rec, pairs[rec.model_id], output_format="png", layer=layer)
+    out = codec.rehydrate_image(small, rec, pairs[rec.model_id], restored_format="png", layer=layer)
     return np.asarray(codec.decode_output(out).convert("RGB"))
 
 

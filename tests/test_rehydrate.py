@@ -77,7 +77,7 @@ def test_small_file_uri_alpha_and_original_format(archive):
     assert np.abs(alpha - np.linspace(0, 255, 40, dtype=np.uint8)[None, :]).mean() < 8  # alpha came back
     jpg = decoded(rehydrate("photos/bird.jpg", archive["uri"]))
     assert jpg.format == "JPEG" and jpg.size == (288, 288)  # JPEG stays JPEG
-    assert decoded(rehydrate("photos/bird.jpg", archive["uri"], output_format="png")).format == "PNG"
+    assert decoded(rehydrate("photos/bird.jpg", archive["uri"], restored_format="png")).format == "PNG"
 
 
 def test_prefix_flow_writes_manifest_and_is_idempotent(archive):
@@ -102,13 +102,13 @@ def test_rerun_into_the_same_place_redoes_only_what_it_would_write_differently(a
     to, fs = f"s3://{archive['bucket']}/again", archive["fs"]
     ask = dict(archive=archive["uri"], to=to, prefix="set5/")
     assert run_rehydrate(RehydrateParams(**ask))["by_status"] == {"ok": 3}
-    as_jpeg = run_rehydrate(RehydrateParams(**ask, output_format="jpeg"))
+    as_jpeg = run_rehydrate(RehydrateParams(**ask, restored_format="jpeg"))
     assert as_jpeg["already_done"] == 0 and as_jpeg["by_status"] == {"ok": 3}
     assert decoded(fs.cat(f"{archive['bucket']}/again/set5/bird.jpg")).format == "JPEG"
     preview = run_rehydrate(RehydrateParams(**ask, preview=True))
     assert preview["already_done"] == 0 and preview["by_status"] == {"ok": 3}
     assert run_rehydrate(RehydrateParams(**ask, preview=True))["already_done"] == 3
-    assert run_rehydrate(RehydrateParams(**ask, output_format="jpeg"))["already_done"] == 3
+    assert run_rehydrate(RehydrateParams(**ask, restored_format="jpeg"))["already_done"] == 3
     rows = read_manifest(*filesystem(to), schema=RESTORED_SCHEMA).to_pylist()
     assert {(r["restored_uri"].rsplit(".", 1)[-1], r["preview"]) for r in rows} == {("png", False), ("jpg", False),
                                                                                      ("png", True)}
@@ -141,3 +141,38 @@ def test_refusals_write_nothing(archive, tmp_path):
     out = tmp_path / "baby.png"
     assert main(["rehydrate", uri, "set5/baby.png", "-o", str(out)]) == 0
     assert decoded(out.read_bytes()).size == (512, 512)
+
+
+def test_batch_cli_endpoint_only_by_flag_and_missing_credentials_one_line(archive, s3, tmp_path):
+    """`taid rehydrate ARCHIVE --prefix P --to DEST --endpoint-url URL` in a fresh process whose
+    AWS_ENDPOINT_URL points elsewhere: the flag alone reaches the driver and the Ray workers. Without
+    credentials: one line, exit 2, before any work."""
+    import os
+    import subprocess
+    import sys
+
+    from infra.local_s3 import free_port
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TAID_", "AWS_", "RAY_ADDRESS"))}
+    env.update(PYTHONPATH=str(root), PREFECT_HOME=str(tmp_path / "prefect-home"), OMP_NUM_THREADS="1",
+               AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=str(tmp_path / "none"),
+               AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_DEFAULT_REGION="us-east-1",
+               AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    to = f"s3://{archive['bucket']}/by-flag"
+    args = [sys.executable, "-m", "flows.cli", "--log-level", "WARNING", "rehydrate", archive["uri"], "--prefix",
+            "set5/", "--to", to, "--endpoint-url", s3.endpoint, "--workers", "1", "--no-prefect"]
+
+    keyless = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    lines = [ln for ln in keyless.stderr.splitlines() if ln.strip()]
+    assert keyless.returncode == 2 and len(lines) == 1, keyless.stderr[-3000:]
+    assert lines[0].startswith("taid rehydrate: no S3 credentials") and "AWS_ACCESS_KEY_ID" in lines[0]
+
+    env.update(AWS_ACCESS_KEY_ID=s3.key, AWS_SECRET_ACCESS_KEY=s3.secret)
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    import json
+
+    assert json.loads(done.stdout)["by_status"] == {"ok": 3}
+    for key in [k for k in archive["sources"] if k.startswith("set5/")]:
+        assert archive["fs"].exists(f"{archive['bucket']}/by-flag/{key}")

@@ -91,7 +91,7 @@ def read_layer_verified(row: dict, storage_options: dict | None = None) -> bytes
 
 def rehydrate_row(
     row: dict,
-    output_format: str | None = None,
+    restored_format: str | None = None,
     quality: int | None = None,
     registry: str | None = None,
     device: str = "cpu",
@@ -111,7 +111,7 @@ def rehydrate_row(
     except WeightsError as exc:
         raise RehydrateRefused(f"model for {row['source_key']}: {exc}") from exc
     try:
-        return rehydrate_image(small, row, pair, output_format=output_format, quality=quality, layer=layer,
+        return rehydrate_image(small, row, pair, restored_format=restored_format, quality=quality, layer=layer,
                                preview=preview)
     except RehydrateError as exc:
         raise RehydrateRefused(str(exc)) from exc
@@ -120,7 +120,7 @@ def rehydrate_row(
 def rehydrate(
     key_or_uri: str,
     archive: str,
-    output_format: str | None = None,
+    restored_format: str | None = None,
     quality: int | None = None,
     registry: str | None = None,
     storage_options: dict | None = None,
@@ -128,8 +128,54 @@ def rehydrate(
 ) -> bytes:
     """Image bytes of one archived image at full resolution (the original's format by default)."""
     row = find_row(archive, key_or_uri, storage_options)
-    return rehydrate_row(row, output_format, quality, registry, storage_options=storage_options,
+    return rehydrate_row(row, restored_format, quality, registry, storage_options=storage_options,
                          preview=preview)
+
+
+def rehydrate_to_file(
+    key_or_uri: str,
+    archive: str,
+    output: str | None = None,
+    restored_format: str | None = None,
+    quality: int | None = None,
+    registry: str | None = None,
+    storage_options: dict | None = None,
+    preview: bool = False,
+) -> tuple[str, int]:
+    """Rehydrate one archived image into a local file, written atomically: `output`, else the
+    name a batch run would give it (`restored_key`'s last part) in the working directory.
+    Returns (file written, its size)."""
+    from pipeline.storage.fs import write_local
+
+    row = find_row(archive, key_or_uri, storage_options)
+    data = rehydrate_row(row, restored_format, quality, registry, storage_options=storage_options,
+                         preview=preview)
+    out = output or restored_key(row, restored_format).rsplit("/", 1)[-1]
+    write_local(out, data)
+    return out, len(data)
+
+
+# what each output format's file is called (a batch run's names, and a single key's default)
+SUFFIX = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "webp-lossy": ".webp", "tiff": ".tif"}
+
+
+def default_format(row: dict) -> str:
+    """What rehydration writes without an explicit format: PNG for fidelity archives (their verified
+    pixels, exactly), else the source's format (JPEG stays JPEG...)."""
+    if present(row.get("fidelity")):
+        return "png"
+    return (row.get("source_format") or "png").lower()
+
+
+def restored_key(row: dict, restored_format: str | None) -> str:
+    """The key (relative name) of `row`'s rehydrated image in a given format."""
+    if not restored_format:
+        key = row["source_key"]
+        if present(row.get("fidelity")) and not key.lower().endswith(".png"):
+            return key + ".png"  # appended, never replaced: cat.jpg and cat.png stay two files
+        return key
+    stem = row["source_key"].rsplit(".", 1)[0] if "." in row["source_key"].rsplit("/", 1)[-1] else row["source_key"]
+    return stem + SUFFIX.get(restored_format.lower(), "." + restored_format.lower())
 
 
 def rehydrate_pil(key_or_uri: str, archive: str, **kwargs) -> Image.Image:

@@ -67,3 +67,13 @@ def verify_archive(archive: str, storage_options: dict | None = None, workers: i
 
 def report_ok(report: dict) -> bool:
     return not (report["missing"] or report["corrupt"] or report["index"])
+
+
+def report_lines(report: dict) -> list[str]:
+    """What `taid verify` prints: each missing or corrupt file, the index's state, the counts."""
+    lines = [f"{what}: {f['key']} ({f['file']}) {f['uri']}" for what in ("missing", "corrupt") for f in report[what]]
+    if report["index"]:
+        lines.append(f"index: {report['index']} (`taid compact --repair` rebuilds it)")
+    lines.append(f"{report['rows']} rows, {report['files']} files: {len(report['missing'])} missing, "
+                 f"{len(report['corrupt'])} corrupt, index {'broken' if report['index'] else 'ok'}")
+    return lines

@@ -341,29 +341,29 @@ def rehydrate_image(
     small: bytes,
     record: CompressRecord | dict | None,
     pair,
-    output_format: str | None = None,
+    restored_format: str | None = None,
     quality: int | None = None,
     tile: int = tiling.DEFAULT_TILE,
     layer: bytes | None = None,
     preview: bool = False,
 ) -> bytes:
     """Full-resolution image bytes, upright, with the original's ICC profile and EXIF (Orientation=1).
-    `output_format="original"` (the default of a `--fidelity original` archive) gives the source file
+    `restored_format="original"` (the default of a `--fidelity original` archive) gives the source file
     itself where a jxl-jpeg layer holds it (byte for byte, checked against `source_sha256`), else
     the exact pixels as PNG.
 
-    Format: `output_format` if given, else the record's `rehydrate_format` (the source's format
+    Format: `restored_format` if given, else the record's `rehydrate_format` (the source's format
     where it makes sense: JPEG stays JPEG at quality 95, PNG stays PNG; see image_io.default_output).
     `layer`: the enhancement layer the small file names (pipeline.codec.layer), if it has one;
     `preview` rehydrates without it (preview fidelity)."""
-    if (output_format or _embedded_format(small, record)) == formats.ORIGINAL:
+    if (restored_format or _embedded_format(small, record)) == formats.ORIGINAL:
         if not preview and layer is not None:
             original = _original_file(small, record, pair, layer)
             if original is not None:
                 return original
-        output_format = "png"  # no original file kept (not a JPEG source, or a preview): exact pixels, losslessly
+        restored_format = "png"  # no original file kept (not a JPEG source, or a preview): exact pixels, losslessly
     img, meta, icc, exif = _rehydrate_pixels(small, record, pair, tile, layer, preview)
-    return encode_restored(img, meta, icc, exif, output_format, quality)
+    return encode_restored(img, meta, icc, exif, restored_format, quality)
 
 
 def _embedded_format(small: bytes, record) -> str | None:
@@ -399,9 +399,9 @@ def _original_file(small: bytes, record, pair, layer: bytes) -> bytes | None:
 
 
 def encode_restored(img: Image.Image, meta: dict, icc: bytes | None, exif: bytes | None,
-                    output_format: str | None = None, quality: int | None = None) -> bytes:
-    fmt = output_format or meta.get("rehydrate_format") or "png"
-    q = quality if quality is not None else (meta.get("rehydrate_quality") if output_format is None else None)
+                    restored_format: str | None = None, quality: int | None = None) -> bytes:
+    fmt = restored_format or meta.get("rehydrate_format") or "png"
+    q = quality if quality is not None else (meta.get("rehydrate_quality") if restored_format is None else None)
     if fmt.lower() in ("jpeg", "jpg") and q is None:
         q = image_io.DEFAULT_JPEG_QUALITY
     try:

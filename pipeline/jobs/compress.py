@@ -29,7 +29,6 @@ from pipeline.manifest.index import PreviousState
 from pipeline.jobs.prices import DEFAULT_PRICES, Prices, billable_bytes, monthly_saving, months_to_pay_back, one_time_cost
 from pipeline.manifest.rows import ArchiveRow, ArchiveRows
 from pipeline.storage.keys import ObjectInfo, UnsafeKeyError, safe_join
-from pipeline.storage.fs import check_source, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +137,11 @@ def plan_objects(params: CompressArchiveParams, counts: dict,
 def check_storage(params: CompressArchiveParams) -> None:
     """Before any work: missing credentials, an unreachable endpoint, a missing bucket, a missing
     source, an unwritable destination (a probe write; not for dry runs, which write nothing):
-    a StorageConfigError whose message is one line saying what to fix."""
-    for uri in filter(None, (params.source, params.dest, params.inventory)):
-        fs, path = params.fs(uri)
-        s3.check_access(fs, path)
-    if not params.inventory:  # an inventory lists the source instead
-        check_source(*params.fs(params.source), params.source)
-    if not params.dry_run:
-        check_writable(*params.fs(params.dest), params.dest)
+    a StorageConfigError whose message is one line saying what to fix (StorageParams.check)."""
+    params.check(params.source, source=not params.inventory)  # an inventory lists the source instead
+    if params.inventory:
+        params.check(params.inventory)
+    params.check(params.dest, write=not params.dry_run)
 
 
 def compact_if_needed(fs, root: str, always: bool = False) -> dict:

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from pipeline.codec.formats import RehydrateFormat, SmallFormat, canonical
 from pipeline.codec.options import DEFAULT_MAX_PIXELS, DEFAULT_MODEL
 from pipeline.codec.presets import Effort
 from pipeline.runtime.options import RayParams
-from pipeline.storage.fs import filesystem, secret_option_keys
+from pipeline.storage.params import StorageParams
 
 PIPELINE_VERSION = "0.2.0"
 
 
-class CompressArchiveParams(RayParams):
-    # validation errors never echo the input: it may hold storage options
-    model_config = ConfigDict(hide_input_in_errors=True)
+class CompressArchiveParams(RayParams, StorageParams):
+    """A compress-archive run: what to compress and how (Ray: RayParams; storage: StorageParams)."""
 
     source: str = Field(description="URI of the images: a local folder or s3://bucket/prefix")
     dest: str = Field(description="URI where small files, _manifest/ and _runs/ are written")
@@ -45,18 +44,9 @@ class CompressArchiveParams(RayParams):
     exclude: list[str] = Field(default_factory=list)
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="decompression-bomb limit per image")
     max_images: int | None = Field(None, gt=0, description="process at most this many objects")
-    batch_size: int = Field(4, ge=1, description="objects per actor call")
     dry_run: bool = False
     verify: bool = Field(False, description="rehydrate each image once and record roundtrip_psnr")
     rows_per_part: int = Field(5000, ge=1, description="manifest rows per Parquet part file")
-    endpoint_url: str | None = Field(
-        None, description="S3-compatible endpoint for s3:// URIs (default: AWS_ENDPOINT_URL, ~/.aws/config, AWS)"
-    )
-    storage_options: dict = Field(
-        default_factory=dict, repr=False,
-        description="extra fsspec options (no credentials: Prefect stores parameters; use the environment, "
-        "~/.aws or fsspec config)",
-    )
     show_progress: bool = Field(False, description="a progress bar on stderr (the CLI turns it on)")
     # scale (issue 14): listing source and manifest index
     inventory: str | None = Field(
@@ -78,23 +68,6 @@ class CompressArchiveParams(RayParams):
         import os
 
         return v if "://" in v else os.path.abspath(os.path.expanduser(v))
-
-    @field_validator("storage_options")
-    @classmethod
-    def _no_credentials(cls, v: dict) -> dict:
-        found = secret_option_keys(v)
-        if found:
-            raise ValueError(
-                f"storage_options must not carry credentials ({', '.join(found)}): flow parameters are stored by "
-                "Prefect and sent to every worker. Use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws or fsspec config"
-            )
-        return v
-
-    def fs(self, uri: str):
-        """(filesystem, path) for the source or dest URI with this run's endpoint and options."""
-        from pipeline.storage.fs import filesystem
-
-        return filesystem(uri, self.storage_options, self.endpoint_url)
 
     @model_validator(mode="after")
     def _modes(self) -> "CompressArchiveParams":
@@ -137,27 +110,26 @@ class CompressArchiveParams(RayParams):
         return self.prices or get_settings().prices
 
 
-class RehydrateParams(RayParams):
+class RehydrateParams(RayParams, StorageParams):
+    """A batch rehydrate run: which keys of an archive, written where (Ray: RayParams; storage: StorageParams)."""
+
     archive: str = Field(description="the compress-archive destination (with _manifest/)")
     to: str = Field(description="URI to write full-resolution images (and their manifest) to")
     source_keys: list[str] = Field(default_factory=list, description="source keys to rehydrate")
     prefix: str | None = Field(None, description="every key under this prefix")
     glob: str | None = Field(None, description="every key matching this glob")
     run_id: str | None = Field(None, description="every ok row of this compress run")
-    output_format: RehydrateFormat | None = Field(
-        None, description="png, jpeg, webp, webp-lossy, tiff or original; default: the source's format")
+    # earlier names are still read: output_format and skip_enhancement (before 0.3; docs/architecture.md#glossary)
+    restored_format: RehydrateFormat | None = Field(
+        None, validation_alias=AliasChoices("restored_format", "output_format"),
+        description="png, jpeg, webp, webp-lossy, tiff or original; default: the source's format")
     quality: int | None = Field(None, ge=1, le=100)
-    preview: bool = Field(False, validation_alias=AliasChoices("preview", "skip_enhancement"),  # its name before 0.3
+    preview: bool = Field(False, validation_alias=AliasChoices("preview", "skip_enhancement"),
                           description="preview: leave out enhancement layers (the small files' own "
                                    "fidelity, faster)")
     dry_run: bool = False
-    storage_options: dict = Field(default_factory=dict, repr=False)
 
-    @field_validator("output_format", mode="before")
+    @field_validator("restored_format", mode="before")
     @classmethod
     def _canonical_format(cls, v):
         return canonical(v) if isinstance(v, str) else v  # jpg -> jpeg, TIF -> tiff, as the codec spells them
-
-    def fs(self, uri: str):
-        """(filesystem, path) of `uri` with this run's storage options."""
-        return filesystem(uri, self.storage_options)

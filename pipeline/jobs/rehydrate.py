@@ -40,6 +40,13 @@ class RehydrateResult(TypedDict, total=False):
     s3: dict  # throttled answers...: driver + workers
 
 
+def check_storage(params: RehydrateParams) -> None:
+    """Before any work: the archive's storage usable (credentials, endpoint, bucket) and `to`
+    writable (a probe write; not for dry runs): a StorageConfigError in one line (StorageParams.check)."""
+    params.check(params.archive)
+    params.check(params.to, write=not params.dry_run)
+
+
 def run_rehydrate(params: RehydrateParams, progress: Progress | None = None,
                   run_id: str | None = None) -> RehydrateResult:
     from pipeline.runtime.actor_pool import ensure_ray
@@ -50,6 +57,7 @@ def run_rehydrate(params: RehydrateParams, progress: Progress | None = None,
     progress = Throttled(progress or NoProgress())
     started = time.time()
     s3_before = dict(s3.STATS)
+    check_storage(params)
     selected = select_rows(params)
     todo = not_done(params, selected)
     log.info("rehydrate %s: %d selected, %d already rehydrated", run_id, len(selected), len(selected) - len(todo))

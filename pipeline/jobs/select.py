@@ -9,14 +9,13 @@ import fnmatch
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from pipeline.codec.formats import OUTPUT_SUFFIX
+from pipeline.archive.access import restored_key
 from pipeline.jobs.params import RehydrateParams
 from pipeline.manifest.parts import read_manifest
-from pipeline.manifest.rows import RESTORED_SCHEMA, present
+from pipeline.manifest.rows import RESTORED_SCHEMA
 from pipeline.storage.keys import UnsafeKeyError, protocol_prefix, safe_join
 
 REHYDRATE_SCHEMA = RESTORED_SCHEMA  # derived from pipeline.manifest.rows.RestoredRow
-SUFFIX = OUTPUT_SUFFIX  # restored file suffix by output format
 
 
 def select_rows(params: RehydrateParams) -> list[dict]:
@@ -24,9 +23,11 @@ def select_rows(params: RehydrateParams) -> list[dict]:
     a run_id selection reads only that run's partition), file paths resolved to URIs."""
     from pipeline.manifest.index import ManifestReader, keep_latest_ok, resolve_table, run_rows
 
-    reader = ManifestReader(params.archive, params.storage_options)
+    from pipeline.errors import StorageConfigError
+
+    reader = ManifestReader(params.archive, params.fsspec_options())
     if not reader.has_manifest():
-        raise FileNotFoundError(f"{params.archive} has no manifest")
+        raise StorageConfigError(f"{params.archive} has no manifest: not a compress-archive destination")
     filters = []
     if params.source_keys:
         filters.append(ds.field("source_key").isin(params.source_keys))
@@ -49,27 +50,9 @@ def select_rows(params: RehydrateParams) -> list[dict]:
     return rows
 
 
-def default_format(row: dict) -> str:
-    """What rehydration writes without an explicit format: PNG for fidelity archives (their verified
-    pixels, exactly), else the source's format (JPEG stays JPEG...)."""
-    if present(row.get("fidelity")):
-        return "png"
-    return (row.get("source_format") or "png").lower()
-
-
-def output_key(row: dict, output_format: str | None) -> str:
-    if not output_format:
-        key = row["source_key"]
-        if present(row.get("fidelity")) and not key.lower().endswith(".png"):
-            return key + ".png"  # appended, never replaced: cat.jpg and cat.png stay two files
-        return key
-    stem = row["source_key"].rsplit(".", 1)[0] if "." in row["source_key"].rsplit("/", 1)[-1] else row["source_key"]
-    return stem + SUFFIX.get(output_format.lower(), "." + output_format.lower())
-
-
 def restored_path(params: RehydrateParams, row: dict, root: str) -> str:
     """Where in `to` this run writes `row`'s full image (UnsafeKeyError for a key escaping it)."""
-    return safe_join(root, output_key(row, params.output_format))
+    return safe_join(root, restored_key(row, params.restored_format))
 
 
 def already_done(params: RehydrateParams) -> set[tuple[str, str, bool]]:

@@ -113,21 +113,22 @@ class RehydrateWorker(ModelUser):
         super().__init__(self.params, servers or [])
         self.rows = RestoredRows(run_id)
         self.fs, self.root = self.params.fs(self.params.to)
+        self.storage = self.params.fsspec_options()  # the archive's files: endpoint included
         self.prefix = protocol_prefix(self.fs)
 
     def handle(self, row: dict, attempt: int):
-        from pipeline.archive.access import RehydrateRefused, rehydrate_row
-        from pipeline.jobs.select import default_format, restored_path
+        from pipeline.archive.access import RehydrateRefused, default_format, rehydrate_row
+        from pipeline.jobs.select import restored_path
 
         p = self.params
         try:
             path = restored_path(p, row, self.root)
-            data = rehydrate_row(row, p.output_format, p.quality, p.registry, storage_options=p.storage_options,
+            data = rehydrate_row(row, p.restored_format, p.quality, p.registry, storage_options=self.storage,
                                  preview=p.preview, device=self.device, prepare=self.prepare)
             write_checked(self.fs, path, data)
         except (RehydrateRefused, UnsafeKeyError) as exc:
             return self.rows.refused(row, attempt, exc)
         except Exception as exc:
             return self.rows.failed(row, attempt, exc)
-        return self.rows.ok(row, attempt, self.prefix + path, p.output_format or default_format(row), data,
+        return self.rows.ok(row, attempt, self.prefix + path, p.restored_format or default_format(row), data,
                             p.preview)

@@ -27,6 +27,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 
+from pipeline.errors import UserError
 from pipeline.manifest.parts import RUNS_DIR
 from pipeline.storage.fs import atomic_write
 from pipeline.storage.keys import protocol_prefix
@@ -37,8 +38,8 @@ LEASE = "LEASE"
 LEASE_TTL_S = 120.0
 
 
-class DestinationBusy(RuntimeError):
-    """Another run holds the destination's lease; the message is one line."""
+class DestinationBusy(UserError, RuntimeError):
+    """Another run holds the destination's lease; the message is one line (exit 2: nothing done)."""
 
 
 def lease_path(dest: str) -> str:

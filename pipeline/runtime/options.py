@@ -28,7 +28,9 @@ class RayParams(BaseModel):
         default_factory=dict, description="custom Ray resources per model actor (e.g. {'taid_model': 1}: only the "
         "nodes started with that resource run the model)")
     max_attempts: int = Field(3, ge=1, description="tries per object across actor crashes")
-    batch_size: int = Field(2, ge=1, description="items per actor call")
+    batch_size: int = Field(2, ge=1, description="items per actor call (compress and rehydrate alike: a call costs "
+                            "milliseconds against an image's seconds, and small batches spread a run's last items "
+                            "over the actors and cost fewer items an attempt when an actor crashes)")
     registry: str | None = Field(None, description="model registry URI for fine-tuned model ids (default: the "
                                  "TAID_MODEL_REGISTRY setting)")
     worker_resources: dict[str, float] = Field(

@@ -134,7 +134,7 @@ class ArchiveServer:
     def __init__(self, params: ServeParams):
         from ray.util import metrics
 
-        self.params, self.storage = params, params.storage()
+        self.params, self.storage = params, params.fsspec_options()
         token = os.environ.get(params.token_env)
         self.token_sha256 = params.token_sha256 or (token_digest(token) if token else None)
         if not self.token_sha256 and not params.allow_anonymous:
@@ -301,7 +301,7 @@ class ArchiveServer:
     def rehydrate(self, row: dict, query: ImageQuery, preview: bool) -> bytes:
         self.storage_reads += 1
         try:
-            data = rehydrate_row(row, output_format=query.format, quality=query.quality, registry=self.params.registry,
+            data = rehydrate_row(row, restored_format=query.format, quality=query.quality, registry=self.params.registry,
                                  device=self.device, storage_options=self.storage, preview=preview)
         except SmallFileMissing:
             raise HTTPException(404, "the small file of this key is missing") from None

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.codec.formats import RehydrateFormat
-from pipeline.storage.fs import secret_option_keys
+from pipeline.storage.params import StorageParams
 
 # "original": the source file itself where the archive keeps it (a JPEG under --fidelity original), else exact pixels
 OutputFormat = RehydrateFormat
 
 
-class ServeParams(BaseModel):
-    """One application = one archive. Validated by Serve when given as a config file's `args`."""
+class ServeParams(StorageParams):
+    """One application = one archive. Validated by Serve when given as a config file's `args`.
+    Storage (`endpoint_url`, `storage_options`, never credentials): StorageParams."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -34,22 +35,6 @@ class ServeParams(BaseModel):
     rehydrate_concurrency: int = Field(1, ge=1, description="full-image rehydrations at once per replica (memory bound)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when the replica was given a GPU")
     registry: str | None = Field(None, description="model registry URI for fine-tuned model ids")
-    endpoint_url: str | None = Field(None, description="S3-compatible endpoint (default: AWS_ENDPOINT_URL, ~/.aws, AWS)")
-    storage_options: dict = Field(default_factory=dict, description="extra fsspec options (never credentials)")
-
-    @field_validator("storage_options")
-    @classmethod
-    def _no_credentials(cls, v: dict) -> dict:
-        if secret_option_keys(v):  # Serve stores `args` in the cluster's config: keys come from the environment
-            raise ValueError("storage_options must not carry credentials: use AWS_* variables or ~/.aws on the cluster")
-        return v
-
-    def storage(self) -> dict:
-        """fsspec options with the endpoint folded in (what find_row / rehydrate_row take)."""
-        options = dict(self.storage_options)
-        if self.endpoint_url:
-            options["client_kwargs"] = {**options.get("client_kwargs", {}), "endpoint_url": self.endpoint_url}
-        return options
 
 
 class ImageQuery(BaseModel):

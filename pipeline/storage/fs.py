@@ -83,6 +83,12 @@ def atomic_write(fs, path: str, data: bytes) -> None:
         raise
 
 
+def write_local(path: str, data: bytes) -> None:
+    """atomic_write of a local file named as a user names it (relative to the working directory,
+    never a URI): folders made as needed, the usual permissions (0666 & ~umask)."""
+    atomic_write(fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(path)), data)
+
+
 def _remove_quietly(fs, path: str) -> None:
     """Remove a temporary file if it is there; the error that got us here is the one to report."""
     try:

@@ -33,7 +33,7 @@ def test_names_and_aliases():
 
     assert formats.format_of_name("out/RESTORED.JPG") == "jpeg" and formats.format_of_name("a.tif") == "tiff"
     assert formats.format_of_name("dir.v2/noext") is None and formats.format_of_name("a.gif") is None
-    assert RehydrateParams(archive="a", to="b", output_format="JPG").output_format == "jpeg"
+    assert RehydrateParams(archive="a", to="b", output_format="JPG").restored_format == "jpeg"
     with pytest.raises(ValidationError):
         RehydrateParams(archive="a", to="b", output_format="gif")
 

@@ -1,0 +1,1 @@
+"""Subcommands of `taid` (flows/cli.py), one module per command group."""
