@@ -76,7 +76,7 @@ def every_key_rehydrates(root: str, keys: list[str]) -> None:
 
 # ---- 1. concurrent compactions ---------------------------------------------------------------
 
-@pytest.mark.parametrize("layout", ["local", "s3"])
+@pytest.mark.parametrize("layout", ["local", pytest.param("s3", marks=pytest.mark.services)])
 def test_ten_pairs_of_simultaneous_compactions_keep_the_archive_readable(layout, local_archive, tmp_path, request,
                                                                           monkeypatch):
     monkeypatch.setattr(mi, "GRACE_S", 0.0)  # no grace period: only the pointer and in-flight markers protect
@@ -251,7 +251,7 @@ def test_verify_reports_missing_and_modified_files(local_archive, tmp_path, caps
 
 # ---- one writer per destination --------------------------------------------------------------------
 
-@pytest.mark.parametrize("layout", ["local", "s3"])
+@pytest.mark.parametrize("layout", ["local", pytest.param("s3", marks=pytest.mark.services)])
 def test_the_destination_lease_admits_one_run(layout, tmp_path, request):
     if layout == "s3":
         request.getfixturevalue("s3")

@@ -12,9 +12,12 @@ import sys
 from pathlib import Path
 
 import pyarrow.dataset as ds
+import pytest
 from PIL import Image
 
 from tests import ROOT
+
+pytestmark = pytest.mark.services  # each `taid` process starts its own Ray
 BIRD = ROOT / "tests" / "data" / "Set5" / "bird.png"
 
 

@@ -61,6 +61,7 @@ def test_project_wheel_holds_the_weights(project_wheel):
     assert not any("__pycache__" in n for n in names)
 
 
+@pytest.mark.services  # benchmarks/gpu.py starts a local Ray
 def test_bench_sh_installs_and_runs_on_cpu(tmp_path):
     """The GPU machine's path: the project is not in the carry; bench.sh builds its wheel from the
     checkout and installs it into the fresh folder (the other packages: the venv, standing in for

@@ -159,7 +159,7 @@ def test_a_crash_mid_compaction_loses_nothing(tmp_path):
     assert reader_state(root) == latest
 
 
-@pytest.mark.parametrize("layout", ["local", "s3"])
+@pytest.mark.parametrize("layout", ["local", pytest.param("s3", marks=pytest.mark.services)])
 def test_reader_on_s3_and_local_finds_rows_of_runs_newer_than_the_index(layout, tmp_path, request):
     if layout == "s3":
         request.getfixturevalue("s3")

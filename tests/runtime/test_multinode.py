@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.services  # `ray start` nodes, SeaweedFS, a Prefect server and worker
 BIN = Path(sys.executable).parent
 from tests import DATA
 SET5 = DATA / "Set5"
