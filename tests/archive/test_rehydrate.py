@@ -1,4 +1,5 @@
-"""Rehydrate on the real S3 server: single keys, small-file URIs, a prefix through the flow,
+"""Rehydrate on the real S3 server: single keys, small-file URIs, a prefix through the Prefect flow (its
+one end-to-end test; the rest calls the job layer),
 quality equal to the manifest and to `taid eval`, and refusals that write nothing."""
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.compress_archive import compress_archive
 from flows.rehydrate import RehydrateParams, rehydrate as rehydrate_flow
 from models.evaluate import evaluate
 from models.metrics import psnr, psnr_y
 from flows.cli import main
+from pipeline.jobs import run_compress, run_rehydrate
 from pipeline.jobs.params import CompressArchiveParams
 from pipeline.manifest.parts import read_manifest
 from pipeline.archive.access import RehydrateRefused, find_row, rehydrate, rehydrate_pil, rehydrate_row
@@ -34,7 +35,7 @@ def rgba_png(size: int = 40) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def archive(s3, ray_local, prefect_harness):
+def archive(s3, ray_local):
     fs = s3.filesystem()
     bucket = "rehydrate-tests"
     fs.makedirs(bucket, exist_ok=True)
@@ -45,7 +46,7 @@ def archive(s3, ray_local, prefect_harness):
     sources["photos/bird.jpg"] = jpeg.getvalue()
     for key, data in sources.items():
         fs.pipe(f"{bucket}/src/{key}", data)
-    result = compress_archive(CompressArchiveParams(
+    result = run_compress(CompressArchiveParams(
         source=f"s3://{bucket}/src", dest=f"s3://{bucket}/archive", model_id="taid-x4", verify=True))
     assert result["by_status"] == {"ok": len(sources)}
     return {"bucket": bucket, "uri": f"s3://{bucket}/archive", "sources": sources, "fs": fs}
@@ -80,7 +81,7 @@ def test_small_file_uri_alpha_and_original_format(archive):
     assert decoded(rehydrate("photos/bird.jpg", archive["uri"], output_format="png")).format == "PNG"
 
 
-def test_prefix_flow_writes_manifest_and_is_idempotent(archive):
+def test_prefix_flow_writes_manifest_and_is_idempotent(archive, prefect_harness):
     to = f"s3://{archive['bucket']}/restored"
     first = rehydrate_flow(RehydrateParams(archive=archive["uri"], to=to, prefix="set5/"))
     assert first["by_status"] == {"ok": 3}
@@ -97,8 +98,6 @@ def test_prefix_flow_writes_manifest_and_is_idempotent(archive):
 def test_rerun_into_the_same_place_redoes_only_what_it_would_write_differently(archive):
     """Idempotence is per file written: another format is a new file, and a full rehydrate after a
     preview one (or the reverse) is not the same file either; the same request again is a no-op."""
-    from pipeline.jobs import run_rehydrate
-
     to, fs = f"s3://{archive['bucket']}/again", archive["fs"]
     ask = dict(archive=archive["uri"], to=to, prefix="set5/")
     assert run_rehydrate(RehydrateParams(**ask))["by_status"] == {"ok": 3}
@@ -130,7 +129,7 @@ def test_refusals_write_nothing(archive, tmp_path):
         out = tmp_path / "baby.png"
         assert main(["rehydrate", uri, "set5/baby.png", "-o", str(out)]) == 2 and not out.exists()
         to = f"s3://{archive['bucket']}/refused"
-        result = rehydrate_flow(RehydrateParams(archive=uri, to=to, source_keys=["set5/baby.png"]))
+        result = run_rehydrate(RehydrateParams(archive=uri, to=to, source_keys=["set5/baby.png"]))
         assert result["by_status"] == {"refused": 1}
         assert not fs.exists(f"{archive['bucket']}/refused/set5/baby.png")
         fs.rm(small)

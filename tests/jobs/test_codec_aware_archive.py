@@ -1,4 +1,4 @@
-"""compress-archive with the real codec-aware taid-x2-webp on S3 (Ray actors, Prefect harness):
+"""compress-archive with the real codec-aware taid-x2-webp on S3 (Ray actors, the job layer):
 the model's small format and quality are the defaults and land in the manifest, an explicit
 format/quality overrides them, and the lossy small files rehydrate with that model only.
 Nothing here knows the weights' sha256 or quality numbers: they come from models/zoo.json."""
@@ -37,8 +37,8 @@ def rows(fs, dest: str) -> dict[str, dict]:
     return {r["source_key"]: r for r in read_manifest(fs, dest).to_pylist()}
 
 
-def test_codec_aware_model_defaults_overrides_and_rehydrate(s3, bucket, ray_local, prefect_harness):
-    from flows.compress_archive import compress_archive
+def test_codec_aware_model_defaults_overrides_and_rehydrate(s3, bucket, ray_local):
+    from pipeline.jobs import run_compress
     from models.zoo import load_pair
     from pipeline.jobs.params import CompressArchiveParams
     from pipeline.archive.access import RehydrateRefused, find_row, rehydrate, rehydrate_row
@@ -51,7 +51,7 @@ def test_codec_aware_model_defaults_overrides_and_rehydrate(s3, bucket, ray_loca
         fs.pipe(f"{bucket}/src/{key}", data)
 
     def run(dest: str, **kw) -> dict:
-        return compress_archive(CompressArchiveParams(source=f"s3://{bucket}/src", dest=f"s3://{bucket}/{dest}",
+        return run_compress(CompressArchiveParams(source=f"s3://{bucket}/src", dest=f"s3://{bucket}/{dest}",
                                                       model_id=MODEL, workers=1, **kw))
 
     result = run("default")

@@ -1,4 +1,5 @@
-"""compress-archive end to end on the real S3 server with a local Ray and the Prefect harness."""
+"""compress-archive end to end on the real S3 server with a local Ray, through the job layer
+(`pipeline.jobs.run_compress`; the Prefect flow around it: tests/flows/test_compress_archive_cli.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.compress_archive import compress_archive, new_run_id
+from pipeline.jobs import run_compress
+from pipeline.jobs.common import new_run_id
 from pipeline.jobs.params import CompressArchiveParams
 
 BROKEN = {
@@ -54,10 +56,10 @@ def manifest(fs, dest: str):
 
 def run(s3_bucket: str, **kw) -> dict:
     params = CompressArchiveParams(source=f"s3://{s3_bucket}/src", dest=f"s3://{s3_bucket}/dest", model_id="taid-x4", **kw)
-    return compress_archive(params, run_id=kw.pop("run_id", None))
+    return dict(run_compress(params, run_id=kw.pop("run_id", None)))
 
 
-def test_bucket_run_incremental_change_and_retry(s3, bucket, ray_local, prefect_harness):
+def test_bucket_run_incremental_change_and_retry(s3, bucket, ray_local):
     fs = s3.filesystem()
     good = fill_bucket(fs, f"{bucket}/src", 46)
     n = len(good) + 4
@@ -101,7 +103,7 @@ def test_bucket_run_incremental_change_and_retry(s3, bucket, ray_local, prefect_
     assert len(manifest(fs, f"{bucket}/dest")) == n + 1 + 1
 
 
-def test_killed_actor_mid_run_loses_nothing(s3, bucket, ray_local, prefect_harness):
+def test_killed_actor_mid_run_loses_nothing(s3, bucket, ray_local):
     import ray
 
     fs = s3.filesystem()
@@ -139,7 +141,7 @@ def test_killed_actor_mid_run_loses_nothing(s3, bucket, ray_local, prefect_harne
     assert max(r["attempts"] for r in rows) >= 2  # the killed actor's batch ran again
 
 
-def test_path_escape_key_is_refused(s3, bucket, ray_local, prefect_harness):
+def test_path_escape_key_is_refused(s3, bucket, ray_local):
     import botocore.session
     import fsspec
     from fsspec.implementations.memory import MemoryFile
@@ -155,7 +157,7 @@ def test_path_escape_key_is_refused(s3, bucket, ray_local, prefect_harness):
     key = f"/{bucket}/sub/../../../escape.png"
     mem.store[key] = MemoryFile(mem, key, image_bytes(6, 40))
     try:
-        result = compress_archive(CompressArchiveParams(source=f"memory://{bucket}", dest=f"s3://{bucket}/dest", model_id="taid-x4"))
+        result = run_compress(CompressArchiveParams(source=f"memory://{bucket}", dest=f"s3://{bucket}/dest", model_id="taid-x4"))
     finally:
         mem.store.pop(key, None)
     rows = manifest(s3.filesystem(), f"{bucket}/dest")

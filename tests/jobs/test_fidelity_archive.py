@@ -1,4 +1,4 @@
-"""compress-archive with its default fidelity on S3 (Ray actors, Prefect harness): a JPEG photo
+"""compress-archive with its default fidelity on S3 (Ray actors, the job layer): a JPEG photo
 archive gets smaller, every `ok` row meets its target (checked here on what rehydrate returns),
 layers are objects of their own that rehydrate finds, verifies and can skip, and an incremental
 rerun with another fidelity redoes the images while the same one does nothing."""
@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.compress_archive import compress_archive, summary_table
-from flows.rehydrate import RehydrateParams, rehydrate as rehydrate_flow
+from pipeline.jobs import run_compress, run_rehydrate, summary_table
 from models.metrics import psnr_y
-from pipeline.jobs.params import CompressArchiveParams
+from pipeline.jobs.params import CompressArchiveParams, RehydrateParams
 from pipeline.manifest.parts import read_manifest
 from pipeline.archive.access import RehydrateRefused, find_row, rehydrate
 
@@ -29,13 +28,13 @@ def photo(name: str) -> bytes:
     return buf.getvalue()
 
 
-def test_default_fidelity_archive(s3, bucket, ray_local, prefect_harness):
+def test_default_fidelity_archive(s3, bucket, ray_local):
     fs = s3.filesystem()
     sources = {f"photos/{Path(n).stem}.jpg": photo(n) for n in PHOTOS}
     for key, data in sources.items():
         fs.pipe(f"{bucket}/src/{key}", data)
     params = CompressArchiveParams(source=f"s3://{bucket}/src", dest=f"s3://{bucket}/archive")
-    result = compress_archive(params)
+    result = run_compress(params)
     assert result["by_status"] == {"ok": 3} and result["fidelity"] == "standard" and result["target_psnr"] == 36
     assert result["bytes_out_ok"] < result["bytes_in_ok"] and result["psnr_y_min"] >= 36
     assert result["images_with_layer"] == 3
@@ -68,7 +67,7 @@ def test_default_fidelity_archive(s3, bucket, ray_local, prefect_harness):
     fs.pipe(layer_uri, good)
 
     # many at once (Ray actors): PNG outputs named <key>.png, the verified pixels exactly
-    batch = rehydrate_flow(RehydrateParams(archive=archive, prefix="photos/", to=f"s3://{bucket}/restored"))
+    batch = run_rehydrate(RehydrateParams(archive=archive, prefix="photos/", to=f"s3://{bucket}/restored"))
     assert batch["by_status"] == {"ok": 3}
     for key, data in sources.items():
         restored = Image.open(io.BytesIO(fs.cat_file(f"{bucket}/restored/{key}.png")))
@@ -77,8 +76,8 @@ def test_default_fidelity_archive(s3, bucket, ray_local, prefect_harness):
         assert psnr_y(np.asarray(restored.convert("RGB")), src) >= 36
 
     # incremental: the same fidelity touches nothing, another one redoes every image
-    again = compress_archive(params)
+    again = run_compress(params)
     assert again["rows"] == 0 and again["plan"].get("unchanged") == 3
-    high = compress_archive(params.model_copy(update={"fidelity": "high"}))
+    high = run_compress(params.model_copy(update={"fidelity": "high"}))
     assert high["by_status"] == {"ok": 3} and high["psnr_y_min"] >= 40
     assert find_row(archive, key)["target_psnr"] == 40

@@ -19,8 +19,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from flows.compress_archive import compress_archive
 from flows.cli import main
+from pipeline.jobs import run_compress
 from pipeline.jobs.params import CompressArchiveParams
 from pipeline.manifest.parts import ManifestWriter
 from pipeline.archive.access import find_row
@@ -49,7 +49,7 @@ def decoded(data: bytes) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def archive(s3, ray_local, prefect_harness):
+def archive(s3, ray_local):
     fs = s3.filesystem()
     fs.makedirs(BUCKET, exist_ok=True)
     sources = {f"set5/{p.name}": p.read_bytes() for p in sorted((DATA / "Set5").glob("*.png"))}
@@ -62,17 +62,17 @@ def archive(s3, ray_local, prefect_harness):
     broken = {"bad/empty.png": b"", "bad/notes.png": b"not an image\n", "bad/cut.png": sources["set5/bird.png"][:400]}
     for key, data in {**sources, **broken}.items():
         fs.pipe(f"{BUCKET}/src/{key}", data)
-    result = compress_archive(CompressArchiveParams(
+    result = run_compress(CompressArchiveParams(
         source=f"s3://{BUCKET}/src", dest=f"s3://{BUCKET}/archive", model_id="taid-x4", verify=True))
     assert result["by_status"]["ok"] == len(sources) and sum(result["by_status"].values()) == len(sources) + 3
     # one image at the high fidelity preset: a small file plus an enhancement layer (issue 13)
     fs.pipe(f"{BUCKET}/layered/bird.jpg", sources["photos/bird.jpg"])
-    layered = compress_archive(CompressArchiveParams(
+    layered = run_compress(CompressArchiveParams(
         source=f"s3://{BUCKET}/layered", dest=f"s3://{BUCKET}/archive-layered", fidelity="high"))
     assert layered["by_status"] == {"ok": 1} and layered["images_with_layer"] == 1
     # and one at `original` (issue 21), beside it in the same archive: the JPEG itself comes back
     fs.pipe(f"{BUCKET}/originals/orig/bird.jpg", sources["photos/bird.jpg"])
-    original = compress_archive(CompressArchiveParams(
+    original = run_compress(CompressArchiveParams(
         source=f"s3://{BUCKET}/originals", dest=f"s3://{BUCKET}/archive-layered", fidelity="original", effort="fast"))
     assert original["by_status"] == {"ok": 1}
     return {"uri": f"s3://{BUCKET}/archive", "fs": fs, "sources": sources, "layered": f"s3://{BUCKET}/archive-layered"}

@@ -125,12 +125,12 @@ def test_vectorised_decisions_match_decide():
         assert "unchanged" in want or params.retry_failed or not params.incremental  # the grid covers a match
 
 
-def test_nightly_run_over_an_unchanged_bucket_starts_no_ray(s3, seeded, prefect_harness, tmp_path):
+def test_nightly_run_over_an_unchanged_bucket_starts_no_ray(s3, seeded, tmp_path):
     """A few hundred unchanged objects: the run lists once (or reads the inventory), writes no
     rows and never starts Ray."""
     import ray
 
-    from flows.compress_archive import compress_archive
+    from pipeline.jobs import run_compress
     from pipeline.manifest.parts import ManifestWriter
 
     fs, root = filesystem(f"s3://{seeded}/src")
@@ -148,7 +148,7 @@ def test_nightly_run_over_an_unchanged_bucket_starts_no_ray(s3, seeded, prefect_
                                          "etag": [e for _, e, _ in listed]}), fmt="Parquet")
     ray_was_up = ray.is_initialized()
     for extra in ({}, {"inventory": f"s3://{manifest}"}):
-        result = compress_archive(CompressArchiveParams(source=f"s3://{seeded}/src", dest=dest, model_id="taid-x2", **extra))
+        result = run_compress(CompressArchiveParams(source=f"s3://{seeded}/src", dest=dest, model_id="taid-x2", **extra))
         assert result["rows"] == 0 and result["plan"] == {"listed": len(listed), "unchanged": len(listed)}
         assert result["dispatch"] == {"actor_restarts": 0, "batches": 0}  # the actor pool never ran
     assert ray.is_initialized() == ray_was_up
