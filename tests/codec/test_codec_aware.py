@@ -3,7 +3,7 @@ model's `codec` block (zoo entry or checkpoint train_config), its small format a
 defaults, overrides, what the record says, and rehydration through `pipeline.archive.access`.
 
 The pair here is the shipped taid-x2 weights re-labelled as a codec-aware model in a temporary
-zoo: what is under test is the plumbing, not the weights (tests/test_codec_aware_archive.py runs
+zoo: what is under test is the plumbing, not the weights (tests/jobs/test_codec_aware_archive.py runs
 the real taid-x2-webp through Ray and Prefect)."""
 
 from __future__ import annotations

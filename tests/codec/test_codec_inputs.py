@@ -362,7 +362,7 @@ def test_corrupted_bytes_never_raise(x2):
 
 
 def test_unsupported_formats_refused_before_any_decoder(x2):
-    # (HEIC is decoded since pillow-heif became a dependency: tests/test_heic.py)
+    # (HEIC is decoded since pillow-heif became a dependency: tests/codec/test_heic.py)
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
     psd = b"8BPS\x00\x01" + bytes(64)
     for data, name in ((eps, "PostScript"), (psd, "PSD")):
