@@ -1,11 +1,12 @@
 # Two commands do all set-up on a fresh machine (see README):
 #   make demo   compress a sample archive and rehydrate it again (local folders, local Ray, no servers)
 #   make test   run the test suite (starts its own SeaweedFS S3, local Ray and Prefect harness)
+#   make test-fast   the tests that need none of those services (under 3 minutes on 2 cores)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv test demo eval bench clean
+.PHONY: venv test test-fast demo eval bench clean
 
 $(BIN)/taid: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,6 +20,9 @@ venv: $(BIN)/taid
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not services"
 
 demo: venv
 	$(BIN)/python -m flows.demo

@@ -1,5 +1,9 @@
 """Real services for the integration tests, started once per session on 127.0.0.1:
-SeaweedFS S3 (`s3`), a local Ray (`ray_local`) and Prefect's test harness (`prefect_harness`)."""
+SeaweedFS S3 (`s3`), a local Ray (`ray_local`) and Prefect's test harness (`prefect_harness`).
+
+A test that uses one of them gets the `services` marker here; modules and tests that start a service
+themselves (`ray start`, a Prefect server, a `taid` process that starts Ray) say so with
+`pytest.mark.services`. `make test-fast` runs the rest (`-m "not services"`), `make test` all."""
 
 from __future__ import annotations
 
@@ -14,6 +18,17 @@ from pipeline.runtime.local_env import set_local_env_defaults
 set_local_env_defaults(RAY_TRAIN_ENABLE_STATE_TRACKING="0")
 # botocore's credential chain must never reach the instance-metadata address from a test
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
+
+# fixtures that start a service (or need one started): a test that uses any of them, directly or through
+# another fixture, is a `services` test
+SERVICE_FIXTURES = frozenset({"s3", "bucket", "ray_local", "prefect_harness"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
 
 
 @pytest.fixture(scope="session")
