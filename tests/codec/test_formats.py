@@ -23,7 +23,7 @@ def test_choices_derive_from_formats():
     assert _choices(CodecOptions, "small_format") == set(formats.SMALL_FORMATS)
     assert _choices(CompressArchiveParams, "small_format") == set(formats.SMALL_FORMATS)
     assert _choices(CodecOptions, "rehydrate_format") == set(formats.OUTPUT_FORMATS)
-    assert _choices(RehydrateParams, "output_format") == set(formats.REHYDRATE_FORMATS)
+    assert _choices(RehydrateParams, "restored_format") == set(formats.REHYDRATE_FORMATS)
     assert _choices(ImageQuery, "format") == set(formats.REHYDRATE_FORMATS)
     assert set(formats.REHYDRATE_FORMATS) == set(formats.OUTPUT_FORMATS) | {formats.ORIGINAL}
 
@@ -46,3 +46,17 @@ def test_cli_offers_the_same_choices():
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     small = next(a for a in sub.choices["compress-file"]._actions if a.dest == "small_format")
     assert tuple(small.choices) == formats.SMALL_FORMATS
+
+
+def test_cli_choices_derive_from_formats():
+    from flows.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    by_dest = {(name, a.dest): a for name, p in sub.items() for a in p._actions}
+    assert list(by_dest["compress-file", "small_format"].choices) == list(formats.SMALL_FORMATS)
+    assert list(by_dest["compress-archive", "small_format"].choices) == list(formats.SMALL_FORMATS)
+    for name in ("rehydrate-file", "rehydrate"):
+        action = by_dest[name, "restored_format"]
+        assert list(action.choices) == list(formats.REHYDRATE_FORMATS)
+        assert action.type("JPG") == "jpeg"  # --format jpg still works
