@@ -15,7 +15,7 @@ and survives this command; `down` stops the worker first (SIGINT, then SIGKILL),
 the Ray head and SeaweedFS.
 
 The helpers (`start_prefect_server`, `start_worker`, `deploy`, `stop_group`...) are what
-tests/test_deployment.py uses too, so the tested path and the documented one are the same code.
+tests/flows/test_deployment.py uses too, so the tested path and the documented one are the same code.
 """
 
 from __future__ import annotations

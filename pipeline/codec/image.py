@@ -26,7 +26,7 @@ output cannot hold the image (JPEG and alpha).
 
 Exactness: the codec uses the pair exactly as `taid eval` does (eval mode, channels_last weights,
 set in place on the caller's module; 8-bit small image), so on a lossless small file the
-reconstruction is pixel-identical to `models.evaluate.round_trip` (tests/test_codec_set14.py).
+reconstruction is pixel-identical to `models.evaluate.round_trip` (tests/codec/test_codec_set14.py).
 The pair may live on a GPU: tiles are moved to its device one at a time.
 """
 

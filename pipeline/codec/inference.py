@@ -7,7 +7,7 @@
 Precision (`precision`):
 - `fp32`: IEEE float32 everywhere; on CUDA TF32 is switched off too (PyTorch lets cuDNN use TF32
   for float32 convolutions by default, which is not fp32). On a CPU this is exactly what the codec
-  has always done: pixel-identical to `models.evaluate.round_trip` (tests/test_codec_set14.py).
+  has always done: pixel-identical to `models.evaluate.round_trip` (tests/codec/test_codec_set14.py).
 - `tf32`: float32 tensors, TF32 tensor-core convolutions (CUDA only; on a CPU it means fp32).
 - `bf16` / `fp16`: `torch.autocast` on the pair's device (fp16 on CUDA only: CPU autocast has no
   fp16 convolutions worth having). Only the networks' convolutions run in the low precision; the
@@ -45,7 +45,7 @@ GPU_DEFAULT: str = "bf16"
 # Rehydrating on another numeric path than the one that compressed (GPU vs CPU, bf16 vs fp32):
 # the largest Y-PSNR drop and per-pixel difference (8-bit levels) a lossy fidelity archive may show.
 # Measured with bf16 vs fp32 on a CPU (the harsher proxy): 0.015 dB and 2 levels (TAU alone: 3);
-# tests/test_cross_device.py asserts these bounds, benchmarks/gpu.py measures the real GPU vs CPU.
+# tests/codec/test_cross_device.py asserts these bounds, benchmarks/gpu.py measures the real GPU vs CPU.
 CROSS_DEVICE_MAX_PSNR_DROP_DB = 0.05
 CROSS_DEVICE_MAX_ABS_DIFF = 4
 ENV_PRECISION = "TAID_PRECISION"  # read through pipeline.settings

@@ -41,7 +41,7 @@ File: `<small file name>.enh` (`layer_name`), a 5-byte header and an image:
 
 Cross-device: every layer but b"w" keeps rehydration on another device within the prediction's
 own difference (b"a": clipped, so a prediction off by d levels restores off by at most d; b"f" and
-b"l": not at all). The tolerance is stated and tested in tests/test_cross_device.py.
+b"l": not at all). The tolerance is stated and tested in tests/codec/test_cross_device.py.
 
 AVIF settings (`avif_settings`, issue 21): libaom's own quantizer (`cq-level`, 0-63) instead of
 Pillow's 0-100 quality (which maps onto it unevenly: 66 -> 67 jumped +1.9 dB and +14 % bytes on one

@@ -21,7 +21,7 @@ rates it is a real share of the file (a 480x320 image at 0.2 bits per pixel is a
 XML, so nothing needs escaping. Omitted: flags that are false (`f` lists the true ones: `a`
 has_alpha, `t` alpha_stored, `g` is_gray), `e` (the sha256 of the enhancement layer, see
 pipeline/codec/layer.py) when there is none, `r` when it is png, `q` when it is what rehydration
-picks anyway (95 for jpeg). 115-140 bytes per file in all (`tests/test_small_file.py`); the
+picks anyway (95 for jpeg). 115-140 bytes per file in all (`tests/codec/test_small_file.py`); the
 format's own metadata containers cost 4 (JPEG COM) to 26 bytes (WebP VP8X + chunk header).
 
 Files written before (version 1: JSON in an iTXt chunk, or in an XMP packet's `taid:record`

@@ -16,7 +16,7 @@ pixel sees exactly the same input as in an untiled run and tiles leave no seams.
 border a tile gets no margin on that side, which is exactly the untiled run's border condition.
 The only possible difference left is float reassociation inside convolution kernels chosen for
 other tensor shapes; measured on CPU: bit-identical output, 2000x1500 with 12 tiles and x8
-recursion with odd sizes (tests/test_codec_tiling.py).
+recursion with odd sizes (tests/codec/test_codec_tiling.py).
 
 Memory bound (float32): one tile's activations, whatever the image size. For a tile side T
 (full resolution), pair scale s, margin m (small pixels) and C channels, the largest live tensors
@@ -154,7 +154,7 @@ def run_batched(step: Step, tiles: list[np.ndarray]) -> list[np.ndarray]:
     call, the tiles stacked on the batch axis: small photos fill a GPU batch instead of running one
     by one. Returns each tile's output (h' x w' x 3 uint8), in order. Convolutions treat batch items
     independently, so each output equals the tile run alone (bit-identical in fp32 on a CPU:
-    tests/test_inference_options.py). Tiles must be multiples of the scale for TAD, and the caller
+    tests/codec/test_inference_options.py). Tiles must be multiples of the scale for TAD, and the caller
     adds margins (margin_small) if the tiles are cut from larger images."""
     if not tiles:
         return []

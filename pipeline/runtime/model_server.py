@@ -13,7 +13,7 @@ batches queued) and the model actor's request limit bound what is in flight, so 
 The codec does not change: a CPU worker's pairs are bound to a model actor (`bind`), and tiling
 then sends each tile's uint8 pixels there instead of running the module (`RemoteStep`). Outputs
 are the same 8-bit levels as running the pair locally on the model actor's device (batching is
-bit-identical in fp32: tests/test_inference_options.py).
+bit-identical in fp32: tests/codec/test_inference_options.py).
 
 Failures: a model actor that dies is restarted by Ray (max_restarts); a request that was in
 flight is asked again (workers.with_retries) once it is back, then fails the object whose tile it was (a
