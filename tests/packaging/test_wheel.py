@@ -223,6 +223,7 @@ def test_installed_taid_compresses_and_rehydrates_a_file(installed):
     assert _psnr(back, original) > 25
 
 
+@pytest.mark.services  # a local Ray through the installed job layer
 def test_installed_taid_runs_the_job_layer(installed):
     """compress-archive and rehydrate go through pipeline.jobs (absent from the wheel once) and a
     local Ray, whose workers start from the venv's python too."""
