@@ -44,7 +44,7 @@ def setup(args: argparse.Namespace) -> None:
     environment win), and our loggers on stderr at the asked level (libraries at WARNING)."""
     import logging
 
-    from pipeline.runtime.local_env import set_local_env_defaults
+    from pipeline.runtime import set_local_env_defaults
     from pipeline.settings import LOGGERS, get_settings
 
     set_local_env_defaults()
@@ -65,7 +65,7 @@ def one_line(exc: BaseException) -> tuple[str, int] | None:
     UserError (pipeline.errors): its message and code; storage misconfiguration (pipeline.storage.s3.explain):
     what to set, 2; a corrupt Parquet file: 2; disk full, read-only or denied: 1 (a run may have done work)."""
     from pipeline.errors import UserError, os_error_line
-    from pipeline.storage.s3 import explain
+    from pipeline.storage import explain
 
     if isinstance(exc, UserError):
         return str(exc), exc.exit_code

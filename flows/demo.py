@@ -15,7 +15,7 @@ import io
 import os
 from pathlib import Path
 
-from pipeline.runtime.local_env import set_local_env_defaults
+from pipeline.runtime import set_local_env_defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from flows.compress_archive import compress_archive, summary_table
-    from pipeline.jobs.params import CompressArchiveParams
-    from pipeline.archive.access import find_row, rehydrate_row
+    from pipeline.jobs import CompressArchiveParams
+    from pipeline.archive import find_row, rehydrate_row
 
     source, dest = os.path.abspath(args.source), os.path.abspath(args.dest)  # Ray workers get absolute paths
     params = CompressArchiveParams(

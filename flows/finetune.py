@@ -17,7 +17,7 @@ import fsspec
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from pipeline.jobs.finetune import FinetuneConfig, run_finetune
+from pipeline.jobs import FinetuneConfig, run_finetune
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}

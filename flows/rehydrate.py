@@ -8,8 +8,8 @@ from prefect.artifacts import create_table_artifact
 
 from flows.run_logs import ArtifactProgress, run_logs
 from pipeline.jobs import run_rehydrate
-from pipeline.jobs.common import new_run_id
-from pipeline.jobs.params import RehydrateParams  # noqa: F401  (this flow's parameter type)
+from pipeline.jobs import new_run_id
+from pipeline.jobs import RehydrateParams  # noqa: F401  (this flow's parameter type)
 
 
 @task(name="rehydrate-rows")

@@ -45,9 +45,8 @@ def _compress_archive(args: argparse.Namespace) -> int:
     p = params(args, show_progress=True, **inference(args))
     if use_prefect(args):
         from flows.compress_archive import compress_archive
-        from pipeline.jobs.compress import check_storage
 
-        check_storage(p)  # missing keys / endpoint / bucket: one line from main(), before the flow starts
+        p.check_storage()  # missing keys / endpoint / bucket: one line from main(), before the flow starts
         return report(compress_archive(p), failed_prefix="failed")
     from pipeline.jobs import TqdmProgress, run_compress
 
@@ -55,7 +54,7 @@ def _compress_archive(args: argparse.Namespace) -> int:
 
 
 def _compact(args: argparse.Namespace) -> int:
-    from pipeline.manifest.index import compact
+    from pipeline.manifest import compact
 
     storage = params(args)
     storage.check(args.dest)
@@ -67,7 +66,7 @@ def _compact(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from pipeline.archive.verify import report_lines, report_ok, verify_archive
+    from pipeline.archive import report_lines, report_ok, verify_archive
 
     result = verify_archive(args.archive, params(args).fsspec_options())
     print("\n".join(report_lines(result)))
@@ -75,8 +74,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _rehydrate_key(args: argparse.Namespace) -> int:
-    from pipeline.archive.access import RehydrateRefused, rehydrate_to_file
-    from pipeline.storage.params import StorageParams
+    from pipeline.archive import RehydrateRefused, rehydrate_to_file
+    from pipeline.storage import StorageParams
 
     storage = StorageParams(endpoint_url=args.endpoint_url)
     storage.check(args.archive)
@@ -99,9 +98,8 @@ def _rehydrate(args: argparse.Namespace) -> int:
     p = params(args, **inference(args))
     if use_prefect(args):
         from flows.rehydrate import rehydrate
-        from pipeline.jobs.rehydrate import check_storage
 
-        check_storage(p)  # as compress-archive: one line from main(), before the flow starts
+        p.check_storage()  # as compress-archive: one line from main(), before the flow starts
         return report(rehydrate(p))
     from pipeline.jobs import TqdmProgress, run_rehydrate
 

@@ -9,7 +9,7 @@ from pipeline.codec import formats  # constants only: no torch
 
 
 def _compress_file(args: argparse.Namespace) -> int:
-    from pipeline.archive.files import compress_file
+    from pipeline.archive import compress_file
 
     result = compress_file(**values(args))
     print("\n".join(result.summary(args.input_path)))
@@ -17,7 +17,7 @@ def _compress_file(args: argparse.Namespace) -> int:
 
 
 def _rehydrate_file(args: argparse.Namespace) -> int:
-    from pipeline.archive.files import rehydrate_file
+    from pipeline.archive import rehydrate_file
 
     out = rehydrate_file(**values(args))
     print(f"{args.input_path} -> {args.output_path} ({len(out)} B)")

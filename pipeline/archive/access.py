@@ -20,11 +20,11 @@ from functools import lru_cache
 from PIL import Image
 
 from models.zoo import WeightsError, load_pair
-from pipeline.codec.options import RehydrateError
-from pipeline.codec.image import rehydrate_image
-from pipeline.manifest.index import shared_reader
-from pipeline.manifest.rows import present
-from pipeline.storage.fs import filesystem
+from pipeline.codec import RehydrateError
+from pipeline.codec import rehydrate_image
+from pipeline.manifest import shared_reader
+from pipeline.manifest import present
+from pipeline.storage import filesystem
 
 
 class RehydrateRefused(RuntimeError):
@@ -145,7 +145,7 @@ def rehydrate_to_file(
     """Rehydrate one archived image into a local file, written atomically: `output`, else the
     name a batch run would give it (`restored_key`'s last part) in the working directory.
     Returns (file written, its size)."""
-    from pipeline.storage.fs import write_local
+    from pipeline.storage import write_local
 
     row = find_row(archive, key_or_uri, storage_options)
     data = rehydrate_row(row, restored_format, quality, registry, storage_options=storage_options,

@@ -37,13 +37,32 @@ _EXPORTS = {
     "resolve_fidelity": "presets", "requested_fidelity": "presets",
     "SmallFormat": "formats", "OutputFormat": "formats", "RehydrateFormat": "formats",
     "SMALL_FORMATS": "formats", "OUTPUT_FORMATS": "formats", "REHYDRATE_FORMATS": "formats",
+    # what the other packages use
+    "MEDIA_TYPES": "formats",
+    "SOURCE_OUTPUT": "formats",
+    "canonical": "formats",
+    "formats": "formats",
+    "small_file_settings": "image",
+    "encode_output": "image_io",
+    "InferenceOptions": "inference",
+    "configure": "inference",
+    "layer_name": "layer",
+    "CODEC_VERSION": "options",
+    "DEFAULT_MAX_PIXELS": "options",
+    "DEFAULT_MODEL": "options",
+    "Effort": "presets",
+    "SUFFIX": "small_file",
+    "SmallFileError": "small_file",
+    "read_small": "small_file",
+    "tiling": "tiling",
 }
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        value = module if _EXPORTS[name] == name else getattr(module, name)
         globals()[name] = value  # once
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

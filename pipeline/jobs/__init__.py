@@ -8,9 +8,30 @@ Each job plans, dispatches to the `ActorPool`, writes its manifest and, last, it
 directly or through the flow (docs/architecture.md says when and why).
 """
 
-from pipeline.jobs.compress import CompressResult, run_compress, summary_table
-from pipeline.jobs.progress import Progress, TqdmProgress
-from pipeline.jobs.rehydrate import RehydrateResult, run_rehydrate
+from __future__ import annotations
 
-__all__ = ["CompressResult", "Progress", "RehydrateResult", "TqdmProgress", "run_compress", "run_rehydrate",
-           "summary_table"]
+import importlib
+
+_EXPORTS = {
+    "new_run_id": "common",
+    "CompressResult": "compress", "run_compress": "compress", "summary_table": "compress",
+    "FinetuneConfig": "finetune", "run_finetune": "finetune",
+    "CompressArchiveParams": "params", "RehydrateParams": "params",
+    "Both": "progress", "Progress": "progress", "TqdmProgress": "progress",
+    "RehydrateResult": "rehydrate", "run_rehydrate": "rehydrate",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    """The face is imported lazily (PEP 562): a caller loads only the modules it uses."""
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        value = module if _EXPORTS[name] == name else getattr(module, name)
+        globals()[name] = value  # once
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

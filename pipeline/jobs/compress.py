@@ -18,17 +18,17 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import TypedDict
 
-from pipeline.codec.request import Request
+from pipeline.codec import Request
 from pipeline.storage import s3
 from pipeline.jobs.params import PIPELINE_VERSION, CompressArchiveParams
 from pipeline.errors import DestinationFullError, ManifestWriteError, os_error_line, storage_refuses
 from pipeline.jobs.common import new_run_id, s3_counts
 from pipeline.jobs.progress import NoProgress, Progress, Throttled
-from pipeline.manifest.parts import ManifestWriter, write_run_stats
-from pipeline.manifest.index import PreviousState
+from pipeline.manifest import ManifestWriter, write_run_stats
+from pipeline.manifest import PreviousState
 from pipeline.jobs.prices import DEFAULT_PRICES, Prices, billable_bytes, monthly_saving, months_to_pay_back, one_time_cost
-from pipeline.manifest.rows import ArchiveRow, ArchiveRows
-from pipeline.storage.keys import ObjectInfo, UnsafeKeyError, safe_join
+from pipeline.manifest import ArchiveRow, ArchiveRows
+from pipeline.storage import ObjectInfo, UnsafeKeyError, safe_join
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +110,11 @@ def plan_objects(params: CompressArchiveParams, counts: dict,
     """(the objects to process, streamed in one listing pass; an estimate of how many objects
     will be listed, None when unknown). The others are counted in `counts` by reason. Memory
     stays flat in the number of objects: see `pipeline.jobs.plan`."""
-    from pipeline.storage.inventory import InventoryListing
-    from pipeline.storage.listing import listing_tables
-    from pipeline.manifest.index import PLAN_COLUMNS, ManifestReader
+    from pipeline.storage import InventoryListing
+    from pipeline.storage import listing_tables
+    from pipeline.manifest import PLAN_COLUMNS, ManifestReader
     from pipeline.jobs.plan import plan
-    from pipeline.storage.keys import protocol_prefix
+    from pipeline.storage import protocol_prefix
 
     fs, root = params.fs(params.source)
     base = protocol_prefix(fs) + root.rstrip("/") + "/"
@@ -134,20 +134,10 @@ def plan_objects(params: CompressArchiveParams, counts: dict,
     return plan(listing, states, params, base, counts, request), estimate
 
 
-def check_storage(params: CompressArchiveParams) -> None:
-    """Before any work: missing credentials, an unreachable endpoint, a missing bucket, a missing
-    source, an unwritable destination (a probe write; not for dry runs, which write nothing):
-    a StorageConfigError whose message is one line saying what to fix (StorageParams.check)."""
-    params.check(params.source, source=not params.inventory)  # an inventory lists the source instead
-    if params.inventory:
-        params.check(params.inventory)
-    params.check(params.dest, write=not params.dry_run)
-
-
 def compact_if_needed(fs, root: str, always: bool = False) -> dict:
     """Fold run partitions into the manifest index when policy says so. A failure is logged and
     left to the next run: the run partitions are the source of truth, nothing is lost."""
-    from pipeline.manifest.index import compact, needs_compaction, snapshot
+    from pipeline.manifest import compact, needs_compaction, snapshot
 
     try:
         if not (always or needs_compaction(snapshot(fs, root), fs)):
@@ -264,7 +254,7 @@ def resolve_models(params: CompressArchiveParams) -> CompressArchiveParams:
     """Load and verify every pair the run may use now (a missing or modified model fails the run
     before any work) and make the defaults explicit for the actors and the run stats."""
     from models.zoo import load_pair
-    from pipeline.codec.image import check_options, small_file_settings
+    from pipeline.codec import check_options, small_file_settings
 
     request = params.request()
     if request.fidelity is not None:
@@ -284,11 +274,11 @@ def run_compress(params: CompressArchiveParams, progress: Progress | None = None
     """One compress run: returns (and writes last, as DEST/_runs/<run_id>.json) its stats. A run
     that writes holds the destination's lease (pipeline.manifest.lease): while another run holds it, this
     one raises DestinationBusy (one line) before any work."""
-    from pipeline.manifest.lease import Lease
+    from pipeline.manifest import Lease
 
     run_id = run_id or new_run_id()
     prices = params.price_table()  # a wrong price file says so in one line, before anything is touched
-    check_storage(params)  # before the lease: bad credentials, a missing source or an unwritable dest, in one line
+    params.check_storage()  # before the lease: bad credentials, a missing source or an unwritable dest, in one line
     if params.dry_run:
         return _run_compress(params, progress, run_id, prices)
     dst_fs, dest_root = params.fs(params.dest)
@@ -297,8 +287,8 @@ def run_compress(params: CompressArchiveParams, progress: Progress | None = None
 
 
 def _run_compress(params: CompressArchiveParams, progress: Progress | None, run_id: str, prices) -> CompressResult:
-    from pipeline.runtime.actor_pool import ensure_ray
-    from pipeline.runtime.dispatch import dispatch as run_on_ray
+    from pipeline.runtime import ensure_ray
+    from pipeline.runtime import dispatch as run_on_ray
     from pipeline.jobs.workers import CompressWorker
 
     progress = Throttled(progress or NoProgress())

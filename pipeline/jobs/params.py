@@ -6,11 +6,11 @@ from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
-from pipeline.codec.formats import RehydrateFormat, SmallFormat, canonical
-from pipeline.codec.options import DEFAULT_MAX_PIXELS, DEFAULT_MODEL
-from pipeline.codec.presets import Effort
-from pipeline.runtime.options import RayParams
-from pipeline.storage.params import StorageParams
+from pipeline.codec import RehydrateFormat, SmallFormat, canonical
+from pipeline.codec import DEFAULT_MAX_PIXELS, DEFAULT_MODEL
+from pipeline.codec import Effort
+from pipeline.runtime import RayParams
+from pipeline.storage import StorageParams
 
 PIPELINE_VERSION = "0.2.0"
 
@@ -83,7 +83,7 @@ class CompressArchiveParams(RayParams, StorageParams):
         or a fixed single layer where an explicit model, small format, quality or scale is named without
         a fidelity. Build it once per run and hand it down (plan, workers): its `models` are the pairs to
         load, its `columns()` the manifest's `fidelity` and `target_psnr`."""
-        from pipeline.codec.request import Request
+        from pipeline.codec import Request
 
         return Request.of(self.fidelity, self.target_psnr, self.model_id, self.small_format, self.quality,
                           self.scale, self.effort, self.preview_long_side, max_pixels=self.max_pixels,
@@ -109,6 +109,15 @@ class CompressArchiveParams(RayParams, StorageParams):
 
         return self.prices or get_settings().prices
 
+    def check_storage(self) -> None:
+        """Before any work: missing credentials, an unreachable endpoint, a missing bucket, a missing
+        source, an unwritable destination (a probe write; not for dry runs, which write nothing):
+        a StorageConfigError whose message is one line saying what to fix (StorageParams.check)."""
+        self.check(self.source, source=not self.inventory)  # an inventory lists the source instead
+        if self.inventory:
+            self.check(self.inventory)
+        self.check(self.dest, write=not self.dry_run)
+
 
 class RehydrateParams(RayParams, StorageParams):
     """A batch rehydrate run: which keys of an archive, written where (Ray: RayParams; storage: StorageParams)."""
@@ -133,3 +142,9 @@ class RehydrateParams(RayParams, StorageParams):
     @classmethod
     def _canonical_format(cls, v):
         return canonical(v) if isinstance(v, str) else v  # jpg -> jpeg, TIF -> tiff, as the codec spells them
+
+    def check_storage(self) -> None:
+        """Before any work: the archive's storage usable (credentials, endpoint, bucket) and `to`
+        writable (a probe write; not for dry runs): a StorageConfigError in one line (StorageParams.check)."""
+        self.check(self.archive)
+        self.check(self.to, write=not self.dry_run)

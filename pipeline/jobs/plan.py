@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.codec.request import Request
+from pipeline.codec import Request
 from pipeline.jobs.params import CompressArchiveParams
-from pipeline.storage.sorted_merge import count_at_most
-from pipeline.storage.keys import ObjectInfo
+from pipeline.storage import count_at_most
+from pipeline.storage import ObjectInfo
 
 # the reasons of `flows.compress_archive.decide`, by code
 REASONS = ("process", "unchanged", "failed_before", "skipped_before", "not_failed")

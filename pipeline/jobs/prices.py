@@ -113,7 +113,7 @@ def load_prices(uri: str | None, storage_options: dict | None = None, endpoint_u
     """The built-in table (None), or a user's file (local path or URI) over it."""
     if not uri:
         return DEFAULT_PRICES
-    from pipeline.storage.fs import filesystem
+    from pipeline.storage import filesystem
 
     try:
         fs, path = filesystem(uri, storage_options or {}, endpoint_url)

@@ -17,10 +17,10 @@ from typing import TypedDict
 from pipeline.storage import s3
 from pipeline.jobs.common import new_run_id, s3_counts
 from pipeline.jobs.progress import NoProgress, Progress, Throttled
-from pipeline.manifest.parts import ManifestWriter, write_run_stats
+from pipeline.manifest import ManifestWriter, write_run_stats
 from pipeline.jobs.select import REHYDRATE_SCHEMA, not_done, select_rows
 from pipeline.jobs.params import RehydrateParams
-from pipeline.manifest.rows import RestoredRow, RestoredRows
+from pipeline.manifest import RestoredRow, RestoredRows
 
 log = logging.getLogger(__name__)
 
@@ -40,24 +40,17 @@ class RehydrateResult(TypedDict, total=False):
     s3: dict  # throttled answers...: driver + workers
 
 
-def check_storage(params: RehydrateParams) -> None:
-    """Before any work: the archive's storage usable (credentials, endpoint, bucket) and `to`
-    writable (a probe write; not for dry runs): a StorageConfigError in one line (StorageParams.check)."""
-    params.check(params.archive)
-    params.check(params.to, write=not params.dry_run)
-
-
 def run_rehydrate(params: RehydrateParams, progress: Progress | None = None,
                   run_id: str | None = None) -> RehydrateResult:
-    from pipeline.runtime.actor_pool import ensure_ray
-    from pipeline.runtime.dispatch import dispatch as run_on_ray
+    from pipeline.runtime import ensure_ray
+    from pipeline.runtime import dispatch as run_on_ray
     from pipeline.jobs.workers import RehydrateWorker
 
     run_id = run_id or new_run_id()
     progress = Throttled(progress or NoProgress())
     started = time.time()
     s3_before = dict(s3.STATS)
-    check_storage(params)
+    params.check_storage()
     selected = select_rows(params)
     todo = not_done(params, selected)
     log.info("rehydrate %s: %d selected, %d already rehydrated", run_id, len(selected), len(selected) - len(todo))

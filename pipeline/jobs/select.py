@@ -9,11 +9,11 @@ import fnmatch
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from pipeline.archive.access import restored_key
+from pipeline.archive import restored_key
 from pipeline.jobs.params import RehydrateParams
-from pipeline.manifest.parts import read_manifest
-from pipeline.manifest.rows import RESTORED_SCHEMA
-from pipeline.storage.keys import UnsafeKeyError, protocol_prefix, safe_join
+from pipeline.manifest import read_manifest
+from pipeline.manifest import RESTORED_SCHEMA
+from pipeline.storage import UnsafeKeyError, protocol_prefix, safe_join
 
 REHYDRATE_SCHEMA = RESTORED_SCHEMA  # derived from pipeline.manifest.rows.RestoredRow
 
@@ -21,7 +21,7 @@ REHYDRATE_SCHEMA = RESTORED_SCHEMA  # derived from pipeline.manifest.rows.Restor
 def select_rows(params: RehydrateParams) -> list[dict]:
     """Latest ok row per selected key, through the shared manifest reader (index + newer runs;
     a run_id selection reads only that run's partition), file paths resolved to URIs."""
-    from pipeline.manifest.index import ManifestReader, keep_latest_ok, resolve_table, run_rows
+    from pipeline.manifest import ManifestReader, keep_latest_ok, resolve_table, run_rows
 
     from pipeline.errors import StorageConfigError
 

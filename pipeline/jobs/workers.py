@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 
-from pipeline.runtime.actor_pool import PoolWorker, torch_device
+from pipeline.runtime import PoolWorker, torch_device
 from pipeline.jobs.params import PIPELINE_VERSION, CompressArchiveParams
-from pipeline.manifest.rows import ArchiveRows, RestoredRows
-from pipeline.storage.keys import ObjectInfo, UnsafeKeyError, protocol_prefix, safe_join
-from pipeline.storage.fs import atomic_write
+from pipeline.manifest import ArchiveRows, RestoredRows
+from pipeline.storage import ObjectInfo, UnsafeKeyError, protocol_prefix, safe_join
+from pipeline.storage import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ class ModelUser(PoolWorker):
 
     def prepare(self, pair):
         """The loaded pair, set to run as the params say (pipeline.codec.inference) or through the model actor."""
-        from pipeline.codec.inference import configure
-        from pipeline.runtime.model_server import bind
+        from pipeline.codec import configure
+        from pipeline.runtime import bind
 
         if self.inference is not None:
             configure(pair, self.inference)
@@ -71,13 +71,13 @@ class CompressWorker(ModelUser):
 
     def _compress(self, data: bytes):
         """Encoded(small file, enhancement layer or None, record)."""
-        from pipeline.codec.request import encode
+        from pipeline.codec import encode
 
         return encode(data, self.request, self.pairs)
 
     def handle(self, item: dict, attempt: int):
-        from pipeline.codec.layer import layer_name
-        from pipeline.codec.small_file import SUFFIX
+        from pipeline.codec import layer_name
+        from pipeline.codec import SUFFIX
 
         obj = ObjectInfo(**item)
         try:
@@ -117,7 +117,7 @@ class RehydrateWorker(ModelUser):
         self.prefix = protocol_prefix(self.fs)
 
     def handle(self, row: dict, attempt: int):
-        from pipeline.archive.access import RehydrateRefused, default_format, rehydrate_row
+        from pipeline.archive import RehydrateRefused, default_format, rehydrate_row
         from pipeline.jobs.select import restored_path
 
         p = self.params

@@ -6,3 +6,33 @@
     index.py  the compacted, key-sorted current state and the one reader (lookup, latest, compaction)
     lease.py  one writer per archive
 """
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "ManifestReader": "index", "PLAN_COLUMNS": "index", "PreviousState": "index", "compact": "index",
+    "index_problem": "index", "keep_latest_ok": "index", "needs_compaction": "index", "resolve_table": "index",
+    "run_rows": "index", "shared_reader": "index", "snapshot": "index",
+    "Lease": "lease",
+    "ManifestWriter": "parts", "SCHEMA": "parts", "json_safe": "parts", "read_manifest": "parts",
+    "write_run_stats": "parts",
+    "ArchiveRow": "rows", "ArchiveRows": "rows", "RESTORED_SCHEMA": "rows", "RestoredRow": "rows",
+    "RestoredRows": "rows", "present": "rows",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    """The face is imported lazily (PEP 562): a caller loads only the modules it uses."""
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        value = module if _EXPORTS[name] == name else getattr(module, name)
+        globals()[name] = value  # once
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -52,12 +52,12 @@ import pyarrow.parquet as pq
 
 from pipeline.manifest.paths import archive_base, relativize, resolve_row, resolve_table
 from pipeline.manifest.parts import RUNS_DIR, SCHEMA, manifest_root
-from pipeline.storage.parquet import (FORMAT, LOOKUP_BLOCK, READ_ERRORS, WRITE_OPTIONS, open_parquet, read_table,
+from pipeline.storage import (FORMAT, LOOKUP_BLOCK, READ_ERRORS, WRITE_OPTIONS, open_parquet, read_table,
                                  reading_filesystem)
-from pipeline.storage.s3 import arrow_filesystem
-from pipeline.storage.sorted_merge import first_of_group, merge_sorted, rebatch
-from pipeline.storage.fs import atomic_write, filesystem
-from pipeline.storage.keys import protocol_prefix
+from pipeline.storage import arrow_filesystem
+from pipeline.storage import first_of_group, merge_sorted, rebatch
+from pipeline.storage import atomic_write, filesystem
+from pipeline.storage import protocol_prefix
 
 log = logging.getLogger(__name__)
 
@@ -388,7 +388,7 @@ class ManifestReader:
 
     def find(self, key_or_uri: str, snap: Snapshot | None = None) -> dict | None:
         """The latest ok row of a source key, or of a small file's URI (with or without scheme)."""
-        from pipeline.codec.small_file import SUFFIX
+        from pipeline.codec import SUFFIX
 
         prefix = protocol_prefix(self.fs)
         if "://" in key_or_uri or key_or_uri.startswith(prefix + self.root):

@@ -29,8 +29,8 @@ from datetime import datetime, timezone
 
 from pipeline.errors import UserError
 from pipeline.manifest.parts import RUNS_DIR
-from pipeline.storage.fs import atomic_write
-from pipeline.storage.keys import protocol_prefix
+from pipeline.storage import atomic_write
+from pipeline.storage import protocol_prefix
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.manifest.rows import present
-from pipeline.storage.keys import protocol_prefix
+from pipeline.storage import protocol_prefix
 
 PATH_COLUMNS = ("output_uri", "enhancement_uri")
 KEY = "source_key"

@@ -39,7 +39,7 @@ class ModelServer:
     def __init__(self, model_ids: list[str], registry: str | None, gpus: float, cpus: float, max_batch: int = 16,
                  inference: dict | None = None):
         from pipeline.runtime.actor_pool import torch_device
-        from pipeline.codec.inference import InferenceOptions
+        from pipeline.codec import InferenceOptions
 
         self.device = torch_device(gpus, cpus)
         self.registry, self.max_batch = registry, max_batch
@@ -55,7 +55,7 @@ class ModelServer:
 
     def _pair(self, model_id: str, sha256: str | None):
         from models.zoo import load_pair
-        from pipeline.codec.inference import configure
+        from pipeline.codec import configure
 
         key = (model_id, sha256)
         if key not in self.pairs:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from pipeline.codec.inference import InferenceOptions
+from pipeline.codec import InferenceOptions
 
 
 class RayParams(BaseModel):

@@ -8,3 +8,28 @@ the browser needs), `http` (keys, ETags, content types, auth), `app` (the deploy
 `build_app` for Serve configs, `deploy` for the CLI and tests), `static/` (the archive browser).
 See docs/serve.md.
 """
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "ServeParams": "config", "deploy": "app", "build_app": "app",
+    "token_fields": "access",
+    "serve_until_stopped": "run",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    """The face is imported lazily (PEP 562): a caller loads only the modules it uses."""
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        value = module if _EXPORTS[name] == name else getattr(module, name)
+        globals()[name] = value  # once
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

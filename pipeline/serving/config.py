@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.codec.formats import RehydrateFormat
-from pipeline.storage.params import StorageParams
+from pipeline.codec import RehydrateFormat
+from pipeline.storage import StorageParams
 
 # "original": the source file itself where the archive keeps it (a JPEG under --fidelity original), else exact pixels
 OutputFormat = RehydrateFormat

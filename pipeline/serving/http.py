@@ -7,7 +7,7 @@ import hashlib
 import hmac
 from datetime import datetime
 
-from pipeline.codec.formats import MEDIA_TYPES as CONTENT_TYPES  # noqa: F401  (the server's name for them)
+from pipeline.codec import MEDIA_TYPES as CONTENT_TYPES  # noqa: F401  (the server's name for them)
 
 
 def token_digest(token: str) -> str:
@@ -64,6 +64,6 @@ def sniff_content_type(data: bytes) -> str:
 def json_row(row: dict) -> dict:
     """A manifest row as strict JSON: timestamps as ISO strings, an exact (lossless) fidelity's
     infinite PSNR as the string "inf" (JSON has no infinity)."""
-    from pipeline.manifest.parts import json_safe
+    from pipeline.manifest import json_safe
 
     return {k: v.isoformat() if isinstance(v, datetime) else json_safe(v) for k, v in row.items()}

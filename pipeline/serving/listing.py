@@ -9,7 +9,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.manifest.parts import SCHEMA
+from pipeline.manifest import SCHEMA
 
 COLUMNS = [
     "source_key", "status", "error_message", "width", "height", "out_width", "out_height", "source_size",
@@ -22,7 +22,7 @@ COLUMNS = [
 def latest_rows(archive: str, storage_options: dict | None = None) -> pa.Table:
     """One row per source key: its newest row across runs, sorted by key (the shared manifest
     reader: the compacted index plus the runs newer than it)."""
-    from pipeline.manifest.index import ManifestReader
+    from pipeline.manifest import ManifestReader
 
     reader = ManifestReader(archive, storage_options)
     columns = [c for c in COLUMNS if c in SCHEMA.names]

@@ -15,7 +15,7 @@ def serve_until_stopped(params: ServeParams, host: str = "127.0.0.1", port: int 
                         on_ready: Callable[[str], None] = print) -> None:
     """Deploy `params`' archive on host:port and serve until Ctrl-C / SIGTERM; `on_ready` gets a
     line with the URL. Without `ray_address` a local Ray with Serve's throughput settings."""
-    from pipeline.runtime.local_env import SERVE_ENV, set_local_env_defaults
+    from pipeline.runtime import SERVE_ENV, set_local_env_defaults
 
     if not ray_address:  # our own local Ray: Serve's throughput settings, before ray is imported
         set_local_env_defaults(**SERVE_ENV)

@@ -8,3 +8,36 @@
     inventory.py     an S3 Inventory report as the listing
     parquet.py       Parquet reads and writes with integrity and few requests
 """
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "atomic_write": "fs", "filesystem": "fs", "read_bytes": "fs", "write_local": "fs",
+    "InventoryListing": "inventory",
+    "ObjectInfo": "keys", "UnsafeKeyError": "keys", "protocol_prefix": "keys", "safe_join": "keys",
+    "validate_key": "keys",
+    "listing_tables": "listing",
+    "StorageParams": "params",
+    "FORMAT": "parquet", "LOOKUP_BLOCK": "parquet", "READ_ERRORS": "parquet", "WRITE_OPTIONS": "parquet",
+    "open_parquet": "parquet", "read_table": "parquet", "reading_filesystem": "parquet",
+    "arrow_filesystem": "s3", "explain": "s3", "s3": "s3",
+    "count_at_most": "sorted_merge", "first_of_group": "sorted_merge", "merge_sorted": "sorted_merge",
+    "rebatch": "sorted_merge",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    """The face is imported lazily (PEP 562): a caller loads only the modules it uses."""
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        value = module if _EXPORTS[name] == name else getattr(module, name)
+        globals()[name] = value  # once
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

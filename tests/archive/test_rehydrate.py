@@ -21,7 +21,7 @@ from pipeline.archive.access import RehydrateRefused, find_row, rehydrate, rehyd
 from pipeline.manifest.rows import RESTORED_SCHEMA
 from pipeline.storage.fs import filesystem
 
-from tests import DATA
+from tests import DATA, ROOT
 SET5 = DATA / "Set5"
 
 
@@ -152,7 +152,7 @@ def test_batch_cli_endpoint_only_by_flag_and_missing_credentials_one_line(archiv
 
     from infra.local_s3 import free_port
 
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "TAID_", "AWS_", "RAY_ADDRESS"))}
     env.update(PYTHONPATH=str(root), PREFECT_HOME=str(tmp_path / "prefect-home"), OMP_NUM_THREADS="1",
                AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=str(tmp_path / "none"),

@@ -108,3 +108,34 @@ def test_the_rules_catch_an_upward_import(tmp_path, monkeypatch):
     assert "pipeline.jobs.params" in edges["pipeline.codec.image"]
     upward = [b for b in edges["pipeline.codec.image"] if FLOORS[_package(b)] >= FLOORS["codec"] and _package(b) != "codec"]
     assert upward == ["pipeline.jobs.params"]
+
+
+def test_other_packages_use_only_a_package_s_face():
+    """pipeline/ and flows/ reach another package through its face (`from pipeline.storage import
+    filesystem`, names in its `__all__`), never into its modules; the face itself imports lazily."""
+    import importlib
+
+    reaching, unknown = [], []
+    for top in ("pipeline", "flows"):
+        for name, path in _modules(top).items():
+            mine = name.split(".")[1] if top == "pipeline" and name.count(".") >= 1 else None
+            for module, names in _imports(path):
+                parts = module.split(".")
+                if parts[0] != "pipeline" or len(parts) < 2 or parts[1] not in FLOORS or parts[1] == mine:
+                    continue
+                if len(parts) > 2:
+                    reaching.append(f"{name}: {module}")
+                elif names and parts[1] not in ("settings", "errors"):
+                    face = set(importlib.import_module(module).__all__)
+                    unknown += [f"{name}: {module}.{n}" for n in names if n not in face]
+    assert not reaching
+    assert not unknown
+
+
+def test_every_face_name_resolves():
+    import importlib
+
+    for package in FLOORS:
+        module = importlib.import_module(f"pipeline.{package}")
+        for name in getattr(module, "__all__", ()):
+            assert getattr(module, name) is not None, f"pipeline.{package}.{name}"
