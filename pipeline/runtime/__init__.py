@@ -2,7 +2,7 @@
 
     options.py       RayParams: workers, resources, stages, precision (shared by every job)
     actor_pool.py    stateful actors that load a model once; every item ends as a row
-    dispatch.py      single-stage actors, or CPU workers plus model actors (staged)
+    stages.py        dispatch: single-stage actors, or CPU workers plus model actors (staged)
     model_server.py  model actors that batch TAD/TAU tiles for many CPU workers
     retry.py         retries of a call around transient errors
     local_env.py     what a local Ray and Prefect need on this machine
@@ -14,7 +14,7 @@ import importlib
 
 _EXPORTS = {
     "PoolWorker": "actor_pool", "ensure_ray": "actor_pool", "torch_device": "actor_pool",
-    "dispatch": "dispatch",
+    "dispatch": "stages",
     "SERVE_ENV": "local_env", "set_local_env_defaults": "local_env",
     "bind": "model_server",
     "RayParams": "options",

@@ -147,3 +147,16 @@ def test_the_module_map_names_every_module():
     missing = [str(path.relative_to(ROOT)) for top in ("flows", "pipeline", "models") for path in (ROOT / top).rglob("*.py")
                if path.name != "__init__.py" and f"`{path.relative_to(ROOT).as_posix()}`" not in doc]
     assert not missing
+
+
+def test_no_face_name_is_shadowed_by_a_module():
+    """A face name that is also a module's name would be replaced by the module once it is imported."""
+    import importlib
+
+    shadowed = []
+    for package in FLOORS:
+        module = importlib.import_module(f"pipeline.{package}")
+        exports = getattr(module, "_EXPORTS", {})
+        shadowed += [f"pipeline.{package}.{n}" for n, m in exports.items()
+                     if n != m and (ROOT / "pipeline" / package / f"{n}.py").exists()]
+    assert not shadowed
