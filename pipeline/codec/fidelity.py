@@ -564,12 +564,12 @@ def _image_layer(ctx: _Context, pair, base: Base, spec: Fidelity):
         full = _full_layer(ctx.ref, ctx.grey, spec.target_psnr, pair.scale, ctx.effort, ctx.stages)
     with ctx.stages("encode"):
         if full is None:  # exact, or no AVIF level reaches the target
-            layer, lcodec, b.note = _exact_layer(_channel(ctx.ref.rgb, ctx.grey), ctx.data, ctx.dec)
+            layer, lfmt, b.note = _exact_layer(_channel(ctx.ref.rgb, ctx.grey), ctx.data, ctx.dec)
             level = None
         else:
-            layer, lcodec, level = full
+            layer, lfmt, level = full
         q, size = _cheapest_thumbnail(b, ctx.ref, None, None)
-    return _Candidate(total=size + len(layer), base=base, small_quality=q, layer_format=lcodec, layer_level=level), b, layer
+    return _Candidate(total=size + len(layer), base=base, small_quality=q, layer_format=lfmt, layer_level=level), b, layer
 
 
 def _predicted(ctx: _Context, pair, base: Base, target: float):

@@ -10,28 +10,28 @@ preview); the layer is useless without it and is never needed to see the thumbna
 
 File: `<small file name>.enh` (`layer_name`), a 5-byte header and an image:
 
-    b"TEL" + version (1) + codec byte + payload
-    codec b"a": AVIF, lossy, 4:2:0 (4:0:0 for grey). The residual is offset by 128 and clipped to
+    b"TEL" + version (1) + format byte + payload
+    format b"a": AVIF, lossy, 4:2:0 (4:0:0 for grey). The residual is offset by 128 and clipped to
                 0..255; restored = clip(prediction + decoded - 128). Clipping only bites where the
                 prediction is off by more than 127 levels; the codec verifies what it wrote, so a
                 clipped pixel can cost fidelity but never goes unnoticed.
-    codec b"f": AVIF of the source itself; restored = decoded, the prediction is not used. For images
+    format b"f": AVIF of the source itself; restored = decoded, the prediction is not used. For images
                 TAU predicts badly (screenshots, text, line art: the residual is then dearer than the
                 image), the codec picks this when it is smaller.
-    codec b"l": WebP lossless of the source itself; restored = decoded, exactly the source, the
+    format b"l": WebP lossless of the source itself; restored = decoded, exactly the source, the
                 prediction is not used (the `lossless` preset, and the fallback when no lossy layer
                 reaches the target). Written since issue 17, instead of b"w".
-    codec b"g": AVIF of the image itself in horizontal bands, each its own AVIF at its own level:
+    format b"g": AVIF of the image itself in horizontal bands, each its own AVIF at its own level:
                 payload = band count (1 byte), then per band its height and byte length (two
                 little-endian uint32), then the bands' AVIF files; restored = the bands stacked.
                 Mixing two adjacent levels across bands is a quantizer finer than libaom's
                 (pipeline.codec.fidelity: a large image lands within a fraction of a level of its
                 target); 8 bands of a 12 MP photo cost 0.7 % more bytes than one AVIF at one level.
-    codec b"j": JPEG XL recompression of a JPEG source's own bytes (lossless, about 0.85x of the JPEG);
+    format b"j": JPEG XL recompression of a JPEG source's own bytes (lossless, about 0.85x of the JPEG);
                 restored = the source JPEG decoded again (pipeline.codec.image_io, the same policies as the
                 compressing side), and `original_bytes` gives the JPEG back byte for byte. The
                 prediction is not used. Written for `--fidelity original` and `lossless` since issue 21.
-    codec b"w": WebP lossless of the residual modulo 256; restored = (prediction + decoded) mod 256.
+    format b"w": WebP lossless of the residual modulo 256; restored = (prediction + decoded) mod 256.
                 Read, no longer written: exact only when TAU at rehydration computes bit for bit
                 what it computed at compression, and a prediction off by one level at a pixel of
                 value 0 or 255 wraps to an error of 255 (the modulo). Another device or precision
@@ -72,11 +72,11 @@ from PIL import Image
 MAGIC = b"TEL"
 VERSION = 1
 SUFFIX = ".enh"
-CODECS = {"avif": b"a", "avif-full": b"f", "avif-bands": b"g", "webp-lossless": b"w", "webp-lossless-full": b"l",
+LAYER_FORMATS = {"avif": b"a", "avif-full": b"f", "avif-bands": b"g", "webp-lossless": b"w", "webp-lossless-full": b"l",
           "jxl-jpeg": b"j"}
 PREDICTION_FREE = ("avif-full", "avif-bands", "webp-lossless-full", "jxl-jpeg")  # restored = the layer: device-independent
-EXACT_CODECS = ("webp-lossless-full", "jxl-jpeg")  # restored = the decoded source, every pixel
-_NAMES = {v: k for k, v in CODECS.items()}
+EXACT_FORMATS = ("webp-lossless-full", "jxl-jpeg")  # restored = the decoded source, every pixel
+_NAMES = {v: k for k, v in LAYER_FORMATS.items()}
 AVIF_SUBSAMPLING = "4:2:0"
 AVIF_SPEED = 6  # Pillow's default; `effort` (pipeline.codec.fidelity) picks another per run
 AVIF_LEVELS = 63  # level = 63 - libaom cq-level: 0 coarsest ... 63 finest
@@ -115,30 +115,30 @@ def _image(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(arr), "L" if arr.ndim == 2 else "RGB")
 
 
-def encode_layer(source: np.ndarray, prediction: np.ndarray | None, codec: str, level: int | None = None,
+def encode_layer(source: np.ndarray, prediction: np.ndarray | None, fmt: str, level: int | None = None,
                  speed: int = AVIF_SPEED) -> bytes:
     """The layer that takes `prediction` towards `source` (same shape: H x W x 3 or H x W uint8);
-    a prediction-free codec needs no prediction. `level`: the AVIF level (0..63, higher is finer)."""
-    if codec == "jxl-jpeg":
+    a prediction-free layer format needs no prediction. `level`: the AVIF level (0..63, higher is finer)."""
+    if fmt == "jxl-jpeg":
         raise ValueError("a jxl-jpeg layer is made from the JPEG's bytes: encode_jpeg_layer")
-    if codec not in PREDICTION_FREE:
+    if fmt not in PREDICTION_FREE:
         if prediction is None or source.shape != prediction.shape:
             raise ValueError(f"source {source.shape} and prediction {getattr(prediction, 'shape', None)} differ")
-    diff = None if codec in PREDICTION_FREE else source.astype(np.int16) - prediction.astype(np.int16)
+    diff = None if fmt in PREDICTION_FREE else source.astype(np.int16) - prediction.astype(np.int16)
     buf = io.BytesIO()
-    if codec in ("avif", "avif-full"):
+    if fmt in ("avif", "avif-full"):
         if level is None:
             raise ValueError("an AVIF layer needs a level")
-        img = source if codec == "avif-full" else np.clip(diff + 128, 0, 255).astype(np.uint8)
+        img = source if fmt == "avif-full" else np.clip(diff + 128, 0, 255).astype(np.uint8)
         _image(img).save(buf, "AVIF", **avif_settings(level, speed))
-    elif codec in ("webp-lossless", "webp-lossless-full"):
-        img = _image(source if codec == "webp-lossless-full" else (diff % 256).astype(np.uint8))
+    elif fmt in ("webp-lossless", "webp-lossless-full"):
+        img = _image(source if fmt == "webp-lossless-full" else (diff % 256).astype(np.uint8))
         if img.mode == "L":  # WebP holds RGB only; a grey residual is repeated, and decoded back from one channel
             img = img.convert("RGB")
         img.save(buf, "WEBP", lossless=True, quality=100, method=4, exact=True)
     else:
-        raise ValueError(f"unknown layer codec {codec!r} (choose from {tuple(CODECS)})")
-    return MAGIC + bytes([VERSION]) + CODECS[codec] + buf.getvalue()
+        raise ValueError(f"unknown layer format {fmt!r} (choose from {tuple(LAYER_FORMATS)})")
+    return MAGIC + bytes([VERSION]) + LAYER_FORMATS[fmt] + buf.getvalue()
 
 
 def encode_avif(arr: np.ndarray, level: int, speed: int = AVIF_SPEED) -> bytes:
@@ -149,11 +149,11 @@ def encode_avif(arr: np.ndarray, level: int, speed: int = AVIF_SPEED) -> bytes:
 
 
 def pack_bands(bands: list[tuple[int, bytes]]) -> bytes:
-    """An avif-bands layer (codec b"g") of (height, AVIF file) bands, top to bottom."""
+    """An avif-bands layer (format b"g") of (height, AVIF file) bands, top to bottom."""
     if not 1 <= len(bands) <= 255:
         raise ValueError("an avif-bands layer holds 1 to 255 bands")
     index = b"".join(struct.pack("<II", h, len(data)) for h, data in bands)
-    return MAGIC + bytes([VERSION]) + CODECS["avif-bands"] + bytes([len(bands)]) + index + b"".join(d for _, d in bands)
+    return MAGIC + bytes([VERSION]) + LAYER_FORMATS["avif-bands"] + bytes([len(bands)]) + index + b"".join(d for _, d in bands)
 
 
 def _unpack_bands(payload: bytes) -> list[tuple[int, bytes]]:
@@ -187,7 +187,7 @@ def decode_avif(data: bytes, grey: bool) -> np.ndarray:
 
 
 def encode_jpeg_layer(jpeg: bytes) -> bytes:
-    """JPEG XL recompression of a JPEG file's own bytes (codec b"j"). Raises ValueError where libjxl
+    """JPEG XL recompression of a JPEG file's own bytes (format b"j"). Raises ValueError where libjxl
     cannot transcode it (CMYK, arithmetic-coded, damaged...) or cannot give the same bytes back:
     the caller then stores exact pixels instead."""
     import hashlib
@@ -201,7 +201,7 @@ def encode_jpeg_layer(jpeg: bytes) -> bytes:
                                      num_threads=1)(jpeg, size[0], size[1], jpeg_encode=True)
     except Exception as exc:
         raise ValueError(f"JPEG XL cannot recompress this JPEG: {type(exc).__name__}: {exc}") from exc
-    layer = MAGIC + bytes([VERSION]) + CODECS["jxl-jpeg"] + payload
+    layer = MAGIC + bytes([VERSION]) + LAYER_FORMATS["jxl-jpeg"] + payload
     if hashlib.sha256(original_bytes(layer)).digest() != hashlib.sha256(jpeg).digest():
         raise ValueError("JPEG XL recompression does not give this JPEG back byte for byte")
     return layer
@@ -227,18 +227,18 @@ def layer_format(layer: bytes) -> str:
         raise LayerError("not a TAID enhancement layer")
     if layer[3] != VERSION:
         raise LayerError(f"enhancement layer version {layer[3]} is not supported (this reader knows {VERSION})")
-    codec = _NAMES.get(layer[4:5])
-    if codec is None:
-        raise LayerError(f"unknown enhancement layer codec byte {layer[4:5]!r}")
-    return codec
+    fmt = _NAMES.get(layer[4:5])
+    if fmt is None:
+        raise LayerError(f"unknown enhancement layer format byte {layer[4:5]!r}")
+    return fmt
 
 
 def apply_layer(prediction: np.ndarray, layer: bytes) -> np.ndarray:
     """prediction (H x W x 3 or H x W uint8) + layer -> the restored pixels, same shape."""
-    codec = layer_format(layer)
-    if codec == "jxl-jpeg":
+    fmt = layer_format(layer)
+    if fmt == "jxl-jpeg":
         return _decoded_jpeg(original_bytes(layer), prediction)
-    if codec == "avif-bands":
+    if fmt == "avif-bands":
         grey = prediction.ndim == 2
         parts = [(h, decode_avif(d, grey)) for h, d in _unpack_bands(layer[5:])]
         if any(part.shape[0] != h for h, part in parts):
@@ -248,7 +248,7 @@ def apply_layer(prediction: np.ndarray, layer: bytes) -> np.ndarray:
             raise LayerError(f"enhancement layer is {decoded.shape}, the prediction {prediction.shape}")
         return np.ascontiguousarray(decoded)
     try:
-        im = Image.open(io.BytesIO(layer[5:]), formats=("WEBP",) if codec.startswith("webp") else ("AVIF",))
+        im = Image.open(io.BytesIO(layer[5:]), formats=("WEBP",) if fmt.startswith("webp") else ("AVIF",))
         im.load()
     except Exception as exc:
         raise LayerError(f"enhancement layer payload is unreadable: {type(exc).__name__}: {exc}") from exc
@@ -258,17 +258,17 @@ def apply_layer(prediction: np.ndarray, layer: bytes) -> np.ndarray:
         decoded = decoded[..., 0]
     if decoded.shape != prediction.shape:
         raise LayerError(f"enhancement layer is {decoded.shape}, the prediction {prediction.shape}")
-    if codec in PREDICTION_FREE:
+    if fmt in PREDICTION_FREE:
         return np.ascontiguousarray(decoded)
     pred = prediction.astype(np.int16)
-    if codec == "avif":
+    if fmt == "avif":
         return np.clip(pred + decoded.astype(np.int16) - 128, 0, 255).astype(np.uint8)
     return ((pred + decoded) % 256).astype(np.uint8)
 
 
 def _decoded_jpeg(jpeg: bytes, prediction: np.ndarray) -> np.ndarray:
     """The pixels the compressing side measured: the JPEG decoded by the same policies (image_io)."""
-    from pipeline.codec import image_io
+    from pipeline.fmt import image_io
 
     try:
         dec = image_io.decode_image(jpeg, max_pixels=prediction.shape[0] * prediction.shape[1] + 1)
