@@ -268,7 +268,7 @@ def apply_layer(prediction: np.ndarray, layer: bytes) -> np.ndarray:
 
 def _decoded_jpeg(jpeg: bytes, prediction: np.ndarray) -> np.ndarray:
     """The pixels the compressing side measured: the JPEG decoded by the same policies (image_io)."""
-    from pipeline.fmt import image_io
+    from pipeline.codec import image_io
 
     try:
         dec = image_io.decode_image(jpeg, max_pixels=prediction.shape[0] * prediction.shape[1] + 1)
