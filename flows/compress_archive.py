@@ -8,10 +8,7 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
 from flows.run_logs import ArtifactProgress, run_logs
-from pipeline.jobs import CompressArchiveParams
-from pipeline.jobs import run_compress, summary_table
-from pipeline.jobs import new_run_id
-from pipeline.jobs import Both, TqdmProgress
+from pipeline.jobs import Both, CompressArchiveParams, TqdmProgress, new_run_id, run_compress, summary_table
 
 
 @task(name="compress-objects")

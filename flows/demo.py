@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from flows.compress_archive import compress_archive, summary_table
-    from pipeline.jobs import CompressArchiveParams
     from pipeline.archive import find_row, rehydrate_row
+    from pipeline.jobs import CompressArchiveParams
 
     source, dest = os.path.abspath(args.source), os.path.abspath(args.dest)  # Ray workers get absolute paths
     params = CompressArchiveParams(

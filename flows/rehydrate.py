@@ -7,9 +7,11 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
 from flows.run_logs import ArtifactProgress, run_logs
-from pipeline.jobs import run_rehydrate
-from pipeline.jobs import new_run_id
-from pipeline.jobs import RehydrateParams  # noqa: F401  (this flow's parameter type)
+from pipeline.jobs import (
+    RehydrateParams,  # noqa: F401  (this flow's parameter type)
+    new_run_id,
+    run_rehydrate,
+)
 
 
 @task(name="rehydrate-rows")

@@ -8,8 +8,7 @@ from flows.commands.base import command, params
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from pipeline.serving import token_fields
-    from pipeline.serving import serve_until_stopped
+    from pipeline.serving import serve_until_stopped, token_fields
 
     cache = {"cache_bytes": args.cache_mb * 2**20} if args.cache_mb is not None else {}
     p = params(args, **token_fields(args.host, args.token, args.insecure_open), **cache)

@@ -20,10 +20,8 @@ from functools import lru_cache
 from PIL import Image
 
 from models.zoo import WeightsError, load_pair
-from pipeline.codec import RehydrateError
-from pipeline.codec import rehydrate_image
-from pipeline.manifest import shared_reader
-from pipeline.manifest import present
+from pipeline.codec import OUTPUT_SUFFIX, RehydrateError, rehydrate_image
+from pipeline.manifest import present, shared_reader
 from pipeline.storage import filesystem
 
 
@@ -156,7 +154,6 @@ def rehydrate_to_file(
 
 
 # what each output format's file is called (a batch run's names, and a single key's default)
-SUFFIX = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "webp-lossy": ".webp", "tiff": ".tif"}
 
 
 def default_format(row: dict) -> str:
@@ -175,7 +172,7 @@ def restored_key(row: dict, restored_format: str | None) -> str:
             return key + ".png"  # appended, never replaced: cat.jpg and cat.png stay two files
         return key
     stem = row["source_key"].rsplit(".", 1)[0] if "." in row["source_key"].rsplit("/", 1)[-1] else row["source_key"]
-    return stem + SUFFIX.get(restored_format.lower(), "." + restored_format.lower())
+    return stem + OUTPUT_SUFFIX.get(restored_format.lower(), "." + restored_format.lower())
 
 
 def rehydrate_pil(key_or_uri: str, archive: str, **kwargs) -> Image.Image:

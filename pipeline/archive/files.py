@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pipeline.errors import UserError
 from pipeline.storage import write_local
 
+
 class FileRefused(UserError):
     """A single file that cannot be compressed or rehydrated: one line, exit 2."""
 
@@ -83,8 +84,7 @@ def compress_file(
     default (pipeline.codec.options.CodecOptions). `record_path`: also write the manifest record
     as JSON there (a refused image's too)."""
     from models.zoo import WeightsError, load_pair
-    from pipeline.codec import Request, encode
-    from pipeline.codec import layer_name
+    from pipeline.codec import Request, encode, layer_name
 
     try:
         request = Request.of(fidelity, target_psnr, model_id, small_format, quality, scale, effort, preview_long_side,
@@ -120,11 +120,7 @@ def rehydrate_file(
     fidelity). `model`: load this one instead of the recorded (a mismatch is refused). Format:
     `restored_format`, else the output name's extension, else the recorded one."""
     from models.zoo import WeightsError, load_pair
-    from pipeline.codec import rehydrate_image
-    from pipeline.codec import layer_name
-    from pipeline.codec import RehydrateError
-    from pipeline.codec import SmallFileError, read_small
-    from pipeline.codec import formats
+    from pipeline.codec import RehydrateError, SmallFileError, formats, layer_name, read_small, rehydrate_image
 
     try:
         small = read_file(input_path)

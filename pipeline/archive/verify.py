@@ -12,8 +12,7 @@ import hashlib
 import itertools
 from concurrent.futures import ThreadPoolExecutor
 
-from pipeline.manifest import ManifestReader, index_problem
-from pipeline.manifest import present
+from pipeline.manifest import ManifestReader, index_problem, present
 from pipeline.storage import filesystem, read_bytes
 
 COLUMNS = ["source_key", "output_uri", "output_sha256", "enhancement_uri", "enhancement_sha256"]

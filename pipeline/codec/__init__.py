@@ -39,6 +39,7 @@ _EXPORTS = {
     "SMALL_FORMATS": "formats", "OUTPUT_FORMATS": "formats", "REHYDRATE_FORMATS": "formats",
     # what the other packages use
     "MEDIA_TYPES": "formats",
+    "OUTPUT_SUFFIX": "formats",
     "SOURCE_OUTPUT": "formats",
     "canonical": "formats",
     "formats": "formats",

@@ -57,12 +57,27 @@ import numpy as np
 from PIL import Image
 
 from models.metrics import psnr, rgb_to_y
-from pipeline.codec import formats, image as codec, layer as enhancement, tiling
+from pipeline.codec import formats, tiling
+from pipeline.codec import image as codec
+from pipeline.codec import layer as enhancement
 from pipeline.codec.inference import CROSS_DEVICE_MAX_PSNR_DROP_DB
+
 # the specs (presets, efforts, targets) live in the light pipeline.codec.presets; named here too for the callers
 from pipeline.codec.presets import (  # noqa: F401
-    DEFAULT_EFFORT, DEFAULT_FIDELITY, EFFORTS, EXACT, MAX_TARGET_PSNR, PREVIEW_LONG_SIDE, PRESETS, Base, Effort,
-    EffortSettings, Fidelity, requested_fidelity, resolve_fidelity)
+    DEFAULT_EFFORT,
+    DEFAULT_FIDELITY,
+    EFFORTS,
+    EXACT,
+    MAX_TARGET_PSNR,
+    PRESETS,
+    PREVIEW_LONG_SIDE,
+    Base,
+    Effort,
+    EffortSettings,
+    Fidelity,
+    requested_fidelity,
+    resolve_fidelity,
+)
 
 LOSSLESS_OUTPUTS = formats.LOSSLESS_OUTPUTS  # rehydrated formats that hold the restored pixels exactly
 TOLERANCE_DB = 0.0  # the target is a floor: no slack

@@ -39,9 +39,17 @@ from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
+
 from pipeline.codec import formats, image_io, small_file, tiling
 from pipeline.codec import layer as enhancement
-from pipeline.codec.options import CODEC_VERSION, DEFAULT_MAX_PIXELS, CodecOptions, CompressRecord, Encoded, RehydrateError  # noqa: F401  (re-exported for callers of the codec)
+from pipeline.codec.options import (  # noqa: F401  (re-exported for callers of the codec)
+    CODEC_VERSION,
+    DEFAULT_MAX_PIXELS,
+    CodecOptions,
+    CompressRecord,
+    Encoded,
+    RehydrateError,
+)
 
 DEFAULT_SMALL_FORMAT = "png"  # for lossless pairs; a codec-aware pair's `channel` block says its own
 DEFAULT_QUALITY = 90  # for a lossy small format the pair was not trained for

@@ -9,7 +9,6 @@ from pydantic import BaseModel, Field, field_validator
 
 from pipeline.codec.formats import OutputFormat, SmallFormat
 
-
 CODEC_VERSION = "2"  # 2: AVIF layers by level (cq-level), jxl-jpeg layers, previews by size
 
 

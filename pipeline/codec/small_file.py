@@ -39,7 +39,9 @@ from urllib.parse import quote, unquote
 
 from PIL import Image, PngImagePlugin
 
-from pipeline.codec.formats import LOSSY_SMALL_FORMATS as LOSSY_FORMATS, SMALL_FORMATS, SMALL_SUFFIX as SUFFIX  # noqa: F401
+from pipeline.codec.formats import LOSSY_SMALL_FORMATS as LOSSY_FORMATS  # noqa: F401  (re-exported)
+from pipeline.codec.formats import SMALL_FORMATS
+from pipeline.codec.formats import SMALL_SUFFIX as SUFFIX  # noqa: F401  (re-exported: the codec's face names it)
 
 EMBED_VERSION = 2
 # record key -> short key in the compact encoding (values)

@@ -19,16 +19,20 @@ from datetime import datetime, timezone
 from typing import TypedDict
 
 from pipeline.codec import Request
-from pipeline.storage import s3
-from pipeline.jobs.params import PIPELINE_VERSION, CompressArchiveParams
 from pipeline.errors import DestinationFullError, ManifestWriteError, os_error_line, storage_refuses
 from pipeline.jobs.common import new_run_id, s3_counts
+from pipeline.jobs.params import PIPELINE_VERSION, CompressArchiveParams
+from pipeline.jobs.prices import (
+    DEFAULT_PRICES,
+    Prices,
+    billable_bytes,
+    monthly_saving,
+    months_to_pay_back,
+    one_time_cost,
+)
 from pipeline.jobs.progress import NoProgress, Progress, Throttled
-from pipeline.manifest import ManifestWriter, write_run_stats
-from pipeline.manifest import PreviousState
-from pipeline.jobs.prices import DEFAULT_PRICES, Prices, billable_bytes, monthly_saving, months_to_pay_back, one_time_cost
-from pipeline.manifest import ArchiveRow, ArchiveRows
-from pipeline.storage import ObjectInfo, UnsafeKeyError, safe_join
+from pipeline.manifest import ArchiveRow, ArchiveRows, ManifestWriter, PreviousState, write_run_stats
+from pipeline.storage import ObjectInfo, UnsafeKeyError, s3, safe_join
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +114,9 @@ def plan_objects(params: CompressArchiveParams, counts: dict,
     """(the objects to process, streamed in one listing pass; an estimate of how many objects
     will be listed, None when unknown). The others are counted in `counts` by reason. Memory
     stays flat in the number of objects: see `pipeline.jobs.plan`."""
-    from pipeline.storage import InventoryListing
-    from pipeline.storage import listing_tables
-    from pipeline.manifest import PLAN_COLUMNS, ManifestReader
     from pipeline.jobs.plan import plan
-    from pipeline.storage import protocol_prefix
+    from pipeline.manifest import PLAN_COLUMNS, ManifestReader
+    from pipeline.storage import InventoryListing, listing_tables, protocol_prefix
 
     fs, root = params.fs(params.source)
     base = protocol_prefix(fs) + root.rstrip("/") + "/"
@@ -287,9 +289,9 @@ def run_compress(params: CompressArchiveParams, progress: Progress | None = None
 
 
 def _run_compress(params: CompressArchiveParams, progress: Progress | None, run_id: str, prices) -> CompressResult:
-    from pipeline.runtime import ensure_ray
-    from pipeline.runtime import dispatch as run_on_ray
     from pipeline.jobs.workers import CompressWorker
+    from pipeline.runtime import dispatch as run_on_ray
+    from pipeline.runtime import ensure_ray
 
     progress = Throttled(progress or NoProgress())
     dst_fs, dest_root = params.fs(params.dest)

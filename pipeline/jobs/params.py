@@ -6,9 +6,7 @@ from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
-from pipeline.codec import RehydrateFormat, SmallFormat, canonical
-from pipeline.codec import DEFAULT_MAX_PIXELS, DEFAULT_MODEL
-from pipeline.codec import Effort
+from pipeline.codec import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, Effort, RehydrateFormat, SmallFormat, canonical
 from pipeline.runtime import RayParams
 from pipeline.storage import StorageParams
 

@@ -17,8 +17,7 @@ import pyarrow.compute as pc
 
 from pipeline.codec import Request
 from pipeline.jobs.params import CompressArchiveParams
-from pipeline.storage import count_at_most
-from pipeline.storage import ObjectInfo
+from pipeline.storage import ObjectInfo, count_at_most
 
 # the reasons of `flows.compress_archive.decide`, by code
 REASONS = ("process", "unchanged", "failed_before", "skipped_before", "not_failed")

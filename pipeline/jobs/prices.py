@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from collections.abc import Iterable
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SECONDS_PER_HOUR = 3600.0

@@ -14,13 +14,12 @@ import logging
 import time
 from typing import TypedDict
 
-from pipeline.storage import s3
 from pipeline.jobs.common import new_run_id, s3_counts
-from pipeline.jobs.progress import NoProgress, Progress, Throttled
-from pipeline.manifest import ManifestWriter, write_run_stats
-from pipeline.jobs.select import REHYDRATE_SCHEMA, not_done, select_rows
 from pipeline.jobs.params import RehydrateParams
-from pipeline.manifest import RestoredRow, RestoredRows
+from pipeline.jobs.progress import NoProgress, Progress, Throttled
+from pipeline.jobs.select import REHYDRATE_SCHEMA, not_done, select_rows
+from pipeline.manifest import ManifestWriter, RestoredRow, RestoredRows, write_run_stats
+from pipeline.storage import s3
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +41,9 @@ class RehydrateResult(TypedDict, total=False):
 
 def run_rehydrate(params: RehydrateParams, progress: Progress | None = None,
                   run_id: str | None = None) -> RehydrateResult:
-    from pipeline.runtime import ensure_ray
-    from pipeline.runtime import dispatch as run_on_ray
     from pipeline.jobs.workers import RehydrateWorker
+    from pipeline.runtime import dispatch as run_on_ray
+    from pipeline.runtime import ensure_ray
 
     run_id = run_id or new_run_id()
     progress = Throttled(progress or NoProgress())

@@ -11,8 +11,7 @@ import pyarrow.dataset as ds
 
 from pipeline.archive import restored_key
 from pipeline.jobs.params import RehydrateParams
-from pipeline.manifest import read_manifest
-from pipeline.manifest import RESTORED_SCHEMA
+from pipeline.manifest import RESTORED_SCHEMA, read_manifest
 from pipeline.storage import UnsafeKeyError, protocol_prefix, safe_join
 
 REHYDRATE_SCHEMA = RESTORED_SCHEMA  # derived from pipeline.manifest.rows.RestoredRow
@@ -21,9 +20,8 @@ REHYDRATE_SCHEMA = RESTORED_SCHEMA  # derived from pipeline.manifest.rows.Restor
 def select_rows(params: RehydrateParams) -> list[dict]:
     """Latest ok row per selected key, through the shared manifest reader (index + newer runs;
     a run_id selection reads only that run's partition), file paths resolved to URIs."""
-    from pipeline.manifest import ManifestReader, keep_latest_ok, resolve_table, run_rows
-
     from pipeline.errors import StorageConfigError
+    from pipeline.manifest import ManifestReader, keep_latest_ok, resolve_table, run_rows
 
     reader = ManifestReader(params.archive, params.fsspec_options())
     if not reader.has_manifest():

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import logging
 
-from pipeline.runtime import PoolWorker, torch_device
 from pipeline.jobs.params import PIPELINE_VERSION, CompressArchiveParams
 from pipeline.manifest import ArchiveRows, RestoredRows
-from pipeline.storage import ObjectInfo, UnsafeKeyError, protocol_prefix, safe_join
-from pipeline.storage import atomic_write
+from pipeline.runtime import PoolWorker, torch_device
+from pipeline.storage import ObjectInfo, UnsafeKeyError, atomic_write, protocol_prefix, safe_join
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +75,7 @@ class CompressWorker(ModelUser):
         return encode(data, self.request, self.pairs)
 
     def handle(self, item: dict, attempt: int):
-        from pipeline.codec import layer_name
-        from pipeline.codec import SUFFIX
+        from pipeline.codec import SUFFIX, layer_name
 
         obj = ObjectInfo(**item)
         try:

@@ -50,14 +50,24 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.manifest.paths import archive_base, relativize, resolve_row, resolve_table
 from pipeline.manifest.parts import RUNS_DIR, SCHEMA, manifest_root
-from pipeline.storage import (FORMAT, LOOKUP_BLOCK, READ_ERRORS, WRITE_OPTIONS, open_parquet, read_table,
-                                 reading_filesystem)
-from pipeline.storage import arrow_filesystem
-from pipeline.storage import first_of_group, merge_sorted, rebatch
-from pipeline.storage import atomic_write, filesystem
-from pipeline.storage import protocol_prefix
+from pipeline.manifest.paths import archive_base, relativize, resolve_row, resolve_table
+from pipeline.storage import (
+    FORMAT,
+    LOOKUP_BLOCK,
+    READ_ERRORS,
+    WRITE_OPTIONS,
+    arrow_filesystem,
+    atomic_write,
+    filesystem,
+    first_of_group,
+    merge_sorted,
+    open_parquet,
+    protocol_prefix,
+    read_table,
+    reading_filesystem,
+    rebatch,
+)
 
 log = logging.getLogger(__name__)
 

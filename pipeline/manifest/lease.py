@@ -29,8 +29,7 @@ from datetime import datetime, timezone
 
 from pipeline.errors import UserError
 from pipeline.manifest.parts import RUNS_DIR
-from pipeline.storage import atomic_write
-from pipeline.storage import protocol_prefix
+from pipeline.storage import atomic_write, protocol_prefix
 
 log = logging.getLogger(__name__)
 

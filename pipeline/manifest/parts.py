@@ -27,12 +27,10 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.manifest.paths import archive_base, resolve_table
-from pipeline.storage import FORMAT, WRITE_OPTIONS, reading_filesystem
 from pipeline.errors import ManifestWriteError, StorageConfigError, os_error_line
+from pipeline.manifest.paths import archive_base, resolve_table
 from pipeline.manifest.rows import ARCHIVE_SCHEMA, ArchiveRow, ManifestRow
-from pipeline.storage import atomic_write
-from pipeline.storage import protocol_prefix
+from pipeline.storage import FORMAT, WRITE_OPTIONS, atomic_write, protocol_prefix, reading_filesystem
 
 SCHEMA_VERSION = ArchiveRow.SCHEMA_VERSION
 MANIFEST_DIR = "_manifest"

@@ -38,8 +38,8 @@ class ModelServer:
 
     def __init__(self, model_ids: list[str], registry: str | None, gpus: float, cpus: float, max_batch: int = 16,
                  inference: dict | None = None):
-        from pipeline.runtime.actor_pool import torch_device
         from pipeline.codec import InferenceOptions
+        from pipeline.runtime.actor_pool import torch_device
 
         self.device = torch_device(gpus, cpus)
         self.registry, self.max_batch = registry, max_batch

@@ -22,16 +22,12 @@ from ray import serve
 from typing_extensions import Annotated
 
 from models.zoo import WeightsError
-from pipeline.codec import SOURCE_OUTPUT
-from pipeline.codec import CODEC_VERSION
-from pipeline.codec import encode_output
-from pipeline.archive import (RehydrateRefused, SmallFileMissing, find_row, read_small_verified, rehydrate_row,
-                                warm_pair)
+from pipeline.archive import RehydrateRefused, SmallFileMissing, find_row, read_small_verified, rehydrate_row, warm_pair
+from pipeline.codec import CODEC_VERSION, SOURCE_OUTPUT, encode_output
 from pipeline.serving import listing
 from pipeline.serving.cache import ByteLRU, TTLCache
 from pipeline.serving.config import ImageQuery, ServeParams
-from pipeline.serving.http import (CONTENT_TYPES, authorized, etag, json_row, matches, sniff_content_type,
-                                   token_digest)
+from pipeline.serving.http import CONTENT_TYPES, authorized, etag, json_row, matches, sniff_content_type, token_digest
 from pipeline.storage import UnsafeKeyError, validate_key
 
 STATIC = Path(__file__).parent / "static"

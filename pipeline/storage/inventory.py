@@ -26,14 +26,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
-
 from pyarrow.fs import LocalFileSystem
 
-from pipeline.storage.listing import LISTING_SCHEMA, select
-from pipeline.storage.sorted_merge import open_streaming
-from pipeline.storage.s3 import arrow_filesystem
-from pipeline.storage.sorted_merge import first_of_group, merge_sorted, rebatch
 from pipeline.storage.fs import filesystem
+from pipeline.storage.listing import LISTING_SCHEMA, select
+from pipeline.storage.s3 import arrow_filesystem
+from pipeline.storage.sorted_merge import first_of_group, merge_sorted, open_streaming, rebatch
 
 CHUNK = 1_000_000  # rows sorted in memory at a time (the peak of `prepare`)
 MERGE_ROWS = 65_536  # rows buffered across all chunk files while merging them
