@@ -21,7 +21,7 @@ from PIL import Image
 
 from models.zoo import WeightsError, load_pair
 from pipeline.codec import OUTPUT_SUFFIX, RehydrateError, rehydrate_image
-from pipeline.manifest import present, shared_reader
+from pipeline.manifest import archive_base, present, resolve_row, shared_reader
 from pipeline.storage import filesystem
 
 
@@ -96,10 +96,16 @@ def rehydrate_row(
     storage_options: dict | None = None,
     preview: bool = False,
     prepare=None,
+    archive: str | None = None,
 ) -> bytes:
     """The full image of a manifest row; `preview` leaves out its enhancement layer (a
     fast preview at the small file's own fidelity; the layer is then not even read). `prepare`
-    (a worker's) sets how the loaded pair runs: precision, or through a model actor."""
+    (a worker's) sets how the loaded pair runs: precision, or through a model actor. `archive`:
+    the archive a raw row was read from (DuckDB, pyarrow: its file paths are relative to the
+    archive root); rows from ManifestReader / find_row are resolved already."""
+    if archive is not None:
+        fs, root = filesystem(archive, storage_options)
+        row = resolve_row(row, archive_base(fs, root))
     small = read_small_verified(row, storage_options)
     layer = None if preview else read_layer_verified(row, storage_options)
     try:

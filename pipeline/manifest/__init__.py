@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
+    "archive_base": "paths", "resolve_row": "paths",
     "ManifestReader": "index", "PLAN_COLUMNS": "index", "PreviousState": "index", "compact": "index",
     "index_problem": "index", "keep_latest_ok": "index", "needs_compaction": "index", "resolve_table": "index",
     "run_rows": "index", "shared_reader": "index", "snapshot": "index",
