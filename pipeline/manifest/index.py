@@ -252,6 +252,9 @@ def _with_order_columns(columns: list[str] | None) -> list[str] | None:
     return list(dict.fromkeys([*columns, *(c for c, *_ in ORDER)]))
 
 
+PART_CACHE_ROWS = 200_000  # rows of unfolded parts a reader keeps in memory (a few tens of MB)
+
+
 class ManifestReader:
     """The latest manifest row per key: index + parts newer than it, one definition for all.
 
@@ -273,6 +276,7 @@ class ManifestReader:
         self.base = archive_base(fs, root)
         self._snap: Snapshot | None = None
         self._footers: dict[str, tuple[pq.ParquetFile, list]] = {}
+        self._parts: dict[str, pa.Table] = {}  # unfolded part files, whole and conformed (PART_CACHE_ROWS)
 
     def snapshot(self, refresh: bool = False) -> Snapshot:
         if refresh or self._snap is None or time.monotonic() - self._snap.read_at >= self.max_age_s:
@@ -282,6 +286,7 @@ class ManifestReader:
     def without_index(self, problem: BaseException | str) -> Snapshot:
         """The index cannot be read: the raw snapshot (kept like any snapshot for max_age_s)."""
         self._footers.clear()
+        self._parts.clear()
         why = problem if isinstance(problem, str) else f"{type(problem).__name__}: {problem}"
         self._snap = raw_snapshot(self.fs, self.root, why)
         return self._snap
@@ -379,15 +384,35 @@ class ManifestReader:
             try:
                 rows = [self._index_rows(snap, key)] if snap.files else []
                 if snap.delta:
-                    rows.append(_read_parts(self.fs, snap.delta, self.schema, None, ds.field(KEY) == key))
+                    rows.append(self._delta_rows(snap.delta, key))
+                else:
+                    self._parts.clear()  # all folded
                 return (pa.concat_tables(rows) if rows else self.schema.empty_table()).sort_by(ORDER)
             except READ_ERRORS as exc:
                 self._footers.clear()
+                self._parts.clear()
                 if not snap.files:
                     raise
                 if attempt == 1:
                     raw = self.without_index(exc)
         raise AssertionError("unreachable")
+
+    def _delta_rows(self, paths: list[str], key: str) -> pa.Table:
+        """The rows of one key in the unfolded parts. A part file never changes once written, so a
+        reader keeps the parts it read (up to PART_CACHE_ROWS rows, those still unfolded): a server's
+        lookups then cost no GET per unfolded part and request."""
+        for gone in set(self._parts) - set(paths):  # folded into the index (or collected) since
+            self._parts.pop(gone, None)  # (pop, list: a server's threads may share this reader)
+        cached = sum(t.num_rows for t in list(self._parts.values()))
+        out = []
+        for path in paths:
+            table = self._parts.get(path)
+            if table is None:
+                table = conform(read_table(self.fs, path), self.schema)
+                if cached + table.num_rows <= PART_CACHE_ROWS:
+                    self._parts[path], cached = table, cached + table.num_rows
+            out.append(table.filter(pc.equal(table[KEY], key)))
+        return pa.concat_tables(out)
 
     def lookup(self, key: str, ok_only: bool = True, snap: Snapshot | None = None) -> dict | None:
         """The latest ok row (or latest row) of a source key, as a dict with its file paths

@@ -187,3 +187,26 @@ def test_a_stream_that_breaks_mid_index_continues_from_the_run_partitions(tmp_pa
     assert "reading the run partitions directly" in caplog.text
     assert "corrupt" in mi.compact(fs, root, repair=True)["rebuilt"]
     check_reader(root)
+
+
+def test_a_reader_reads_each_unfolded_part_once_and_sees_new_ones(tmp_path, monkeypatch):
+    """Lookups keep the unfolded parts they read (parts never change): a server's lookups cost no
+    GET per part and request, a new run's parts are still seen, folded ones are let go."""
+    root = str(tmp_path / "archive")
+    write_runs(root, runs=2, keys=400, per_run=300, rows_per_part=100)
+    fs, _ = filesystem(root)
+    reads = []
+    real = mi.read_table
+    monkeypatch.setattr(mi, "read_table", lambda fs, path, *a, **k: reads.append(path) or real(fs, path, *a, **k))
+    reader = mi.ManifestReader(root, fs=fs, root=root)
+    latest, _ = brute_force(root)
+    keys = sorted(latest)[:50]
+    assert all(reader.lookup(k, ok_only=False)["run_id"] == latest[k]["run_id"] for k in keys)
+    delta = mi.snapshot(fs, root).delta
+    assert sorted(reads) == sorted(delta)  # 50 lookups, each part read once
+    write_runs(root, runs=1, keys=400, per_run=300, seed=5, first_run=2, rows_per_part=100)
+    latest, _ = brute_force(root)
+    assert all(reader.lookup(k, ok_only=False)["run_id"] == latest[k]["run_id"] for k in keys)  # the new run's rows
+    assert len(reads) == len(mi.snapshot(fs, root).delta)  # only the new parts were read
+    mi.compact(fs, root)
+    assert reader.lookup(keys[0], ok_only=False)["run_id"] == latest[keys[0]]["run_id"] and not reader._parts
