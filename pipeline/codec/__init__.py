@@ -25,7 +25,7 @@ and the light ones (formats, options, presets, request) never load torch.
 
 from __future__ import annotations
 
-import importlib
+from pipeline.face import lazy_face
 
 _EXPORTS = {
     # the public face: a request, the one entry, its result
@@ -58,16 +58,4 @@ _EXPORTS = {
     "tiling": "tiling",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
-        value = module if _EXPORTS[name] == name else getattr(module, name)
-        globals()[name] = value  # once
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_face(__name__, _EXPORTS, globals())

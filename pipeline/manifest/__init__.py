@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-import importlib
+from pipeline.face import lazy_face
 
 _EXPORTS = {
     "archive_base": "paths", "resolve_row": "paths",
@@ -23,17 +23,4 @@ _EXPORTS = {
     "RestoredRows": "rows", "present": "rows",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    """The face is imported lazily (PEP 562): a caller loads only the modules it uses."""
-    if name in _EXPORTS:
-        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
-        value = module if _EXPORTS[name] == name else getattr(module, name)
-        globals()[name] = value  # once
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_face(__name__, _EXPORTS, globals())

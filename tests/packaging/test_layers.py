@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 # a package imports only packages on a lower floor (its own modules excepted)
-FLOORS = {"settings": 0, "errors": 0, "codec": 1, "storage": 1, "manifest": 2, "runtime": 2, "archive": 3,
+FLOORS = {"settings": 0, "errors": 0, "face": 0, "codec": 1, "storage": 1, "manifest": 2, "runtime": 2, "archive": 3,
           "jobs": 4, "serving": 4}
 
 
@@ -125,7 +125,7 @@ def test_other_packages_use_only_a_package_s_face():
                     continue
                 if len(parts) > 2:
                     reaching.append(f"{name}: {module}")
-                elif names and parts[1] not in ("settings", "errors"):
+                elif names and parts[1] not in ("settings", "errors", "face"):
                     face = set(importlib.import_module(module).__all__)
                     unknown += [f"{name}: {module}.{n}" for n in names if n not in face]
     assert not reaching
