@@ -6,3 +6,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
 DATA = ROOT / "tests" / "data"  # Set5, Set14 and MANIFEST.csv
+
+
+def archive_root(layout: str, tmp_path: Path, request) -> str:
+    """The root of a test archive in `layout`: a fresh bucket of the test S3 ("s3"; mark that case
+    `services`), else a local folder."""
+    if layout == "s3":
+        return f"s3://{request.getfixturevalue('bucket')}/archive"  # `bucket` starts the S3 server
+    return str(tmp_path / "archive")

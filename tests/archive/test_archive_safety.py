@@ -29,7 +29,7 @@ from pipeline.jobs.select import select_rows
 from pipeline.storage.fs import filesystem
 from pipeline.archive.verify import verify_archive
 
-from tests import DATA
+from tests import DATA, archive_root
 SET5 = DATA / "Set5"
 
 
@@ -253,11 +253,7 @@ def test_verify_reports_missing_and_modified_files(local_archive, tmp_path, caps
 
 @pytest.mark.parametrize("layout", ["local", pytest.param("s3", marks=pytest.mark.services)])
 def test_the_destination_lease_admits_one_run(layout, tmp_path, request):
-    if layout == "s3":
-        request.getfixturevalue("s3")
-        root = f"s3://{request.getfixturevalue('bucket')}/archive"
-    else:
-        root = str(tmp_path / "archive")
+    root = archive_root(layout, tmp_path, request)
     fs, path = filesystem(root)
     with Lease(fs, path, "run-a", ttl_s=60):
         with pytest.raises(DestinationBusy, match="being written by run run-a"):

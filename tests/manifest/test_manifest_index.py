@@ -19,7 +19,7 @@ from pipeline.manifest.parts import ManifestWriter, read_manifest
 from pipeline.manifest.index import latest_states
 from pipeline.storage.fs import filesystem
 from pipeline.storage.keys import protocol_prefix
-from tests import ROOT
+from tests import ROOT, archive_root
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 STATUSES = ["ok", "ok", "ok", "failed_decode", "skipped_empty"]
@@ -161,11 +161,7 @@ def test_a_crash_mid_compaction_loses_nothing(tmp_path):
 
 @pytest.mark.parametrize("layout", ["local", pytest.param("s3", marks=pytest.mark.services)])
 def test_reader_on_s3_and_local_finds_rows_of_runs_newer_than_the_index(layout, tmp_path, request):
-    if layout == "s3":
-        request.getfixturevalue("s3")
-        root = f"s3://{request.getfixturevalue('bucket')}/archive"
-    else:
-        root = str(tmp_path / "archive")
+    root = archive_root(layout, tmp_path, request)
     write_runs(root, runs=2, keys=500, per_run=300)
     fs, path = filesystem(root)
     mi.compact(fs, path, file_rows=200, row_group=50)
