@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipeline.storage.fs import secret_option_keys
+from pipeline.storage.fs import check_source, check_writable, filesystem, secret_option_keys
 
 
 class StorageParams(BaseModel):
@@ -41,8 +41,6 @@ class StorageParams(BaseModel):
 
     def fs(self, uri: str):
         """(fsspec filesystem, path without scheme) of `uri` with this endpoint and these options."""
-        from pipeline.storage.fs import filesystem
-
         return filesystem(uri, self.storage_options, self.endpoint_url)
 
     def fsspec_options(self) -> dict:
@@ -58,7 +56,6 @@ class StorageParams(BaseModel):
         missing credentials, an unreachable endpoint or a missing bucket (s3:// URIs: one HeadBucket);
         with `source`, a location holding nothing (pipeline.storage.fs.check_source); with `write`, one
         that refuses a probe write (check_writable)."""
-        from pipeline.storage.fs import check_source, check_writable
         from pipeline.storage.s3 import check_access
 
         fs, path = self.fs(uri)
