@@ -49,8 +49,10 @@ def _compress_archive(args: argparse.Namespace) -> int:
         p.check_storage()  # missing keys / endpoint / bucket: one line from main(), before the flow starts
         return report(compress_archive(p), failed_prefix="failed")
     from pipeline.jobs import TqdmProgress, run_compress
+    from pipeline.runtime import process_started
 
-    return report(dict(run_compress(p, TqdmProgress("compress-archive"))), failed_prefix="failed")
+    return report(dict(run_compress(p, TqdmProgress("compress-archive"), started=process_started())),
+                  failed_prefix="failed")
 
 
 def _compact(args: argparse.Namespace) -> int:
@@ -134,6 +136,9 @@ def job_args(p: argparse.ArgumentParser) -> None:
                    help="staged: CPU workers + model actors batching tiles (default auto: staged when the cluster has GPUs)")
     p.add_argument("--model-actors", dest="model_actors", type=int, help="staged: model actors (default: one per GPU)")
     p.add_argument("--tile-batch", dest="tile_batch", type=int, help="staged: tiles per forward call")
+    p.add_argument("--in-process", dest="in_process", choices=["auto", "always", "never"],
+                   help="run the workers in this process, without Ray (default auto: a small plan with no cluster "
+                   "address; docs/costs.md#small-runs)")
     p.add_argument("--precision", choices=["auto", "fp32", "tf32", "bf16", "fp16"],
                    help="network precision (default: TAID_PRECISION, else fp32 on a CPU, bf16 on CUDA)")
     p.add_argument("--registry", help="model registry URI for fine-tuned model ids")

@@ -6,6 +6,7 @@
     model_server.py  model actors that batch TAD/TAU tiles for many CPU workers
     retry.py         retries of a call around transient errors
     local_env.py     what a local Ray and Prefect need on this machine
+    utilization.py   held core-seconds against busy CPU-seconds, and where the idle time went (no Ray)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ _EXPORTS = {
     "SERVE_ENV": "local_env", "set_local_env_defaults": "local_env",
     "bind": "model_server",
     "RayParams": "options",
+    "RunClock": "utilization", "process_started": "utilization", "run_utilization": "utilization",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_face(__name__, _EXPORTS, globals())
