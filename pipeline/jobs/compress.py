@@ -301,18 +301,24 @@ def run_compress(params: CompressArchiveParams, progress: Progress | None = None
         return _run_compress(params, progress, run_id, prices, clock)
 
 
-def in_process(params, lookahead: list[ObjectInfo], more: bool) -> bool:
-    """Run the plan in this process, without Ray? `params.in_process`; auto: only where no cluster
-    is named or joined, single stage, and the whole plan is small (docs/costs.md#small-runs)."""
+def ray_running() -> bool:
+    """Is this process connected to a Ray already (a caller's, a test's)? Imports no Ray."""
     import sys
 
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+def in_process(params, lookahead: list[ObjectInfo], more: bool, ray_up: bool | None = None) -> bool:
+    """Run the plan in this process, without Ray? `params.in_process`; auto: only where no cluster
+    is named or joined (`ray_up`: default, whether this process is connected to one), single stage,
+    and the whole plan is small (docs/costs.md#small-runs)."""
     if params.in_process != "auto":
         return params.in_process == "always"
     from pipeline.settings import get_settings
 
-    ray = sys.modules.get("ray")
     if params.ray_address or get_settings().ray_address or params.stages == "staged" or (
-            ray is not None and ray.is_initialized()):
+            ray_running() if ray_up is None else ray_up):
         return False
     return (not more and len(lookahead) <= params.in_process_max_items
             and sum(o.size or 0 for o in lookahead) <= params.in_process_max_bytes)
@@ -394,10 +400,13 @@ def _run_compress(params: CompressArchiveParams, progress: Progress | None, run_
             if params.largest_first:
                 lookahead.sort(key=lambda o: -(o.size or 0))
             objects = itertools.chain(lookahead, largest_first(planned, params.largest_first))
-            machine = local or _start_ray(params.ray_address)
-            clock.mark("ray")
-            dispatch = _dispatch(CompressWorker, params, run_id, f"taid-compress-{run_id}", checked(objects), on_row,
-                                 rows.crash, request.models, local)
+            if local:
+                dispatch = _dispatch(CompressWorker, params, run_id, f"taid-compress-{run_id}", checked(objects),
+                                     on_row, rows.crash, request.models, True)
+                machine = True
+            else:
+                machine, dispatch = _on_ray(CompressWorker, params, run_id, checked(objects), on_row, rows.crash,
+                                            request.models, clock)
     except ManifestWriteError:
         pass  # no more work whose rows could not be kept; the one line is raised below
     finally:
@@ -439,16 +448,48 @@ def _run_compress(params: CompressArchiveParams, progress: Progress | None, run_
     return result
 
 
-def _start_ray(address: str) -> bool:
-    from pipeline.runtime import ensure_ray
-
-    return ensure_ray(address)
-
-
 def _dispatch(*args, **kwargs) -> dict:
     from pipeline.runtime import dispatch
 
     return dispatch(*args, **kwargs)
+
+
+def _on_ray(worker_cls, params, run_id: str, items, on_row, crash_row, models: list[str], clock) -> tuple[bool, dict]:
+    """(whether the run holds this machine, the dispatch counters). A local Ray this run starts:
+    the driver works on the first objects in a thread while Ray and the actors start, and stops
+    taking new ones once the actors are ready (`pipeline.runtime.actor_pool.DriverLane`)."""
+    import threading
+
+    from pipeline.runtime import DriverLane, Shared, ensure_ray
+    from pipeline.settings import get_settings
+
+    lane = None
+    lock = threading.Lock()
+
+    def locked(row) -> None:
+        with lock:
+            on_row(row)
+
+    shared = Shared(items)
+    starts_local = (params.start_on_driver and not (params.ray_address or get_settings().ray_address) and params.stages != "staged"
+                    and not ray_running())
+    if starts_local:
+        lane = DriverLane(worker_cls, (params.model_dump(), run_id, []), shared, locked).start()
+    try:
+        machine = ensure_ray(params.ray_address)
+        clock.mark("ray")
+        dispatch = _dispatch(worker_cls, params, run_id, f"taid-compress-{run_id}", shared, locked, crash_row,
+                             models, False, lane.stop if lane else None)
+    finally:
+        if lane is not None:
+            lane.join()
+    if lane is not None and lane.intervals:
+        timing = dispatch.setdefault("_timing", {"lanes": [], "intervals": [], "ready_at": []})
+        slots = max(len(timing["lanes"]), 1)
+        timing["intervals"] = timing["intervals"] + [(i % slots, *rest) for i, *rest in lane.intervals]
+        dispatch["driver_items"] = lane.items_done
+        dispatch["process_cpu_s"] = dispatch.get("process_cpu_s", 0.0) + lane.process_cpu_s
+    return machine, dispatch
 
 
 def _db(v) -> str | None:

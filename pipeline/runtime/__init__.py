@@ -14,7 +14,8 @@ from __future__ import annotations
 from pipeline.face import lazy_face
 
 _EXPORTS = {
-    "PoolWorker": "actor_pool", "ensure_ray": "actor_pool", "torch_device": "actor_pool",
+    "PoolWorker": "actor_pool", "ensure_ray": "actor_pool",
+    "DriverLane": "actor_pool", "Shared": "actor_pool", "torch_device": "actor_pool",
     "dispatch": "stages",
     "SERVE_ENV": "local_env", "set_local_env_defaults": "local_env",
     "bind": "model_server",

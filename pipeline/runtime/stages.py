@@ -41,12 +41,14 @@ def layout(p: RayParams) -> Layout:
 
 
 def dispatch(worker_cls: type, params: RayParams, run_id: str, name: str, items: Iterable, on_row: Callable,
-             crash_row: Callable, model_ids: list[str], in_process: bool = False) -> dict:
+             crash_row: Callable, model_ids: list[str], in_process: bool = False,
+             on_ready: Callable[[], None] | None = None) -> dict:
     """Run `items` through `worker_cls` actors (init args: params dict, run_id, model actors) and
     return the pool's counters, with the layout and, when staged, each model actor's report.
     `in_process`: one worker in this process, with every core (no Ray at all). The counters'
     `_timing` (lanes, batches' wall clocks, when the actors were ready) is for the job's
-    utilisation report (pipeline/runtime/utilization.py), not for the run stats as it is."""
+    utilisation report (pipeline/runtime/utilization.py), not for the run stats as it is.
+    `on_ready`: called once every actor is up, before the first batch goes to one."""
     if in_process:
         import os
 
@@ -78,6 +80,8 @@ def dispatch(worker_cls: type, params: RayParams, run_id: str, name: str, items:
 
     def ready() -> None:
         log.info("%s: %d actors ready in %.1f s", name, params.workers, time.time() - started)
+        if on_ready is not None:
+            on_ready()
 
     try:
         counters = pool.run(items, on_row, ready)
