@@ -128,11 +128,15 @@ def utilization(clock: RunClock, lanes: list[Lane], intervals: list[Interval], b
             idle["startup"] += lane.cores * max(min(work_end, lane.end) - lane.start, 0.0)
             idle["finish"] += lane.cores * max(lane.end - max(work_end, lane.start), 0.0)
     idle["in_work"] = max(in_batches - idle["storage"] - busy_cpu_s, 0.0)
+    # actors that use more cores than they reserved (a 0.5-CPU actor runs one thread): the busy
+    # CPU-s beyond the reserved time in batches; the categories then add up to total + this
+    beyond = max(busy_cpu_s - (in_batches - idle["storage"]), 0.0)
     total_idle = max(held - busy_cpu_s, 0.0)
     return {
         "basis": basis, "cores": cores, "wall_s": max(end - clock.started, 0.0),
         "held_core_s": held, "busy_cpu_s": busy_cpu_s, "utilization": busy_cpu_s / held if held else None,
         "idle_core_s": {**{k: round(v, 3) for k, v in idle.items()}, "total": round(total_idle, 3)},
+        "busy_beyond_reserved_cpu_s": round(beyond, 3),
         "phases_s": {k: round(v, 3) for k, v in clock.marks.items()},
         "first_batch_s": round(first_start - clock.started, 3) if intervals else None,
         "timeline": _bins(intervals, busy_cpu_s, clock.started, end, bins),
