@@ -128,6 +128,10 @@ def job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-worker", dest="gpus_per_worker", type=float,
                    help="single stage: Ray GPUs per actor (default: a GPU share when the cluster has GPUs; 0 = CPU)")
     p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--batch-bytes", dest="batch_bytes", type=int,
+                   help="a batch also ends at this many source bytes (default 1 MiB; 0 = by count only)")
+    p.add_argument("--largest-first", dest="largest_first", type=int, metavar="N",
+                   help="hand out each window of N listed objects largest first (default 1000; 0 = listing order)")
     p.add_argument("--actor-resource", dest="actor_resources", action=_Resource, metavar="NAME=N",
                    help="custom Ray resource each model actor asks for (repeatable), e.g. taid_model=1")
     p.add_argument("--worker-resource", dest="worker_resources", action=_Resource, metavar="NAME=N",

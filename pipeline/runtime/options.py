@@ -32,9 +32,9 @@ class RayParams(BaseModel):
                             "milliseconds against an image's seconds, and small batches spread a run's last items "
                             "over the actors and cost fewer items an attempt when an actor crashes)")
     batch_bytes: int | None = Field(
-        1 << 20, ge=1, description="a batch also ends at this many source bytes, and an actor with this many bytes "
+        1 << 20, ge=0, description="a batch also ends at this many source bytes, and an actor with this many bytes "
         "queued takes no more until it finishes one (large images go one at a time, to whichever actor frees up "
-        "first); None = by count only")
+        "first); 0 or None = by count only")
     largest_first: int = Field(
         1000, ge=0, description="hand out the objects of each window of this many listed objects largest first "
         "(longest processing time first: the run ends on small images, not on a large one while the other actors "
