@@ -457,13 +457,14 @@ def _dispatch(*args, **kwargs) -> dict:
 def _on_ray(worker_cls, params, run_id: str, items, on_row, crash_row, models: list[str], clock) -> tuple[bool, dict]:
     """(whether the run holds this machine, the dispatch counters). A local Ray this run starts:
     the driver works on the first objects in a thread while Ray and the actors start, and stops
-    taking new ones once the actors are ready (`pipeline.runtime.actor_pool.DriverLane`)."""
+    taking new ones once the actors are ready (`pipeline.runtime.actor_pool.DriverLane`). One
+    thread, not one per core: the codec measures each stage's CPU for the whole process
+    (`time.process_time`), so two working threads would count each other's CPU."""
     import threading
 
     from pipeline.runtime import DriverLane, Shared, ensure_ray
     from pipeline.settings import get_settings
 
-    lane = None
     lock = threading.Lock()
 
     def locked(row) -> None:
@@ -473,22 +474,29 @@ def _on_ray(worker_cls, params, run_id: str, items, on_row, crash_row, models: l
     shared = Shared(items)
     starts_local = (params.start_on_driver and not (params.ray_address or get_settings().ray_address) and params.stages != "staged"
                     and not ray_running())
-    if starts_local:
-        lane = DriverLane(worker_cls, (params.model_dump(), run_id, []), shared, locked).start()
+    lanes = []
+    if starts_local:  # one thread: the codec measures a stage's CPU per process (time.process_time)
+        lanes = [DriverLane(worker_cls, (params.model_dump(), run_id, []), shared, locked).start()]
+
+    def stop() -> None:
+        for lane in lanes:
+            lane.stop()
+
     try:
         machine = ensure_ray(params.ray_address)
         clock.mark("ray")
         dispatch = _dispatch(worker_cls, params, run_id, f"taid-compress-{run_id}", shared, locked, crash_row,
-                             models, False, lane.stop if lane else None)
+                             models, False, stop if lanes else None)
     finally:
-        if lane is not None:
+        stop()
+        for lane in lanes:
             lane.join()
-    if lane is not None and lane.intervals:
+    if any(lane.intervals for lane in lanes):
         timing = dispatch.setdefault("_timing", {"lanes": [], "intervals": [], "ready_at": []})
         slots = max(len(timing["lanes"]), 1)
-        timing["intervals"] = timing["intervals"] + [(i % slots, *rest) for i, *rest in lane.intervals]
-        dispatch["driver_items"] = lane.items_done
-        dispatch["process_cpu_s"] = dispatch.get("process_cpu_s", 0.0) + lane.process_cpu_s
+        timing["intervals"] = timing["intervals"] + [(k % slots, *rest) for k, lane in enumerate(lanes)
+                                                     for _, *rest in lane.intervals]
+        dispatch["driver_items"] = sum(lane.items_done for lane in lanes)
     return machine, dispatch
 
 

@@ -127,6 +127,12 @@ def test_rehydrating_a_key_whose_layer_is_the_image_loads_no_torch(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"  # neither torch nor Ray was imported
     assert out.read_bytes() == (src / "img-0.jpg").read_bytes()  # the original, byte for byte
+    # no pair is loaded, but its identity is still checked: a row naming other weights than its file is refused
+    from pipeline.archive import RehydrateRefused, find_row, rehydrate_row
+
+    row = find_row(str(dest), "img-0.jpg")
+    with pytest.raises(RehydrateRefused, match="refusing"):
+        rehydrate_row({**row, "model_sha256": "0" * 64})
     # the same archive through the pair (a preview runs TAU): the process then does load torch
     done = subprocess.run([sys.executable, "-c", code.replace("'-o'", "'--preview', '-o'"), str(dest),
                            str(tmp_path / "preview.png")], capture_output=True, text=True,
