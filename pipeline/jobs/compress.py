@@ -457,13 +457,13 @@ def _dispatch(*args, **kwargs) -> dict:
 def _on_ray(worker_cls, params, run_id: str, items, on_row, crash_row, models: list[str], clock) -> tuple[bool, dict]:
     """(whether the run holds this machine, the dispatch counters). A local Ray this run starts:
     the driver works on the first objects in a thread while Ray and the actors start, and stops
-    taking new ones once the actors are ready (`pipeline.runtime.actor_pool.DriverLane`). One
-    thread, not one per core: the codec measures each stage's CPU for the whole process
+    taking new ones once the actors are ready (`pipeline.runtime.actor_pool.DriverLane`); on a
+    cluster it connects to, too (the first image starts within seconds while the actors start
+    there; the driver's core is then held while it works). One thread, not one per core: the codec measures each stage's CPU for the whole process
     (`time.process_time`), so two working threads would count each other's CPU."""
     import threading
 
     from pipeline.runtime import DriverLane, Shared, ensure_ray
-    from pipeline.settings import get_settings
 
     lock = threading.Lock()
 
@@ -472,8 +472,8 @@ def _on_ray(worker_cls, params, run_id: str, items, on_row, crash_row, models: l
             on_row(row)
 
     shared = Shared(items)
-    starts_local = (params.start_on_driver and not (params.ray_address or get_settings().ray_address) and params.stages != "staged"
-                    and not ray_running())
+    # not when this process is connected to a Ray already (a library caller's own, a test's), nor staged
+    starts_local = params.start_on_driver and params.stages != "staged" and not ray_running()
     lanes = []
     if starts_local:  # one thread: the codec measures a stage's CPU per process (time.process_time)
         lanes = [DriverLane(worker_cls, (params.model_dump(), run_id, []), shared, locked).start()]
@@ -493,9 +493,14 @@ def _on_ray(worker_cls, params, run_id: str, items, on_row, crash_row, models: l
             lane.join()
     if any(lane.intervals for lane in lanes):
         timing = dispatch.setdefault("_timing", {"lanes": [], "intervals": [], "ready_at": []})
-        slots = max(len(timing["lanes"]), 1)
-        timing["intervals"] = timing["intervals"] + [(k % slots, *rest) for k, lane in enumerate(lanes)
-                                                     for _, *rest in lane.intervals]
+        mine = [rest for lane in lanes for _, *rest in lane.intervals]
+        if machine:  # the machine's cores: the driver's batches on the pool's slots, in turn
+            slots = max(len(timing["lanes"]), 1)
+            timing["intervals"] = timing["intervals"] + [(k % slots, *rest) for k, rest in enumerate(mine)]
+        else:  # a cluster: the driver's one core is held while it works, a lane of its own
+            slot = len(timing["lanes"])
+            timing["intervals"] = timing["intervals"] + [(slot, *rest) for rest in mine]
+            timing["driver_lane"] = (1.0, min(r[0] for r in mine), max(r[1] for r in mine))
         dispatch["driver_items"] = sum(lane.items_done for lane in lanes)
     return machine, dispatch
 

@@ -191,6 +191,8 @@ def run_utilization(clock: RunClock, timing: dict | None, busy_cpu_s: float, end
         basis = "machine"
     else:
         lanes, basis = [Lane(*lane) for lane in pool_lanes], "actors"
+        if (timing or {}).get("driver_lane"):  # the driver worked while the actors started: its core, meanwhile
+            lanes.append(Lane(*timing["driver_lane"]))
     out = utilization(clock, lanes, intervals, busy_cpu_s, end, basis)
     gpu = gpu_utilization(model_actors or [], gpu_share)
     if gpu:
