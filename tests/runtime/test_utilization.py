@@ -69,3 +69,17 @@ def test_each_window_is_handed_out_largest_first():
     objs = [ObjectInfo(key=f"k{i}", uri=f"u{i}", size=s, etag="e") for i, s in enumerate((1, 5, 3, 9, 2, 8))]
     assert [o.size for o in largest_first(iter(objs), 3)] == [5, 3, 1, 9, 8, 2]
     assert [o.size for o in largest_first(iter(objs), 0)] == [1, 5, 3, 9, 2, 8]
+
+
+def test_a_cluster_run_holds_the_actors_and_the_driver_while_it_worked():
+    from pipeline.runtime.utilization import run_utilization
+
+    # two 1-CPU actors held 4..20 s; the driver worked 1..6 s on one image while they started
+    timing = {"lanes": [(1.0, 4.0, 20.0), (1.0, 4.0, 20.0)], "ready_at": [6.0, 6.5],
+              "intervals": [(0, 6.0, 20.0, 0.0), (1, 6.5, 18.0, 0.0), (2, 1.0, 6.0, 0.0)],
+              "driver_lane": (1.0, 1.0, 6.0)}
+    u = run_utilization(RunClock(started=0.0), timing, busy_cpu_s=30.0, end=20.0, machine=False)
+    assert u["basis"] == "actors" and u["cores"] == 3.0
+    assert u["held_core_s"] == 16 + 16 + 5  # the actors for their lives, the driver while it worked
+    assert u["first_batch_s"] == 1.0  # the driver's image, before the actors were up
+    assert u["idle_core_s"]["startup"] == 2.0 + 2.5 and u["idle_core_s"]["tail"] == 2.0
