@@ -31,9 +31,33 @@ def use_prefect(args: argparse.Namespace) -> bool:
     mode = get_settings().use_prefect
     if mode != "auto":
         return mode == "always"
+    if not prefect_may_be_configured():
+        return False
     from prefect.settings import get_current_settings
 
     return bool(get_current_settings().api.url)
+
+
+def prefect_may_be_configured() -> bool:
+    """Could a Prefect API URL be set? Importing Prefect to ask costs 1-2 s of a command's start, so
+    ask it only where one could come from: Prefect already imported (an enclosing harness), the
+    environment, or a file Prefect reads its settings from (profiles, prefect.toml, .env,
+    pyproject.toml's [tool.prefect])."""
+    import os
+    from pathlib import Path
+
+    if "prefect" in sys.modules or os.environ.get("PREFECT_API_URL"):
+        return True
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
+    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml")
+    for path, needle in ((profiles, "PREFECT_API_URL"), (Path("prefect.toml"), "api"), (Path(".env"), "PREFECT_"),
+                         (Path("pyproject.toml"), "tool.prefect")):
+        try:
+            if needle in path.read_text(errors="replace"):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def inference(args: argparse.Namespace) -> dict:
