@@ -2,6 +2,7 @@
 and where the idle time went, for runs of 1, 6, 20 and 100 images on this machine.
 
     python benchmarks/utilization.py [--quick] [--sizes 1 6 20 100] [--modes before after] [--out DIR]
+    python benchmarks/utilization.py --folder DIR --out DIR2     # the same on a folder of your own
 
 Each run is the real command (`python -m flows.cli compress-archive SRC DEST --workers 2`, default
 fidelity), timed from its start to its exit; its numbers come from the run stats it prints
@@ -158,13 +159,16 @@ def main(argv=None) -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 6, 20, 100])
     ap.add_argument("--modes", nargs="+", default=["before", "after"], choices=["before", "after"])
     ap.add_argument("--quick", action="store_true", help="runs of 1 and 6 images only")
+    ap.add_argument("--folder", type=Path, help="run this folder's images instead of the built-in sets")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     sizes = [1, 6] if args.quick else args.sizes
+    if args.folder:
+        sizes = [len([p for p in args.folder.iterdir() if p.is_file()])]
     runs = []
     with tempfile.TemporaryDirectory(prefix="taid-util-") as tmp:
         for size in sizes:
-            src = make_set(size, Path(tmp))
+            src = args.folder or make_set(size, Path(tmp))
             for mode in args.modes:
                 r = run(src, Path(tmp) / f"dest-{size}-{mode}", BEFORE if mode == "before" else [])
                 r.update(size=size, mode=mode)
