@@ -472,8 +472,10 @@ def _on_ray(worker_cls, params, run_id: str, items, on_row, crash_row, models: l
             on_row(row)
 
     shared = Shared(items)
-    # not when this process is connected to a Ray already (a library caller's own, a test's), nor staged
-    starts_local = params.start_on_driver and params.stages != "staged" and not ray_running()
+    # not when this process is connected to a Ray already (a library caller's own, a test's), nor staged, nor
+    # where custom resources say which nodes may run the work (the driver's node is not one of them)
+    starts_local = (params.start_on_driver and params.stages != "staged" and not ray_running()
+                    and not params.actor_resources and not params.worker_resources)
     lanes = []
     if starts_local:  # one thread: the codec measures a stage's CPU per process (time.process_time)
         lanes = [DriverLane(worker_cls, (params.model_dump(), run_id, []), shared, locked).start()]
