@@ -13,13 +13,18 @@ Gaussian sigma 1.5 (11 taps: scipy's radius for truncate 3.33); per channel the 
 luminance C1 term) and the edge-difference maps (artifact: edges the output adds; detail loss:
 edges it removes); per map its 1-norm and 4-norm, the 108 published weights (consecutively
 indexed, so an image with fewer scales shifts them, as the reference does) and the final mapping.
-Computed in float32 (the oracle: float64); the scores agree to about 0.01.
+Computed in float32 (the oracle: float64); the scores agree to ~0.003 (measured).
 
-The blur's borders are the oracle's: zero padding vertically (the image darkens towards its top
-and bottom rows), mirror ('d c b a | a b c d') horizontally. The blur is two banded matrix
-products per map (each block of 16 output rows from its 26 input rows, the borders folded into
-the band), in BLAS: ~2.4x the multiplications of a direct 11-tap filter but several times faster
-than any convolution here, and no padded copies.
+The blur's borders are the oracle's: zero padding at the left and right edges (the image darkens
+towards them), mirror ('d c b a | a b c d') at the top and bottom. (The port pads rows with zeros,
+but its XYB step transposes the image, `linear.T`, so its rows are the image's columns.) The blur
+is two banded matrix products per plane (16 output rows from their 26 input rows per block, the
+borders folded into the band), in BLAS: ~2.4x the multiplications of a direct 11-tap filter but
+several times faster than any convolution here, and no padded copies. XYB is taken minus the
+reference's mean per channel, so that float32 variances (blur(x^2) - mu^2) cancel far less; the
+zero border is not shift-invariant, which `_centre` corrects exactly on the 5 border columns.
+The pointwise steps run strip by strip (~32K pixels a plane), in cache. One thread (see
+`_one_thread`).
 
 Regions: one pass over the image. Each scale's SSIM, artifact and detail-loss maps are pooled
 (1-norm and 4-norm) over each tile's footprint at that scale, then the same weights and mapping
@@ -37,8 +42,8 @@ pixels: no scale is computed). A fidelity check can't accept that, so an image w
 (scales stop below 8 px) holds unchanged.
 
 The reference side (`prepare`) keeps, per scale, XYB, its blurred mean, variance and edge
-strength: 12 float32 planes at full resolution, ~0.8 GB for a 12 MP image; one score adds ~1 GB
-of scratch at peak.
+strength: 12 float32 planes a scale, ~0.8 GB for a 12 MP image; one score adds ~0.65 GB of
+scratch at peak (benchmarks/results/measure.md).
 """
 
 from __future__ import annotations
@@ -171,11 +176,6 @@ def _xyb_constants() -> tuple[torch.Tensor, float, torch.Tensor, torch.Tensor]:
     return f(_M), _BIAS, f(_POSITIVE), f(_OFFSET - _POSITIVE.sum(axis=1) * np.cbrt(_BIAS))
 
 
-def _linear(rgb: np.ndarray) -> torch.Tensor:
-    """H x W x 3 uint8 -> 3 x H x W linear float32 (a 256-entry table)."""
-    return torch.from_numpy(np.take(_linear_lut(), rgb.transpose(2, 0, 1)))
-
-
 def _xyb(lin: torch.Tensor, out: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
     """3 x h x w linear RGB -> positive XYB minus `shift` (per channel), into `out`."""
     m, bias, pos, offset = _xyb_constants()
@@ -231,8 +231,8 @@ def _bands(n: int, mirror: bool) -> list[tuple[int, int, int, int, torch.Tensor]
 
 
 def _blur(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
-    """Gaussian blur of each k x h x w plane into dst (dst may be src): vertical (zero border) into
-    a transposed scratch plane, then horizontal (mirror border) back; no padded copies."""
+    """Gaussian blur of each k x h x w plane into dst (dst may be src): vertical (mirror border)
+    into a transposed scratch plane, then horizontal (zero border) back; no padded copies."""
     _, h, w = src.shape
     vertical, horizontal = _bands(h, True), _bands(w, False)
     scratch = torch.empty(w, h)
@@ -245,7 +245,7 @@ def _blur(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
 
 
 @lru_cache(maxsize=64)
-def _border(w: int) -> tuple[slice, ...]:
+def _border(w: int) -> tuple[tuple[slice, torch.Tensor], ...]:
     """1 - b on the columns the zero border reaches (b = the blur of 1), as (columns, 1 - b) pairs."""
     taps = np.exp(-0.5 / _SIGMA**2 * np.arange(-_RADIUS, _RADIUS + 1) ** 2)
     taps /= taps.sum()

@@ -50,7 +50,8 @@ class EffortSettings(NamedTuple):
     aim_above: float  # large images: the first pass aims this many levels (of ~0.55 dB) above the target, so
     # that it rarely needs finer bands (each a fraction of an encode) ...
     trim_above: float  # ... and where it lands more than this many levels above, bands are made coarser
-    jxl_effort: int = 7  # libjxl effort of JPEG XL bands (score targets: pipeline.codec.rate)
+    jxl_effort: int = 5  # libjxl effort of JPEG XL bands (score targets: pipeline.codec.rate); effort 7 costs twice
+    # the CPU for about 1.5 % fewer bytes at equal score on phone photos (benchmarks/results/perceptual.md)
 
 
 EFFORTS: dict[str, EffortSettings] = {
@@ -59,7 +60,7 @@ EFFORTS: dict[str, EffortSettings] = {
     "default": EffortSettings(final_speed=7, search_speed=9, residual_below=1_000_000, refine=False, aim_above=0.0,
                               trim_above=0.5),
     "best": EffortSettings(final_speed=6, search_speed=9, residual_below=math.inf, refine=True, aim_above=0.0,
-                           trim_above=0.0),
+                           trim_above=0.0, jxl_effort=7),
 }
 DEFAULT_EFFORT = "default"  # benchmarks/results/economics.md: payback against bytes
 PREVIEW_LONG_SIDE = 768  # a prediction-free layer's small file is only a preview: at most this long (px)
