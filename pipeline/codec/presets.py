@@ -106,14 +106,15 @@ class Fidelity(BaseModel):
 
 _LAYERED = [Base(model_id="taid-x4-webp", layer_quality=50)]
 # Floors chosen on the scale's published meaning and measured on real phone photos
-# (benchmarks/results/perceptual.md); the RGB-PSNR guards sit well below what those scores reach
-# on photos, so they only bite where the perceptual score is fooled.
+# (benchmarks/results/perceptual.md). The RGB-PSNR guards sit below what those scores reach on the
+# hardest natural texture we have (Set14 baboon's fur: score 82 at 27.9 dB, 87 at 29.0; phone photos
+# reach 37+ dB at 80), so they bite only where the perceptual score is fooled.
 PRESETS: dict[str, Fidelity] = {
-    "preview": Fidelity(name="preview", target_score=60.0, rgb_psnr_floor=26.0, bases=[
+    "preview": Fidelity(name="preview", target_score=60.0, rgb_psnr_floor=20.0, bases=[
         Base(model_id="taid-x2-webp", qualities=[30, 45, 60, 75, 90], layer_quality=60),
         Base(model_id="taid-x4-webp", layer_quality=50)]),
-    "standard": Fidelity(name="standard", target_score=80.0, rgb_psnr_floor=30.0, bases=_LAYERED),
-    "high": Fidelity(name="high", target_score=90.0, rgb_psnr_floor=34.0, bases=_LAYERED),
+    "standard": Fidelity(name="standard", target_score=80.0, rgb_psnr_floor=24.0, bases=_LAYERED),
+    "high": Fidelity(name="high", target_score=90.0, rgb_psnr_floor=27.0, bases=_LAYERED),
     "lossless": Fidelity(name="lossless", target_psnr=EXACT, bases=_LAYERED, layer_format="webp-lossless"),
     "original": Fidelity(name="original", target_psnr=EXACT, bases=_LAYERED, layer_format="webp-lossless",
                          original=True),
