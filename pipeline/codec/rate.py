@@ -153,9 +153,9 @@ def _settle_band(encode, measure, ref, src: np.ndarray, coder: Coder, target: fl
 
 
 def _choose_coder(src: np.ndarray, measure, target: float, effort, grey: bool, sample: np.ndarray,
-                  counter: list[int]) -> tuple[str, int, float]:
-    """(coder kind, starting level, slope) from the coder whose coarsest level reaching `target` on
-    `sample` is smallest; a coder that reaches it nowhere loses."""
+                  counter: list[int]) -> tuple[str, int, float, int | None]:
+    """(coder kind, starting level, slope, its bytes on the sample) from the coder whose coarsest
+    level reaching `target` on `sample` is smallest; a coder that reaches it nowhere loses."""
     coders = _coders(effort)
     ref = measure.prepare(sample)
     found = {}
@@ -166,16 +166,18 @@ def _choose_coder(src: np.ndarray, measure, target: float, effort, grey: bool, s
         if probe is not None:
             found[kind] = (len(probe.data), probe.level, slope)
     if not found:
-        return "jxl", coders["jxl"][0].top, coders["jxl"][0].slope
+        return "jxl", coders["jxl"][0].top, coders["jxl"][0].slope, None
     kind = min(found, key=lambda k: found[k][0])
-    return kind, found[kind][1], found[kind][2]
+    return kind, found[kind][1], found[kind][2], found[kind][0]
 
 
 def perceptual_layer(src: np.ndarray, measure, prepared, target: float, effort, mosaic, grey: bool = False,
-                     stages=None) -> Coded | None:
+                     stages=None, budget: float | None = None) -> Coded | None:
     """The band layer of `src` (H x W x 3 uint8, or H x W for grey) whose every region reaches
     `target` in `measure` (`prepared`: measure.prepare of the image as the user sees it, RGB), with
-    the fewest bytes this search finds; None when even the finest levels miss."""
+    the fewest bytes this search finds; None when even the finest levels miss, or when the sample
+    says the layer would take more than `budget` bytes (the caller keeps the source instead: the
+    bands are not searched for a layer that would be thrown away)."""
     from contextlib import nullcontext
 
     stage = stages or (lambda name: nullcontext())
@@ -189,7 +191,11 @@ def perceptual_layer(src: np.ndarray, measure, prepared, target: float, effort, 
             start, slope = coder.start(target + BAND_AIM), coder.slope
         else:
             sample = src if small else mosaic(src)
-            kind, start, slope = _choose_coder(src, measure, target + BAND_AIM, effort, grey, sample, counter)
+            kind, start, slope, sample_bytes = _choose_coder(src, measure, target + BAND_AIM, effort, grey, sample,
+                                                             counter)
+            estimate = sample_bytes * src.size / sample.size if sample_bytes is not None else math.inf
+            if budget is not None and estimate > budget:
+                return None
     coder, encode = _coders(effort)[kind]
     rows = band_rows(h)
     with stage("encode"):

@@ -179,3 +179,14 @@ def test_presets_are_score_floors():
     assert explicit.name == "target" and explicit.measure == "ssimulacra2"
     psnr = resolve_fidelity(target_psnr=38)
     assert psnr.measure == "psnr-y" and psnr.target_score is None and psnr.rgb_psnr_floor is None
+
+
+def test_rgb_psnr_guard_bites_where_the_score_alone_would_pass(pairs):
+    """A guard no lossy layer can meet (55 dB RGB PSNR at a score of 80): the image is not written below
+    it; a PNG source keeps its own bytes (exact) instead."""
+    data = (DATA / "Set5/bird.png").read_bytes()
+    spec = PRESETS["standard"].model_copy(update={"rgb_psnr_floor": 55.0})
+    small, layer, rec = compress_to_target(data, pairs, spec)
+    assert rec.status == "ok" and rec.enhancement_format == "source" and rec.psnr_rgb == float("inf")
+    plain = compress_to_target(data, pairs, PRESETS["standard"])[2]
+    assert plain.enhancement_format == "jxl-bands" and plain.psnr_rgb < 55.0
