@@ -92,10 +92,10 @@ PREVIEW_TAD_PIXELS = 2_000_000  # a preview's TAD runs on at most this many (box
 def fidelity_psnr(out: np.ndarray, ref, scale: int) -> float:
     """The lower of whole-image and `scale`-shaved Y-PSNR (H x W x 3 uint8 each; `ref` may be a
     Reference, whose luma is computed once)."""
+    from pipeline.codec.measure import y_psnr_floor
+
     yr = ref.y if isinstance(ref, Reference) else rgb_to_y(ref)
-    yo = rgb_to_y(out)
-    shaved = psnr(yo, yr, scale) if min(out.shape[:2]) > 2 * scale else math.inf
-    return min(psnr(yo, yr), shaved)
+    return y_psnr_floor(rgb_to_y(out), yr, scale)
 
 
 class Reference:

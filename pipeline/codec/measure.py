@@ -482,8 +482,7 @@ class PsnrY(Measure):
 
     def _score(self, ref: Prepared, out: np.ndarray) -> Score:
         yr, yo = ref.data, rgb_to_y(out)
-        shaved = psnr(yo, yr, self.scale) if min(out.shape[:2]) > 2 * self.scale else math.inf
-        whole = min(psnr(yo, yr), shaved)
+        whole = y_psnr_floor(yo, yr, self.scale)
         sq = (yo - yr) ** 2
         rows = [a for a, _ in _grid(sq.shape[0], self.region)]
         cols = [a for a, _ in _grid(sq.shape[1], self.region)]
@@ -492,6 +491,13 @@ class PsnrY(Measure):
         with np.errstate(divide="ignore"):
             regions = 10.0 * np.log10(255.0**2 / (sums / counts))
         return Score(whole, regions, self.region)
+
+
+def y_psnr_floor(yo: np.ndarray, yr: np.ndarray, scale: int) -> float:
+    """The lower of whole-image and `scale`-shaved Y-PSNR of two luma planes: the one definition of a
+    Y-PSNR fidelity (PsnrY.whole, and pipeline.codec.fidelity's PSNR search and verification)."""
+    shaved = psnr(yo, yr, scale) if min(yo.shape[:2]) > 2 * scale else math.inf
+    return min(psnr(yo, yr), shaved)
 
 
 def rgb_psnr(a: np.ndarray, b: np.ndarray) -> float:
