@@ -40,6 +40,7 @@ bench: venv
 	$(BIN)/python benchmarks/inference_cost.py
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/throughput_archive.py
+	$(BIN)/python benchmarks/utilization.py
 	$(BIN)/python benchmarks/rehydrate_latency.py
 	$(BIN)/python benchmarks/finetune_domain.py
 	$(BIN)/python benchmarks/serve_latency.py

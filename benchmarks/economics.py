@@ -17,7 +17,11 @@ Per image, side by side in one process (one thread: CPU seconds are per core):
 - `original`: JPEG XL recompression of the JPEG, thumbnail included, and whether rehydration gives
   the JPEG back byte for byte;
 - rehydration (`codec.rehydrate_image`, PNG out) CPU and wall seconds per layer kind;
-- payback months on each storage class of the default price table (pipeline.jobs.prices).
+- payback months on each storage class of the default price table (pipeline.jobs.prices), on the
+  busy CPU-seconds measured here and, beside them, on held time: a run pays for every core it
+  holds, busy or not, so the held CPU-s of an image are its busy CPU-s / the utilisation a real run
+  reaches (`--utilization`, default: the largest "after" run of benchmarks/results/utilization.json,
+  else 1; docs/costs.md#held-and-busy-why-the-cost-charges-held-cores).
 
 Writes <out>/economics.{json,md}.
 """
@@ -54,6 +58,16 @@ EFFORTS = ("fast", "default", "best")
 # what-if rows: the default effort at other final speeds, so the table shows why the default is what it is
 VARIANTS = (("default", 8), ("default", 6))
 HORIZON_MONTHS = 36  # total cost per image over this long: compute + requests + storage
+UTILIZATION = [1.0]  # busy / held of a real run (main(): --utilization or benchmarks/results/utilization.json)
+
+
+def measured_utilization(path: Path = ROOT / "benchmarks" / "results" / "utilization.json") -> float:
+    """The utilisation of the largest 'after' run of benchmarks/utilization.py, else 1 (busy = held)."""
+    try:
+        runs = [r for r in json.loads(path.read_text())["runs"] if r["mode"] == "after" and r["utilization"]]
+    except (OSError, ValueError, KeyError):
+        return 1.0
+    return max(runs, key=lambda r: r["size"])["utilization"] if runs else 1.0
 
 
 def photos() -> list[Path]:
@@ -204,7 +218,9 @@ def run_image(data: bytes, presets: list[str], pairs: dict, rows: list, name: st
     for row in rows:
         if row["image"] == name:
             row["payback_months"] = payback(row["source_bytes"], row["objects"], row["cpu_s"])
-            row["horizon_cost"] = horizon_cost(row["source_bytes"], row["objects"], row["cpu_s"])
+            row["held_cpu_s"] = row["cpu_s"] / UTILIZATION[0]
+            row["payback_months_held"] = payback(row["source_bytes"], row["objects"], row["held_cpu_s"])
+            row["horizon_cost"] = horizon_cost(row["source_bytes"], row["objects"], row["held_cpu_s"])
 
 
 def _mean(xs):
@@ -229,6 +245,9 @@ def summarize(rows: list[dict]) -> list[dict]:
             "rehydrate_mp_per_s": _mean(r["rehydrate_mp_per_s"] for r in rs),
             "payback_months": {cls: _mean(r["payback_months"][cls] for r in rs if math.isfinite(r["payback_months"][cls]))
                                for cls in rs[0]["payback_months"]},
+            "payback_months_held": {cls: _mean(r["payback_months_held"][cls] for r in rs
+                                               if math.isfinite(r["payback_months_held"][cls]))
+                                    for cls in rs[0].get("payback_months_held", {})},
             "byte_exact": all(r.get("byte_exact", True) for r in rs),
             "horizon_cost": {cls: _mean(r["horizon_cost"][cls] for r in rs) for cls in rs[0]["horizon_cost"]},
         })
@@ -239,16 +258,19 @@ def markdown(summary: list[dict], rows: list[dict], meta: dict) -> str:
     f = lambda v, d=3: "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))  # noqa: E731
     classes = list(summary[0]["payback_months"]) if summary else []
     lines = ["# Economics: bytes, CPU and payback on large photos", "",
-             f"`python benchmarks/economics.py` ({meta['when']}, {meta['machine']}). Sources: {meta['sources']}.", "",
+             f"`python benchmarks/economics.py` ({meta['when']}, {meta['machine']}). Sources: {meta['sources']}.",
+             f"Payback on busy CPU-s (measured here, one thread) / on held time (busy / utilisation "
+             f"{meta.get('utilization', 1.0):.3f}, a real run's: benchmarks/results/utilization.md).", "",
              "| preset | effort | ok | MP/s per core | CPU / one AVIF s6 encode | stored / source | bytes vs AVIF s6 | vs AVIF s8 "
-             "| overshoot mean / p95 (dB) | rehydrate MP/s | " + " | ".join(f"payback {c} (months)" for c in classes)
-             + f" | cost over {HORIZON_MONTHS} months / keeping the source ({classes[0] if classes else '-'}) |",
+             "| overshoot mean / p95 (dB) | rehydrate MP/s | " + " | ".join(f"payback {c} (months): busy / held" for c in classes)
+             + f" | cost over {HORIZON_MONTHS} months / keeping the source ({classes[0] if classes else '-'}, held) |",
              "|---|---|---|---:|---:|---:|---:|---:|---|---:|" + "---:|" * len(classes) + "---:|"]
     for s in summary:
         lines.append(f"| {s['preset']} | {s['effort']} | {s['ok']}/{s['images']} | {f(s['mp_per_s_per_core'], 2)} | "
                      f"{f(s['cpu_over_avif_s6'], 2)} | {f(s['stored_over_source'])} | {f(s['over_avif_s6'])} | {f(s['over_avif_s8'])} | "
                      f"{f(s['overshoot_mean_db'], 2)} / {f(s['overshoot_p95_db'], 2)} | {f(s['rehydrate_mp_per_s'], 2)} | "
-                     + " | ".join(f(s["payback_months"][c], 1) for c in classes)
+                     + " | ".join(f"{f(s['payback_months'][c], 1)} / {f(s.get('payback_months_held', {}).get(c), 1)}"
+                                  for c in classes)
                      + f" | {f(s['horizon_cost'][classes[0]], 3)} |")
     kinds = sorted({r["layer"] for r in rows if r.get("layer")})
     if kinds:
@@ -330,6 +352,8 @@ def main(argv=None) -> None:
     ap.add_argument("--sizes", type=float, nargs="+", default=[9.4, 12, 16])
     ap.add_argument("--presets", nargs="+", default=["standard", "high"])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--utilization", type=float, help="busy / held of a real run for the held-time payback "
+                    "(default: benchmarks/results/utilization.json's largest 'after' run, else 1)")
     ap.add_argument("--calibrate", action="store_true", help="measure SAMPLE_OFFSET_DB on training photos instead")
     ap.add_argument("--from-json", type=Path, help="rewrite the Markdown from an earlier economics.json (no measuring)")
     ap.add_argument("--probe-settle", action="store_true", help="how the bands' aim and trim trade encodes against "
@@ -343,6 +367,7 @@ def main(argv=None) -> None:
         result = json.loads(args.from_json.read_text())
         (args.out / "economics.md").write_text(markdown(result["summary"], result["images"], result["meta"]))
         return None
+    UTILIZATION[0] = args.utilization or measured_utilization()
     files = photos()
     pairs = {m: load_pair(m) for m in ("taid-x2-webp", "taid-x4-webp")}
     rows: list[dict] = []
@@ -352,7 +377,7 @@ def main(argv=None) -> None:
         run_image(jpeg(mosaic(files, w, h, seed=i), q), args.presets, pairs, rows, f"mosaic{i + 1}-{size:g}MP-q{q}")
     summary = summarize(rows)
     meta = {"when": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores, one thread, shared VM",
-            "sources": f"JPEG mosaics of {'B100' if SHARED.is_dir() else 'Set14'} photos, {', '.join(f'{s:g}' for s in args.sizes)} MP"}
+            "utilization": UTILIZATION[0], "sources": f"JPEG mosaics of {'B100' if SHARED.is_dir() else 'Set14'} photos, {', '.join(f'{s:g}' for s in args.sizes)} MP"}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "economics.json").write_text(json.dumps({"meta": meta, "summary": summary, "images": rows}, indent=2))
     (args.out / "economics.md").write_text(markdown(summary, rows, meta))

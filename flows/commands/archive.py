@@ -31,9 +31,33 @@ def use_prefect(args: argparse.Namespace) -> bool:
     mode = get_settings().use_prefect
     if mode != "auto":
         return mode == "always"
+    if not prefect_may_be_configured():
+        return False
     from prefect.settings import get_current_settings
 
     return bool(get_current_settings().api.url)
+
+
+def prefect_may_be_configured() -> bool:
+    """Could a Prefect API URL be set? Importing Prefect to ask costs 1-2 s of a command's start, so
+    ask it only where one could come from: Prefect already imported (an enclosing harness), the
+    environment, or a file Prefect reads its settings from (profiles, prefect.toml, .env,
+    pyproject.toml's [tool.prefect])."""
+    import os
+    from pathlib import Path
+
+    if "prefect" in sys.modules or os.environ.get("PREFECT_API_URL"):
+        return True
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
+    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml")
+    for path, needle in ((profiles, "PREFECT_API_URL"), (Path("prefect.toml"), "api"), (Path(".env"), "PREFECT_"),
+                         (Path("pyproject.toml"), "tool.prefect")):
+        try:
+            if needle in path.read_text(errors="replace"):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def inference(args: argparse.Namespace) -> dict:
@@ -49,8 +73,10 @@ def _compress_archive(args: argparse.Namespace) -> int:
         p.check_storage()  # missing keys / endpoint / bucket: one line from main(), before the flow starts
         return report(compress_archive(p), failed_prefix="failed")
     from pipeline.jobs import TqdmProgress, run_compress
+    from pipeline.runtime import process_started
 
-    return report(dict(run_compress(p, TqdmProgress("compress-archive"))), failed_prefix="failed")
+    return report(dict(run_compress(p, TqdmProgress("compress-archive"), started=process_started())),
+                  failed_prefix="failed")
 
 
 def _compact(args: argparse.Namespace) -> int:
@@ -126,6 +152,10 @@ def job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-worker", dest="gpus_per_worker", type=float,
                    help="single stage: Ray GPUs per actor (default: a GPU share when the cluster has GPUs; 0 = CPU)")
     p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--batch-bytes", dest="batch_bytes", type=int,
+                   help="a batch also ends at this many source bytes (default 1 MiB; 0 = by count only)")
+    p.add_argument("--largest-first", dest="largest_first", type=int, metavar="N",
+                   help="hand out each window of N listed objects largest first (default 1000; 0 = listing order)")
     p.add_argument("--actor-resource", dest="actor_resources", action=_Resource, metavar="NAME=N",
                    help="custom Ray resource each model actor asks for (repeatable), e.g. taid_model=1")
     p.add_argument("--worker-resource", dest="worker_resources", action=_Resource, metavar="NAME=N",
@@ -134,6 +164,12 @@ def job_args(p: argparse.ArgumentParser) -> None:
                    help="staged: CPU workers + model actors batching tiles (default auto: staged when the cluster has GPUs)")
     p.add_argument("--model-actors", dest="model_actors", type=int, help="staged: model actors (default: one per GPU)")
     p.add_argument("--tile-batch", dest="tile_batch", type=int, help="staged: tiles per forward call")
+    p.add_argument("--in-process", dest="in_process", choices=["auto", "always", "never"],
+                   help="run the workers in this process, without Ray (default auto: a small plan with no cluster "
+                   "address; docs/costs.md#small-runs)")
+    p.add_argument("--start-on-driver", dest="start_on_driver", action=argparse.BooleanOptionalAction, default=None,
+                   help="a local Ray this command starts: work on the first images in this process while Ray "
+                   "and the actors start (default: on)")
     p.add_argument("--precision", choices=["auto", "fp32", "tf32", "bf16", "fp16"],
                    help="network precision (default: TAID_PRECISION, else fp32 on a CPU, bf16 on CUDA)")
     p.add_argument("--registry", help="model registry URI for fine-tuned model ids")

@@ -9,6 +9,11 @@ sha256 is checked against the row, the upscaler of exactly that model id + weigh
 loaded (zoo or registry), and the codec restores size, mode, alpha, ICC and orientation policy
 in the original's format. Every refusal raises `RehydrateRefused` with the reason; nothing is
 written in that case.
+
+A row whose layer is the image itself (a prediction-free layer: `avif-full`, `avif-bands`,
+`webp-lossless-full`, `jxl-jpeg`) and whose small file has no alpha plane needs no network: it is
+restored without loading the pair, so without torch (the pair's identity is still the row's and
+the small file's, checked against each other).
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ from functools import lru_cache
 
 from PIL import Image
 
-from models.zoo import WeightsError, load_pair
 from pipeline.codec import OUTPUT_SUFFIX, RehydrateError, rehydrate_image
 from pipeline.manifest import archive_base, present, resolve_row, shared_reader
 from pipeline.storage import filesystem
@@ -49,7 +53,31 @@ def find_row(archive: str, key_or_uri: str, storage_options: dict | None = None)
 
 @lru_cache(maxsize=8)
 def _pair(model_id: str, sha256: str, registry: str | None, device: str):
+    from models.zoo import load_pair
+
     return load_pair(model_id, device, expected_sha256=sha256, registry=registry)
+
+
+class PairName:
+    """The name of a pair without its networks: what restoring from a prediction-free layer needs
+    (the codec checks the small file's model id and weights sha256 against it; no network runs)."""
+
+    def __init__(self, model_id: str, weights_sha256: str):
+        self.model_id, self.weights_sha256 = model_id, weights_sha256
+
+
+def needs_networks(small: bytes, layer: bytes | None, preview: bool) -> bool:
+    """Does restoring this small file (+ layer) run TAU? Not for a prediction-free layer on a small
+    file without alpha."""
+    from pipeline.codec import alpha_stored_in, needs_prediction, read_small
+
+    if needs_prediction(layer, preview):
+        return True
+    try:
+        im, embedded, *_ = read_small(small)
+    except Exception:  # noqa: BLE001 - the codec says what is wrong with it, with the pair
+        return True
+    return alpha_stored_in(embedded or {}, im)
 
 
 def warm_pair(model_id: str, sha256: str, registry: str | None = None, device: str = "cpu") -> None:
@@ -108,12 +136,17 @@ def rehydrate_row(
         row = resolve_row(row, archive_base(fs, root))
     small = read_small_verified(row, storage_options)
     layer = None if preview else read_layer_verified(row, storage_options)
-    try:
-        pair = _pair(row["model_id"], row["model_sha256"], registry, device)
-        if prepare is not None:
-            pair = prepare(pair)
-    except WeightsError as exc:
-        raise RehydrateRefused(f"model for {row['source_key']}: {exc}") from exc
+    if not needs_networks(small, layer, preview):
+        pair = PairName(row["model_id"], row["model_sha256"])
+    else:
+        from models.zoo import WeightsError
+
+        try:
+            pair = _pair(row["model_id"], row["model_sha256"], registry, device)
+            if prepare is not None:
+                pair = prepare(pair)
+        except WeightsError as exc:
+            raise RehydrateRefused(f"model for {row['source_key']}: {exc}") from exc
     try:
         return rehydrate_image(small, row, pair, restored_format=restored_format, quality=quality, layer=layer,
                                preview=preview)

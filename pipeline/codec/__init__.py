@@ -47,6 +47,7 @@ _EXPORTS = {
     "canonical": "formats",
     "formats": "formats",
     "small_file_settings": "image",
+    "needs_prediction": "image", "alpha_stored_in": "image",
     "encode_output": "image_io",
     "InferenceOptions": "inference",
     "configure": "inference",

@@ -40,11 +40,12 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from pipeline.codec import formats, image_io, small_file, tiling
+from pipeline.codec import formats, image_io, small_file
 from pipeline.codec import layer as enhancement
 from pipeline.codec.options import (  # noqa: F401  (re-exported for callers of the codec)
     CODEC_VERSION,
     DEFAULT_MAX_PIXELS,
+    DEFAULT_TILE,
     CodecOptions,
     CompressRecord,
     Encoded,
@@ -53,6 +54,19 @@ from pipeline.codec.options import (  # noqa: F401  (re-exported for callers of 
 
 DEFAULT_SMALL_FORMAT = "png"  # for lossless pairs; a codec-aware pair's `channel` block says its own
 DEFAULT_QUALITY = 90  # for a lossy small format the pair was not trained for
+
+
+class _Tiling:
+    """pipeline.codec.tiling (torch), imported when a network first runs: restoring from a
+    prediction-free layer (the image itself) loads no torch."""
+
+    def __getattr__(self, name):
+        from pipeline.codec import tiling as module
+
+        return getattr(module, name)
+
+
+tiling = _Tiling()
 
 
 def _sha256(data: bytes) -> str:
@@ -244,7 +258,7 @@ class Prediction(NamedTuple):
     exif: bytes | None
 
 
-def predict(small: bytes, record: CompressRecord | dict | None, pair, tile: int = tiling.DEFAULT_TILE,
+def predict(small: bytes, record: CompressRecord | dict | None, pair, tile: int = DEFAULT_TILE,
             color: bool = True) -> Prediction:
     """TAU(small) at the original size, after checking that the pair is the one that made it.
     `color=False` skips TAU on the colour (a prediction-free layer replaces it: the prediction's
@@ -280,11 +294,12 @@ def predict(small: bytes, record: CompressRecord | dict | None, pair, tile: int 
     if im.size != (-(-w // s), -(-h // s)):
         raise RehydrateError(f"small image is {im.size[0]}x{im.size[1]}, expected {-(-w // s)}x{-(-h // s)} for {w}x{h} at x{s}")
     try:
-        tiling.steps_for(pair, s)
+        if color or alpha_stored_in(meta, im):  # no network runs otherwise: nothing for the pair to reach
+            tiling.steps_for(pair, s)
     except ValueError as exc:
         raise RehydrateError(str(exc)) from exc
     # Flags missing from both record and embedded metadata are inferred from the small image's mode.
-    alpha_stored = bool(meta["alpha_stored"]) if meta.get("alpha_stored") is not None else im.mode in ("RGBA", "LA", "PA")
+    alpha_stored = alpha_stored_in(meta, im)
     is_gray = bool(meta["is_gray"]) if meta.get("is_gray") is not None else im.mode in ("L", "LA")
     has_alpha = bool(meta["has_alpha"]) if meta.get("has_alpha") is not None else alpha_stored
     arr = np.asarray(im.convert("RGBA" if alpha_stored else "RGB"))
@@ -300,6 +315,11 @@ def predict(small: bytes, record: CompressRecord | dict | None, pair, tile: int 
         a_up, _ = _through_pair(pair, np.repeat(arr[..., 3:4], 3, axis=2), s, tile, True, True)
         alpha = _gray(a_up[:h, :w])
     return Prediction(up, alpha, is_gray, has_alpha, meta, icc, exif)
+
+
+def alpha_stored_in(meta: dict, im: Image.Image) -> bool:
+    """Whether a small file carries an alpha plane (TAU upscales it, whatever the layer)."""
+    return bool(meta["alpha_stored"]) if meta.get("alpha_stored") is not None else im.mode in ("RGBA", "LA", "PA")
 
 
 def _check_layer_sha(want: str | None, layer: bytes) -> None:
@@ -351,7 +371,7 @@ def rehydrate_image(
     pair,
     restored_format: str | None = None,
     quality: int | None = None,
-    tile: int = tiling.DEFAULT_TILE,
+    tile: int = DEFAULT_TILE,
     layer: bytes | None = None,
     preview: bool = False,
 ) -> bytes:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 from typing import Literal
 
-import torch
 from pydantic import BaseModel, Field
 
 Precision = Literal["auto", "fp32", "tf32", "bf16", "fp16"]
@@ -49,7 +48,7 @@ GPU_DEFAULT: str = "bf16"
 CROSS_DEVICE_MAX_PSNR_DROP_DB = 0.05
 CROSS_DEVICE_MAX_ABS_DIFF = 4
 ENV_PRECISION = "TAID_PRECISION"  # read through pipeline.settings
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_AUTOCAST = {"bf16": "bfloat16", "fp16": "float16"}  # torch dtypes by name: importing this module loads no torch
 
 
 class InferenceOptions(BaseModel):
@@ -67,7 +66,7 @@ class InferenceOptions(BaseModel):
 
     def precision_on(self, device: torch.device | str) -> str:
         """The concrete precision on `device` (never `auto`); ValueError for fp16 off CUDA."""
-        kind = torch.device(device).type
+        kind = device.split(":")[0] if isinstance(device, str) else device.type
         if self.precision == "auto":
             return GPU_DEFAULT if kind == "cuda" else "fp32"
         if self.precision == "fp16" and kind != "cuda":
@@ -96,6 +95,8 @@ def configure(pair, options: InferenceOptions):
 def set_backend_flags(device: torch.device, precision: str) -> None:
     """On CUDA, TF32 on for `tf32` and off otherwise (process-wide: a worker runs one precision)."""
     if device.type == "cuda":
+        import torch
+
         tf32 = precision == "tf32"
         torch.backends.cudnn.allow_tf32 = tf32
         torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -106,7 +107,9 @@ def autocast(device: torch.device, precision: str):
     dtype = _AUTOCAST.get(precision)
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    import torch
+
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype))
 
 
 @contextlib.contextmanager

@@ -72,6 +72,8 @@ class CompressResult(TypedDict, total=False):
     cpu_s: dict  # CPU-seconds by stage (CPU_STAGES) and "total", over every row; None: no row measured it
     cpu_s_per_mp: dict  # the same per megapixel decoded
     gpu_s: float  # GPU-seconds the run held (a GPU is paid while held, busy or not)
+    held_core_s: float  # CPU core-seconds the run held (utilization.basis says whose); the one-time cost's CPU
+    utilization: dict  # held vs busy, where the idle core-seconds went, busy cores over time (runtime/utilization.py)
     objects_written: int  # small files + layers of the ok rows
     objects_per_image: float | None
     run_objects: int  # manifest parts + this run stats file
@@ -223,24 +225,31 @@ class RunStats:
     def rows(self) -> int:
         return sum(self.by_status.values())
 
-    def cost(self, run_objects: int = 0, gpu_seconds: float = 0.0) -> dict:
+    def cost(self, run_objects: int = 0, gpu_seconds: float = 0.0, held_core_s: float | None = None) -> dict:
         """CPU-seconds by stage, objects written and, per storage class, when the run pays for
-        itself. `run_objects`: the run's own objects (manifest parts, stats file), PUTs too."""
+        itself. `run_objects`: the run's own objects (manifest parts, stats file), PUTs too.
+        `held_core_s`: the core-seconds the run held; the one-time cost charges them (a core is
+        paid while held), and the busy CPU-seconds beside them (`*_busy`). None: busy only."""
         measured = [v for v in self.cpu.values() if v is not None]
         cpu = {**self.cpu, "total": sum(measured) if measured else None}
+        busy = cpu["total"] or 0.0
+        held = busy if held_core_s is None else held_core_s
         mp = self.decoded_pixels / 1e6
         ok = self.by_status.get("ok", 0)
         payback = {}
         for key, (source, stored) in self.billable.items() if ok else ():
             saving = monthly_saving(source, stored, self.prices, key)
-            once = one_time_cost(self.objects + run_objects, cpu["total"] or 0.0, self.prices, key, gpu_seconds)
-            months = months_to_pay_back(once, saving)
+            once = one_time_cost(self.objects + run_objects, held, self.prices, key, gpu_seconds)
+            once_busy = one_time_cost(self.objects + run_objects, busy, self.prices, key, gpu_seconds)
+            months, months_busy = months_to_pay_back(once, saving), months_to_pay_back(once_busy, saving)
             payback[key] = {"name": self.prices.storage[key].name or key, "billable_source_bytes": source,
                             "billable_stored_bytes": stored, "saving_per_month": saving, "one_time_cost": once,
-                            "months": months if math.isfinite(months) else None}  # None: never
+                            "months": months if math.isfinite(months) else None,  # None: never
+                            "one_time_cost_busy": once_busy,
+                            "months_busy": months_busy if math.isfinite(months_busy) else None}
         return {
             "cpu_s": cpu, "cpu_s_per_mp": {k: (v / mp if v is not None and mp else None) for k, v in cpu.items()},
-            "gpu_s": gpu_seconds, "objects_written": self.objects,
+            "gpu_s": gpu_seconds, "held_core_s": held, "objects_written": self.objects,
             "objects_per_image": self.objects / ok if ok else None, "run_objects": run_objects, "payback": payback,
             "prices": {"source": self.prices_source, "as_of": self.prices.as_of, "region": self.prices.region,
                        "currency": self.prices.currency},
@@ -261,10 +270,10 @@ class RunStats:
                 "overshoot_mean": float(over.mean()), "overshoot_p95": float(np.percentile(over, 95)),
                 "encodes_mean": float(encodes.mean()), "encodes_p95": float(np.percentile(encodes, 95))}
 
-    def summary(self, run_objects: int = 0, gpu_seconds: float = 0.0) -> dict:
+    def summary(self, run_objects: int = 0, gpu_seconds: float = 0.0, held_core_s: float | None = None) -> dict:
         elapsed = max(time.time() - self.started, 1e-9)
         return {
-            **self.cost(run_objects, gpu_seconds), "scores": self.score_stats(),
+            **self.cost(run_objects, gpu_seconds, held_core_s), "scores": self.score_stats(),
             "rows": self.rows, "by_status": dict(sorted(self.by_status.items())), "bytes_in_ok": self.bytes_in,
             "bytes_out_ok": self.bytes_out, "ratio_ok": (self.bytes_in / self.bytes_out) if self.bytes_out else None,
             "bytes_saved_ok": self.bytes_in - self.bytes_out, "enhancement_bytes_ok": self.bytes_layer,
@@ -296,33 +305,63 @@ def resolve_models(params: CompressArchiveParams) -> CompressArchiveParams:
 
 
 def run_compress(params: CompressArchiveParams, progress: Progress | None = None,
-                 run_id: str | None = None) -> CompressResult:
+                 run_id: str | None = None, started: float | None = None) -> CompressResult:
     """One compress run: returns (and writes last, as DEST/_runs/<run_id>.json) its stats. A run
     that writes holds the destination's lease (pipeline.manifest.lease): while another run holds it, this
-    one raises DestinationBusy (one line) before any work."""
+    one raises DestinationBusy (one line) before any work. `started`: when the command started (the
+    CLI's process start), so the held time covers it; default: now."""
     from pipeline.manifest import Lease
+    from pipeline.runtime import RunClock
 
+    clock = RunClock(started or time.time())
+    clock.mark("process")
     run_id = run_id or new_run_id()
     prices = params.price_table()  # a wrong price file says so in one line, before anything is touched
     params.check_storage()  # before the lease: bad credentials, a missing source or an unwritable dest, in one line
     if params.dry_run:
-        return _run_compress(params, progress, run_id, prices)
+        return _run_compress(params, progress, run_id, prices, clock)
     dst_fs, dest_root = params.fs(params.dest)
     with Lease(dst_fs, dest_root, run_id):
-        return _run_compress(params, progress, run_id, prices)
+        return _run_compress(params, progress, run_id, prices, clock)
 
 
-def _run_compress(params: CompressArchiveParams, progress: Progress | None, run_id: str, prices) -> CompressResult:
+def ray_running() -> bool:
+    """Is this process connected to a Ray already (a caller's, a test's)? Imports no Ray."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+def in_process(params, lookahead: list[ObjectInfo], more: bool, ray_up: bool | None = None) -> bool:
+    """Run the plan in this process, without Ray? `params.in_process`; auto: only where no cluster
+    is named or joined (`ray_up`: default, whether this process is connected to one), single stage,
+    and the whole plan is small (docs/costs.md#small-runs)."""
+    if params.in_process != "auto":
+        return params.in_process == "always"
+    from pipeline.settings import get_settings
+
+    if params.ray_address or get_settings().ray_address or params.stages == "staged" or (
+            ray_running() if ray_up is None else ray_up):
+        return False
+    return (not more and len(lookahead) <= params.in_process_max_items
+            and sum(o.size or 0 for o in lookahead) <= params.in_process_max_bytes)
+
+
+def _run_compress(params: CompressArchiveParams, progress: Progress | None, run_id: str, prices,
+                  clock) -> CompressResult:
+    from pipeline.jobs.plan import largest_first
     from pipeline.jobs.workers import CompressWorker
-    from pipeline.runtime import dispatch as run_on_ray
-    from pipeline.runtime import ensure_ray
+    from pipeline.runtime import run_utilization
 
     progress = Throttled(progress or NoProgress())
     dst_fs, dest_root = params.fs(params.dest)
     s3_before = dict(s3.STATS)
     if params.incremental and params.compact != "never":
         compact_if_needed(dst_fs, dest_root)  # e.g. runs that crashed before their compaction
+    log.info("loading %s", ", ".join(params.request().models))
     params = resolve_models(params)
+    clock.mark("models")
     request = params.request()  # the run's, once: the plan, the rows and the actors' pairs follow it
     counts: dict = {}  # the plan streams: one listing pass, decided as the work goes
     planned, estimate = plan_objects(params, counts, request)
@@ -373,12 +412,25 @@ def _run_compress(params: CompressArchiveParams, progress: Progress | None, run_
             yield obj.__dict__
 
     dispatch = {"actor_restarts": 0, "batches": 0}
+    machine = False
     try:
-        first = next(planned, None)  # plans until the first object to process, or the end
-        if first is not None:  # else nothing new: no actors, just the (empty) run record
-            ensure_ray(params.ray_address)
-            dispatch = run_on_ray(CompressWorker, params, run_id, f"taid-compress-{run_id}",
-                                  checked(itertools.chain([first], planned)), on_row, rows.crash, request.models)
+        # plans until a window of objects to process is listed (or the end): it decides where they run,
+        # and each window is handed out largest first
+        window = max(params.largest_first, params.in_process_max_items + 1)
+        lookahead = list(itertools.islice(planned, window))
+        clock.mark("planning")
+        if lookahead:  # else nothing new: no actors, just the (empty) run record
+            local = in_process(params, lookahead, more=len(lookahead) == window)
+            if params.largest_first:
+                lookahead.sort(key=lambda o: -(o.size or 0))
+            objects = itertools.chain(lookahead, largest_first(planned, params.largest_first))
+            if local:
+                dispatch = _dispatch(CompressWorker, params, run_id, f"taid-compress-{run_id}", checked(objects),
+                                     on_row, rows.crash, request.models, True)
+                machine = True
+            else:
+                machine, dispatch = _on_ray(CompressWorker, params, run_id, checked(objects), on_row, rows.crash,
+                                            request.models, clock)
     except ManifestWriteError:
         pass  # no more work whose rows could not be kept; the one line is raised below
     finally:
@@ -393,6 +445,10 @@ def _run_compress(params: CompressArchiveParams, progress: Progress | None, run_
             f"the destination {params.dest} stopped taking writes ({full[0]}): {stats.by_status.get('ok', 0)} images "
             f"written, {stats.by_status.get('failed_write', 0)} failed writes, all {writer.rows} rows recorded; the rest was "
             "not started: make room, then rerun (it redoes only the objects without a row; --retry-failed the failed writes)")
+    timing = dispatch.pop("_timing", None)
+    busy = sum(v for v in stats.cpu.values() if v is not None)
+    utilization = run_utilization(clock, timing, busy, time.time(), machine, dispatch.get("model_actors"),
+                                  params.gpus_per_model_actor if params.gpus_per_model_actor is not None else 1.0)
     result: CompressResult = {
         "run_id": run_id, "source": params.source, "dest": params.dest, "model_id": params.model_id,
         "scale": params.scale, "small_format": params.small_format, "quality": params.quality,
@@ -400,7 +456,9 @@ def _run_compress(params: CompressArchiveParams, progress: Progress | None, run_
         "pipeline_version": PIPELINE_VERSION, "plan": counts, "dispatch": dispatch,
         "manifest_parts": writer.parts,
         **stats.summary(run_objects=writer.parts + 1,  # + the run stats file written below
-                        gpu_seconds=gpu_seconds_held(dispatch, params, time.time() - stats.started)),
+                        gpu_seconds=gpu_seconds_held(dispatch, params, time.time() - stats.started),
+                        held_core_s=utilization["held_core_s"]),
+        "utilization": utilization,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     result["s3"] = s3_counts(s3_before, dispatch)  # throttled answers, list requests: driver + workers
@@ -412,6 +470,63 @@ def _run_compress(params: CompressArchiveParams, progress: Progress | None, run_
     log.info("run %s: %d rows %s in %.1f s", run_id, result["rows"], result["by_status"], result["seconds"])
     result["index"] = compact_manifest(params)
     return result
+
+
+def _dispatch(*args, **kwargs) -> dict:
+    from pipeline.runtime import dispatch
+
+    return dispatch(*args, **kwargs)
+
+
+def _on_ray(worker_cls, params, run_id: str, items, on_row, crash_row, models: list[str], clock) -> tuple[bool, dict]:
+    """(whether the run holds this machine, the dispatch counters). A local Ray this run starts:
+    the driver works on the first objects in a thread while Ray and the actors start, and stops
+    taking new ones once the actors are ready (`pipeline.runtime.actor_pool.DriverLane`); on a
+    cluster it connects to, too (the first image starts within seconds while the actors start
+    there; the driver's core is then held while it works). One thread, not one per core: the codec measures each stage's CPU for the whole process
+    (`time.process_time`), so two working threads would count each other's CPU."""
+    import threading
+
+    from pipeline.runtime import DriverLane, Shared, ensure_ray
+
+    lock = threading.Lock()
+
+    def locked(row) -> None:
+        with lock:
+            on_row(row)
+
+    shared = Shared(items)
+    # not when this process is connected to a Ray already (a library caller's own, a test's), nor staged
+    starts_local = params.start_on_driver and params.stages != "staged" and not ray_running()
+    lanes = []
+    if starts_local:  # one thread: the codec measures a stage's CPU per process (time.process_time)
+        lanes = [DriverLane(worker_cls, (params.model_dump(), run_id, []), shared, locked).start()]
+
+    def stop() -> None:
+        for lane in lanes:
+            lane.stop()
+
+    try:
+        machine = ensure_ray(params.ray_address)
+        clock.mark("ray")
+        dispatch = _dispatch(worker_cls, params, run_id, f"taid-compress-{run_id}", shared, locked, crash_row,
+                             models, False, stop if lanes else None)
+    finally:
+        stop()
+        for lane in lanes:
+            lane.join()
+    if any(lane.intervals for lane in lanes):
+        timing = dispatch.setdefault("_timing", {"lanes": [], "intervals": [], "ready_at": []})
+        mine = [rest for lane in lanes for _, *rest in lane.intervals]
+        if machine:  # the machine's cores: the driver's batches on the pool's slots, in turn
+            slots = max(len(timing["lanes"]), 1)
+            timing["intervals"] = timing["intervals"] + [(k % slots, *rest) for k, rest in enumerate(mine)]
+        else:  # a cluster: the driver's one core is held while it works, a lane of its own
+            slot = len(timing["lanes"])
+            timing["intervals"] = timing["intervals"] + [(slot, *rest) for rest in mine]
+            timing["driver_lane"] = (1.0, min(r[0] for r in mine), max(r[1] for r in mine))
+        dispatch["driver_items"] = sum(lane.items_done for lane in lanes)
+    return machine, dispatch
 
 
 def _db(v) -> str | None:
@@ -465,11 +580,27 @@ def cost_table(result: CompressResult) -> list[dict]:
     """The cost report's (metric, value) rows (docs/costs.md)."""
     rows = [{"metric": f"CPU-s per MP: {stage}", "value": "not measured" if v is None else round(v, 4)}
             for stage, v in result["cpu_s_per_mp"].items()]
+    u = result.get("utilization")
+    if u:
+        rows += [{"metric": "core-s held", "value": f"{u['held_core_s']:.1f} ({u['cores']:g} cores, {u['basis']})"},
+                 {"metric": "CPU-s busy", "value": round(u["busy_cpu_s"], 1)},
+                 {"metric": "utilisation (busy / held)",
+                  "value": None if u["utilization"] is None else f"{100 * u['utilization']:.1f} %"},
+                 {"metric": "idle core-s by cause",
+                  "value": ", ".join(f"{k} {v:.1f}" for k, v in u["idle_core_s"].items() if k != "total" and v >= 0.05)
+                  or "none"}]
+        if u.get("gpu"):
+            g = u["gpu"]
+            rows.append({"metric": "GPU utilisation (busy / held)",
+                         "value": None if g["utilization"] is None else f"{100 * g['utilization']:.1f} %"})
     if result["gpu_s"]:
         rows.append({"metric": "GPU-s held", "value": round(result["gpu_s"], 1)})
     per_image = result["objects_per_image"]
     rows.append({"metric": "objects written per image", "value": None if per_image is None else round(per_image, 3)})
     rows += [{"metric": f"payback months: {e['name']}", "value": _months(e)} for e in result["payback"].values()]
+    rows += [{"metric": f"payback months on busy CPU-s only: {e['name']}",
+              "value": _months({"months": e.get("months_busy")})} for e in result["payback"].values()
+             if "months_busy" in e]
     p = result["prices"]
     rows.append({"metric": "prices", "value": f"{p['source'] or 'built-in list prices'} ({p['currency']}, "
                  f"{p['region'] or 'no region'}, as of {p['as_of']})"})

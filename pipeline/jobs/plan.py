@@ -136,3 +136,18 @@ def plan(listing: Iterable[pa.Table], states: Iterable[pa.Table] | None, params:
                 continue
             taken += 1
             yield ObjectInfo(key=key, uri=base_uri + key, etag=etag, size=size)
+
+
+def largest_first(objects, window: int):
+    """`objects` in windows of `window`, each window largest first (by listed size): the longest
+    jobs start first, so a run ends on its small images (LPT order) with memory bounded by the
+    window. 0: as listed."""
+    import itertools
+
+    objects = iter(objects)
+    if not window:
+        yield from objects
+        return
+    while chunk := list(itertools.islice(objects, window)):
+        chunk.sort(key=lambda o: -(o.size or 0))
+        yield from chunk

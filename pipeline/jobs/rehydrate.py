@@ -36,18 +36,20 @@ class RehydrateResult(TypedDict, total=False):
     by_status: dict
     dispatch: dict
     seconds: float
+    utilization: dict  # held core-s vs busy (the workers' process CPU-s), idle by cause (pipeline/runtime/utilization.py)
     s3: dict  # throttled answers...: driver + workers
 
 
 def run_rehydrate(params: RehydrateParams, progress: Progress | None = None,
                   run_id: str | None = None) -> RehydrateResult:
     from pipeline.jobs.workers import RehydrateWorker
+    from pipeline.runtime import RunClock, ensure_ray, run_utilization
     from pipeline.runtime import dispatch as run_on_ray
-    from pipeline.runtime import ensure_ray
 
     run_id = run_id or new_run_id()
     progress = Throttled(progress or NoProgress())
     started = time.time()
+    clock = RunClock(started)
     s3_before = dict(s3.STATS)
     params.check_storage()
     selected = select_rows(params)
@@ -67,16 +69,23 @@ def run_rehydrate(params: RehydrateParams, progress: Progress | None = None,
         progress.update(sum(by_status.values()), len(todo))
 
     dispatch = {"actor_restarts": 0, "batches": 0}
+    machine = False
+    clock.mark("planning")
     try:
         if todo:
-            ensure_ray(params.ray_address)
+            machine = ensure_ray(params.ray_address)
+            clock.mark("ray")
             dispatch = run_on_ray(RehydrateWorker, params, run_id, f"taid-rehydrate-{run_id}", iter(todo), on_row,
                                   RestoredRows(run_id).crash, [])
     finally:
         writer.close()
         progress.close(writer.rows)
+    timing = dispatch.pop("_timing", None)
     result.update({"rows": writer.rows, "by_status": dict(sorted(by_status.items())), "dispatch": dispatch,
-                   "seconds": time.time() - started, "s3": s3_counts(s3_before, dispatch)})
+                   "seconds": time.time() - started,
+                   "utilization": run_utilization(clock, timing, dispatch.get("process_cpu_s", 0.0), time.time(), machine,
+                                                  dispatch.get("model_actors")),
+                   "s3": s3_counts(s3_before, dispatch)})
     write_run_stats(fs, root, run_id, result)
     log.info("rehydrate %s: %d rows %s in %.1f s", run_id, result["rows"], result["by_status"], result["seconds"])
     return result

@@ -79,7 +79,8 @@ class CompressWorker(ModelUser):
 
         obj = ObjectInfo(**item)
         try:
-            data = self.src_fs.cat_file(_strip(obj.uri))
+            with self.on_storage():
+                data = self.src_fs.cat_file(_strip(obj.uri))
         except Exception as exc:
             return self.rows.failed(obj, attempt, "failed_read", exc)
         small, layer, record = self._compress(data)
@@ -92,9 +93,10 @@ class CompressWorker(ModelUser):
             return self.rows.skipped(obj, attempt, "skipped_unsafe_key", str(exc), record)
         layer_path = layer_name(out_path) if layer is not None else None
         try:
-            if layer is not None:  # the layer first: a small file that names a layer is never visible without it
-                write_checked(self.dst_fs, layer_path, layer)
-            write_checked(self.dst_fs, out_path, small)
+            with self.on_storage():
+                if layer is not None:  # the layer first: a small file that names a layer is never visible without it
+                    write_checked(self.dst_fs, layer_path, layer)
+                write_checked(self.dst_fs, out_path, small)
         except Exception as exc:
             return self.rows.failed(obj, attempt, "failed_write", exc, record)
         return self.rows.ok(obj, attempt, record, rel, layer_name(rel) if layer is not None else None)
@@ -123,7 +125,8 @@ class RehydrateWorker(ModelUser):
             path = restored_path(p, row, self.root)
             data = rehydrate_row(row, p.restored_format, p.quality, p.registry, storage_options=self.storage,
                                  preview=p.preview, device=self.device, prepare=self.prepare)
-            write_checked(self.fs, path, data)
+            with self.on_storage():
+                write_checked(self.fs, path, data)
         except (RehydrateRefused, UnsafeKeyError) as exc:
             return self.rows.refused(row, attempt, exc)
         except Exception as exc:

@@ -31,6 +31,23 @@ class RayParams(BaseModel):
     batch_size: int = Field(2, ge=1, description="items per actor call (compress and rehydrate alike: a call costs "
                             "milliseconds against an image's seconds, and small batches spread a run's last items "
                             "over the actors and cost fewer items an attempt when an actor crashes)")
+    batch_bytes: int | None = Field(
+        1 << 20, ge=0, description="a batch also ends at this many source bytes, and an actor with this many bytes "
+        "queued takes no more until it finishes one (large images go one at a time, to whichever actor frees up "
+        "first); 0 or None = by count only")
+    largest_first: int = Field(
+        1000, ge=0, description="hand out the objects of each window of this many listed objects largest first "
+        "(longest processing time first: the run ends on small images, not on a large one while the other actors "
+        "idle); 0 = listing order")
+    in_process: Literal["auto", "always", "never"] = Field(
+        "auto", description="run the workers in this process instead of on Ray: always, never, or auto = when no "
+        "cluster address is given and the plan is small (in_process_max_items, in_process_max_bytes): starting "
+        "a local Ray costs more than it saves there (docs/costs.md#small-runs)")
+    start_on_driver: bool = Field(
+        True, description="a local Ray this run starts: the driver works on the first objects while Ray and the "
+        "actors start (one at a time, until the actors are ready)")
+    in_process_max_items: int = Field(2, ge=0, description="auto: at most this many objects to process ...")
+    in_process_max_bytes: int = Field(3 << 20, ge=0, description="... and at most this many source bytes in all")
     registry: str | None = Field(None, description="model registry URI for fine-tuned model ids (default: the "
                                  "TAID_MODEL_REGISTRY setting)")
     worker_resources: dict[str, float] = Field(
