@@ -191,15 +191,9 @@ def decode_band(data: bytes, kind: str, grey: bool) -> np.ndarray:
     """H x W x 3 (or H x W for grey) uint8 pixels of one band (`kind`: "avif" or "jxl")."""
     if kind == "avif":
         return decode_avif(data, grey)
-    import pillow_jxl  # noqa: F401
+    import pillow_jxl  # noqa: F401  (registers the JXL plugin)
 
-    try:
-        im = Image.open(io.BytesIO(data), formats=("JXL",))
-        im.load()
-    except Exception as exc:
-        raise LayerError(f"enhancement layer payload is unreadable: {type(exc).__name__}: {exc}") from exc
-    arr = np.asarray(im.convert("RGB"))
-    return arr[..., 0] if grey else arr
+    return _decoded(data, "JXL", grey)
 
 
 def pack_bands(bands: list[tuple[int, bytes]], fmt: str = "avif-bands") -> bytes:
@@ -265,8 +259,12 @@ def _unpack_bands(payload: bytes) -> list[tuple[int, bytes]]:
 
 def decode_avif(data: bytes, grey: bool) -> np.ndarray:
     """H x W x 3 (or H x W for grey) uint8 pixels of one AVIF file."""
+    return _decoded(data, "AVIF", grey)
+
+
+def _decoded(data: bytes, fmt: str, grey: bool) -> np.ndarray:
     try:
-        im = Image.open(io.BytesIO(data), formats=("AVIF",))
+        im = Image.open(io.BytesIO(data), formats=(fmt,))
         im.load()
     except Exception as exc:
         raise LayerError(f"enhancement layer payload is unreadable: {type(exc).__name__}: {exc}") from exc
