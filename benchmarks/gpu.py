@@ -368,7 +368,10 @@ class Bench:
         sync = torch.cuda.synchronize if self.device == "cuda" else (lambda: None)
         patched = [(image_io, "decode_image", "decode"), (tiling, "downscale_array", "model"),
                    (tiling, "upscale_array", "model"), (small_file, "encode_small", "small_encode"),
-                   (enhancement, "encode_layer", "layer_encode"), (enhancement, "apply_layer", "layer_apply")]
+                   (enhancement, "encode_layer", "layer_encode"), (enhancement, "apply_layer", "layer_apply"),
+                   # score targets (issue 29): the bands' coders (pipeline.codec.rate) and the kept JPEG
+                   (enhancement, "encode_jxl", "layer_encode"), (enhancement, "encode_avif_eye", "layer_encode"),
+                   (enhancement, "encode_jpeg_layer", "layer_encode")]
         saved = [(mod, name, getattr(mod, name)) for mod, name, _ in patched]
         spent: dict[str, float] = {}
 

@@ -55,11 +55,19 @@ def pil_down_up(
     return np.asarray(small), np.asarray(small.resize((w, h), method)), nbytes
 
 
-def quality_of(restored: np.ndarray, original: np.ndarray, scale: int) -> dict[str, float]:
+# Extra measures of a restored image against its original: name -> fn(restored, original) -> float.
+# models/ imports nothing of pipeline/, so `taid eval` hands the perceptual measure in
+# (pipeline.codec.measure: SSIMULACRA2, whole image) through `evaluate(measures=...)`.
+Measures = dict
+
+
+def quality_of(restored: np.ndarray, original: np.ndarray, scale: int, measures: Measures | None = None
+               ) -> dict[str, float]:
     return {
         "psnr_y": psnr_y(restored, original, shave=scale),
         "psnr_rgb": psnr(restored, original, shave=scale),
         "ssim": ssim_y(restored, original, shave=scale),
+        **{name: float(fn(restored, original)) for name, fn in (measures or {}).items()},
     }
 
 
@@ -93,12 +101,14 @@ def _mean(rows: list[dict], keys: tuple[str, ...]) -> dict[str, float]:
 def evaluate(
     model: str | TaskAwarePair, data: str | list[str], device: str = "cpu", limit: int | None = None,
     channel: str | None = None, quality: int | None = None, lossless: bool = False,
+    measures: Measures | None = None,
 ) -> dict:
     """`data` is a folder / URI of images, or an explicit list of image URIs (a held-out split).
 
     A codec-aware model is evaluated through its own lossy channel and default quality unless
     `channel` (jpeg or webp-lossy; "webp" is read as webp-lossy) / `quality` say otherwise or
-    `lossless` is set."""
+    `lossless` is set. `measures`: more scores per image (name -> fn(restored, original)), beside
+    the papers' PSNR and SSIM, e.g. SSIMULACRA2 from `taid eval`."""
     default_channel, default_q = model_channel(model)
     channel = None if lossless else (channel_format(channel) or default_channel)
     q = quality or default_q or 90
@@ -119,14 +129,16 @@ def evaluate(
         img = mod_crop(read_rgb(uri), s)
         small, restored, bits = round_trip(pair, img, device, channel, q)
         bicubic_small, _, _ = pil_down_up(img, s, BASELINES["bicubic"])
-        row = {"name": Path(uri).stem, **quality_of(restored, img, s), "thumb_psnr_y": psnr_y(small, bicubic_small)}
+        row = {"name": Path(uri).stem, **quality_of(restored, img, s, measures),
+               "thumb_psnr_y": psnr_y(small, bicubic_small)}
         if channel:
             row["bpp"] = bits / (s * s)
         rows.append(row)
         for name, method in BASELINES.items():
             _, base, nbytes = pil_down_up(img, s, method, channel, q)
-            base_rows[name].append({**quality_of(base, img, s), "bpp": nbytes * 8 / img.shape[0] / img.shape[1]})
-    keys = ("psnr_y", "psnr_rgb", "ssim")
+            base_rows[name].append({**quality_of(base, img, s, measures),
+                                    "bpp": nbytes * 8 / img.shape[0] / img.shape[1]})
+    keys = ("psnr_y", "psnr_rgb", "ssim", *(measures or {}))
     return {
         "model": model if isinstance(model, str) else getattr(model, "model_id", "in-memory"),
         "model_sha256": getattr(pair, "weights_sha256", None),
@@ -192,13 +204,19 @@ def format_table(report: dict) -> str:
     if report.get("channel"):
         c = report["channel"]
         lines[0] += f", small image coded as {c['format']} q{c['quality']} ({report['mean']['bpp']:.3f} bpp)"
-    lines.append(f"{'image':<24}{'PSNR-Y':>9}{'PSNR-RGB':>10}{'SSIM':>8}{'thumb-Y':>9}")
+    extra = [k for k in report["mean"] if k not in ("psnr_y", "psnr_rgb", "ssim", "thumb_psnr_y", "bpp")]
+    head = "".join(f"{k.upper():>13}" for k in extra)
+    lines.append(f"{'image':<24}{'PSNR-Y':>9}{'PSNR-RGB':>10}{'SSIM':>8}{'thumb-Y':>9}{head}")
+
+    def more(r: dict) -> str:
+        return "".join(f"{r[k]:13.2f}" for k in extra)
     for r in report["images"]:
-        lines.append(f"{r['name']:<24}{r['psnr_y']:9.2f}{r['psnr_rgb']:10.2f}{r['ssim']:8.4f}{r['thumb_psnr_y']:9.2f}")
+        lines.append(f"{r['name']:<24}{r['psnr_y']:9.2f}{r['psnr_rgb']:10.2f}{r['ssim']:8.4f}{r['thumb_psnr_y']:9.2f}"
+                     f"{more(r)}")
     m = report["mean"]
-    lines.append(f"{'mean':<24}{m['psnr_y']:9.2f}{m['psnr_rgb']:10.2f}{m['ssim']:8.4f}{m['thumb_psnr_y']:9.2f}")
+    lines.append(f"{'mean':<24}{m['psnr_y']:9.2f}{m['psnr_rgb']:10.2f}{m['ssim']:8.4f}{m['thumb_psnr_y']:9.2f}{more(m)}")
     for name, b in report["baselines"].items():
-        lines.append(f"{name + ' down+up':<24}{b['psnr_y']:9.2f}{b['psnr_rgb']:10.2f}{b['ssim']:8.4f}{'':>9}")
+        lines.append(f"{name + ' down+up':<24}{b['psnr_y']:9.2f}{b['psnr_rgb']:10.2f}{b['ssim']:8.4f}{'':>9}{more(b)}")
     return "\n".join(lines)
 
 

@@ -26,15 +26,19 @@ def _rehydrate_file(args: argparse.Namespace) -> int:
 
 def fidelity_args(p: argparse.ArgumentParser) -> None:
     """What the small files should be: a fidelity (or target), or one fixed layer (model, format...)."""
-    g = p.add_mutually_exclusive_group()  # names are checked by pipeline.codec.fidelity (not imported here: it loads torch)
-    g.add_argument("--fidelity", metavar="NAME", help="preview (30 dB), standard (36, the default), high (40), "
-                   "lossless (exact pixels) or original (the source file back, byte for byte for JPEG): each image gets "
-                   "the cheapest verified representation reaching it (docs/fidelity.md)")
+    # one of --fidelity, --target-score, --target-psnr: checked by pipeline.codec.presets (one line, exit 2)
+    p.add_argument("--fidelity", metavar="NAME", help="preview (SSIMULACRA2 >= 60), standard (>= 80 in every region: "
+                   "no difference side by side at 1:1; the default), high (>= 90: visually lossless), lossless (exact "
+                   "pixels) or original (the source file back, byte for byte): each image gets the cheapest verified "
+                   "representation reaching it, never more bytes than its source (docs/fidelity.md)")
     p.add_argument("--effort", choices=["fast", "default", "best"], help="how hard the fidelity search works for "
                    "bytes: CPU against storage (docs/fidelity.md#effort; default: default)")
     p.add_argument("--preview-long-side", dest="preview_long_side", type=int, metavar="PX",
                    help="long side of the small file where a layer carries the fidelity (default 768)")
-    g.add_argument("--target-psnr", dest="target_psnr", type=float, metavar="DB", help="explicit Y-PSNR floor instead")
+    p.add_argument("--target-score", dest="target_score", type=float, metavar="S",
+                   help="explicit SSIMULACRA2 floor of every image's worst region, in (0, 100), instead of a preset")
+    p.add_argument("--target-psnr", dest="target_psnr", type=float, metavar="DB",
+                   help="explicit Y-PSNR floor instead (the SR papers' measure: it does not guarantee what a person sees)")
     p.add_argument("--model", dest="model_id", help="zoo id, weights file or registered model id: with a fidelity, "
                    "the only base pair; without, exactly this pair's single small files (default taid-x2)")
     p.add_argument("--scale", type=int, help="2, 4, ... 128 (a power of the model's scale; default: the model's)")

@@ -25,8 +25,10 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from models.evaluate import evaluate, format_table
+    from pipeline.codec import Ssimulacra2
 
-    report = evaluate(**values(args))
+    ssimulacra2 = Ssimulacra2()  # the archive's perceptual measure, whole image, beside the papers' PSNR / SSIM
+    report = evaluate(**values(args), measures={"ssimulacra2": lambda out, ref: ssimulacra2.score(ref, out).whole})
     print(format_table(report))
     if args.json:
         with open(args.json, "w") as f:

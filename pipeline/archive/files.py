@@ -38,12 +38,17 @@ class CompressedFile:
                  f"({r.out_width}x{r.out_height} {r.output_format}{f' q{r.small_quality}' if r.small_quality else ''}, "
                  f"{r.output_size} B, x{r.scale} {r.model_id})"]
         if self.layer_path is not None:
-            level = f" level {r.enhancement_level}" if r.enhancement_level is not None else ""
+            level = (f" level {r.enhancement_level}" if r.enhancement_level is not None else
+                     f" quality {r.enhancement_quality}" if r.enhancement_quality is not None else "")
             lines.append(f"enhancement layer: {self.layer_path} ({r.enhancement_format}{level}, {self.layer_size} B)")
         if r.psnr_y is not None:
             total = r.output_size + self.layer_size
-            lines.append(f"fidelity {r.fidelity}: Y-PSNR {r.psnr_y:.2f} dB (target {r.target_psnr:g}), "
-                         f"RGB {r.psnr_rgb:.2f} dB, thumbnail {r.thumbnail_psnr:.2f} dB; "
+            if r.target_score is not None:
+                asked = (f"SSIMULACRA2 {r.score_worst:.1f} in the worst region, {r.score_whole:.1f} whole (target "
+                         f"{r.target_score:g}), Y-PSNR {r.psnr_y:.2f} dB")
+            else:
+                asked = f"Y-PSNR {r.psnr_y:.2f} dB (target {r.target_psnr:g})"
+            lines.append(f"fidelity {r.fidelity}: {asked}, RGB {r.psnr_rgb:.2f} dB, thumbnail {r.thumbnail_psnr:.2f} dB; "
                          f"{total} B stored = {total / r.source_size:.3f} of the source")
         if r.notes:
             lines.append(f"notes: {r.notes}")
@@ -63,6 +68,7 @@ def compress_file(
     *,
     fidelity: str | None = None,
     target_psnr: float | None = None,
+    target_score: float | None = None,
     effort: str | None = None,
     preview_long_side: int | None = None,
     model_id: str | None = None,
@@ -79,7 +85,7 @@ def compress_file(
 ) -> CompressedFile:
     """Compress one image file into `output_path` (+ its layer beside it, `layer_name(output_path)`,
     written first: a small file naming a layer is never there without it). A fidelity (preset or
-    `target_psnr`; the default) or one fixed small file (`model_id` / `small_format` / `quality` /
+    `target_score` / `target_psnr`; the default) or one fixed small file (`model_id` / `small_format` / `quality` /
     `scale` without a fidelity): pipeline.codec.fidelity.requested_fidelity. None = the codec's
     default (pipeline.codec.options.CodecOptions). `record_path`: also write the manifest record
     as JSON there (a refused image's too)."""
@@ -88,7 +94,7 @@ def compress_file(
 
     try:
         request = Request.of(fidelity, target_psnr, model_id, small_format, quality, scale, effort, preview_long_side,
-                             max_pixels=max_pixels, tile=tile, multi_frame=multi_frame, high_bit_depth=high_bit_depth,
+                             target_score=target_score, max_pixels=max_pixels, tile=tile, multi_frame=multi_frame, high_bit_depth=high_bit_depth,
                              rehydrate_format=rehydrate_format, verify=verify)
         small, layer, record = encode(read_file(input_path), request, {m: load_pair(m) for m in request.models})
     except (ValueError, OSError, WeightsError) as exc:  # bad options / model / unreadable path (pydantic's too)

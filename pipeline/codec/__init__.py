@@ -13,6 +13,7 @@ Modules:
 - request: Request (a fixed small file or a fidelity target) and encode(), the one entry (no torch).
 - image: compress_image (one fixed small file) and rehydrate_image, TAU's prediction, the layer applied.
 - fidelity: compress_to_target, the per-image search for the fewest bytes that reach a fidelity.
+- measure: the measure contract (Score, Measure): SSIMULACRA2 and Y-PSNR, whole and per region (torch).
 - layer: enhancement layers (AVIF bands, lossless, JPEG XL of a JPEG source).
 - small_file: the small file's formats and its embedded metadata.
 - image_io: decoding sources (the real-world policies) and encoding rehydrated outputs.
@@ -33,6 +34,8 @@ _EXPORTS = {
     "CodecOptions": "options", "CompressRecord": "options", "RehydrateError": "options",
     "compress_image": "image", "rehydrate_image": "image", "check_options": "image", "decode_output": "image",
     "compress_to_target": "fidelity",
+    "Score": "measure", "Measure": "measure", "Ssimulacra2": "measure", "PsnrY": "measure",
+    "MEASURES": "measure", "rgb_psnr": "measure",
     "Fidelity": "presets", "PRESETS": "presets", "EFFORTS": "presets", "DEFAULT_FIDELITY": "presets",
     "resolve_fidelity": "presets", "requested_fidelity": "presets",
     "SmallFormat": "formats", "OutputFormat": "formats", "RehydrateFormat": "formats",

@@ -92,10 +92,10 @@ PREVIEW_TAD_PIXELS = 2_000_000  # a preview's TAD runs on at most this many (box
 def fidelity_psnr(out: np.ndarray, ref, scale: int) -> float:
     """The lower of whole-image and `scale`-shaved Y-PSNR (H x W x 3 uint8 each; `ref` may be a
     Reference, whose luma is computed once)."""
+    from pipeline.codec.measure import y_psnr_floor
+
     yr = ref.y if isinstance(ref, Reference) else rgb_to_y(ref)
-    yo = rgb_to_y(out)
-    shaved = psnr(yo, yr, scale) if min(out.shape[:2]) > 2 * scale else math.inf
-    return min(psnr(yo, yr), shaved)
+    return y_psnr_floor(rgb_to_y(out), yr, scale)
 
 
 class Reference:
@@ -146,6 +146,10 @@ class _Candidate(NamedTuple):
     small_quality: int | None
     layer_format: str | None = None
     layer_level: int | None = None
+    layer_quality: int | None = None  # an eye-tuned AVIF or JPEG XL band layer: its finest band's quality
+    measured: tuple | None = None  # (Score, decoded pixels) a perceptual search measured, for verification
+    encodes: int = 0  # layer encodes the search made
+    note: str | None = None
 
 
 def _channel(arr: np.ndarray, grey: bool) -> np.ndarray:
@@ -161,7 +165,7 @@ def compress_to_target(data: bytes, pairs: dict, spec: Fidelity, options: codec.
     the spec picks model, format, quality and scale per image."""
     options = options or codec.CodecOptions()
     rec = codec.CompressRecord(source_size=len(data), source_sha256=codec._sha256(data), fidelity=spec.name,
-                               target_psnr=spec.target_psnr)
+                               target_psnr=spec.target_psnr, target_score=spec.target_score)
     files, rec = codec.decoded_then(data, options, rec,
                                     lambda dec, rec: _search(dec, pairs, spec, options, rec, data))
     small, layer = files or (None, None)
@@ -482,16 +486,25 @@ def _residual_search(ref: Reference, pred: np.ndarray, grey: bool, target: float
         return _settle(whole, target, estimate[0] if estimate else top, top, refine=effort.refine)
 
 
-def _exact_layer(src: np.ndarray, data: bytes, dec) -> tuple[bytes, str, str | None]:
+def _exact_layer(src: np.ndarray, data: bytes, dec, options: codec.CodecOptions | None = None
+                 ) -> tuple[bytes, str, str | None]:
     """(layer, codec, note): a JPEG source's own bytes recompressed by JPEG XL where libjxl can (and
-    gives them back byte for byte), else WebP lossless of the decoded pixels, with the reason."""
+    gives them back byte for byte), else WebP lossless of the decoded pixels, or the source file's
+    own bytes where those are smaller (a HEIC, AVIF or lossy WebP source: its pixels cost far more
+    losslessly than the file that already holds them), with the reason."""
     note = None
     if dec.info.get("source_format") == "JPEG":
         try:
             return enhancement.encode_jpeg_layer(data), "jxl-jpeg", None
         except ValueError as exc:
             note = f"exact pixels instead of the original JPEG: {exc}"
-    return enhancement.encode_layer(src, None, "webp-lossless-full"), "webp-lossless-full", note
+    pixels = enhancement.encode_layer(src, None, "webp-lossless-full")
+    if dec.alpha is None and note is None:
+        options = options or codec.CodecOptions()
+        own = enhancement.encode_source_layer(data, options.multi_frame, options.high_bit_depth)
+        if len(own) < len(pixels):
+            return own, "source", "kept the source file's own bytes: smaller than its pixels losslessly"
+    return pixels, "webp-lossless-full", note
 
 
 def _rgb(arr: np.ndarray) -> np.ndarray:
@@ -535,6 +548,11 @@ def _search(dec, pairs: dict, spec: Fidelity, options: codec.CodecOptions, rec: 
     with stages("verify"):  # the reference's luma, used by every measurement and the verification
         ref = Reference(codec.reference_rgb(dec))
     ctx = _Context(dec, data, ref, bool(dec.info["is_gray"]), options, rec, stages, EFFORTS[spec.effort])
+    if spec.target_score is not None:
+        return _perceptual_search(ctx, pairs, spec)
+    if spec.exact and spec.original and dec.info.get("source_format") != "JPEG":
+        return _finalize(_source_kept(ctx, pairs[spec.bases[0].model_id], spec.bases[0], spec, "original"),
+                         ref, spec, dec, options, stages)
     target = spec.target_psnr + DEVICE_MARGIN_DB  # TAU's prediction differs a little across devices; inf stays inf
     # the residual of TAU(small) is tried where the effort affords TAU at full size for this image, or
     # where TAU runs anyway (an alpha channel comes from the small file); a layer that is the image
@@ -579,11 +597,16 @@ def _image_layer(ctx: _Context, pair, base: Base, spec: Fidelity):
         full = _full_layer(ctx.ref, ctx.grey, spec.target_psnr, pair.scale, ctx.effort, ctx.stages)
     with ctx.stages("encode"):
         if full is None:  # exact, or no AVIF level reaches the target
-            layer, lfmt, b.note = _exact_layer(_channel(ctx.ref.rgb, ctx.grey), ctx.data, ctx.dec)
+            layer, lfmt, note = _exact_layer(_channel(ctx.ref.rgb, ctx.grey), ctx.data, ctx.dec, ctx.options)
             level = None
         else:
             layer, lfmt, level = full
-        q, size = _cheapest_thumbnail(b, ctx.ref, None, None)
+            note = None
+        if lfmt == "source":  # the source's own bytes: its preview within PREVIEW_SOURCE_SHARE of them
+            b, q, size = _preview_within(ctx, pair, base, spec, int(PREVIEW_SOURCE_SHARE * len(ctx.data)))
+        else:
+            q, size = _cheapest_thumbnail(b, ctx.ref, None, None)
+        b.note = note
     return _Candidate(total=size + len(layer), base=base, small_quality=q, layer_format=lfmt, layer_level=level), b, layer
 
 
@@ -603,6 +626,136 @@ def _predicted(ctx: _Context, pair, base: Base, target: float):
     return _Candidate(total=size + len(layer), base=base, small_quality=q, layer_format="avif", layer_level=level), b, layer
 
 
+# --- score targets (SSIMULACRA2 of the worst region; issue 29) -------------------------------------------
+
+PREVIEW_SOURCE_SHARE = 0.02  # a preview kept beside the source's own bytes: at most this share of them
+# JPEG sources are kept as JPEG XL recompression (about 0.8x) where a perceptual layer would come close to it
+JPEG_KEEP_ABOVE = 0.7
+SAMPLE_BUDGET_SLACK = 1.3  # the sample's byte estimate is rough: a layer is abandoned only well above the budget
+
+
+def _perceptual_search(ctx: _Context, pairs: dict, spec: Fidelity):
+    """The fewest bytes whose verified rehydration scores at least `spec.target_score` in its worst
+    region (and at least `spec.rgb_psnr_floor` RGB PSNR): the small file alone where the spec
+    allows it, else a preview plus a band layer of the image itself (pipeline.codec.rate), else the
+    source's own bytes: never more than the source."""
+    from pipeline.codec.measure import Ssimulacra2
+
+    measure = Ssimulacra2()
+    with ctx.stages("verify"):
+        prepared = measure.prepare(ctx.ref.rgb)
+    candidates = []
+    pixels = ctx.ref.shape[0] * ctx.ref.shape[1]
+    first = spec.bases[0]
+    source = len(ctx.data)
+    is_jpeg = ctx.dec.info.get("source_format") == "JPEG"
+    # a layer the sample says is dearer than keeping the source (a JPEG: its JPEG XL recompression,
+    # about 0.8x) is not searched band by band (about 40 % of a high-fidelity photo's CPU saved)
+    budget = (JPEG_KEEP_ABOVE if is_jpeg else 1.0) * source * SAMPLE_BUDGET_SLACK
+    layers: dict = {}  # the band layer does not depend on the pair: searched once for every base
+    for base in spec.bases:
+        pair = pairs[base.model_id]
+        # TAU at full size costs seconds per megapixel: its small file alone is tried on small images only
+        if base.qualities and (pixels <= ctx.effort.residual_below or ctx.effort.residual_below == math.inf):
+            alone = _scored_small_file_alone(ctx, pair, base, spec, measure, prepared)
+            if alone is not None:
+                candidates.append(alone)
+                continue
+        layered = _scored_image_layer(ctx, pair, base, spec, measure, prepared, layers, budget)
+        if layered is not None:
+            candidates.append(layered)
+    best = min(candidates, key=lambda c: c[0].total) if candidates else None
+    if (best is None or best[0].total >= (JPEG_KEEP_ABOVE if is_jpeg else 1.0) * source) and (
+            is_jpeg or ctx.dec.alpha is None):  # a source layer restores no alpha of its own
+        kept = _source_kept(ctx, pairs[first.model_id], first, spec, "target")
+        if best is None or kept[0].total < best[0].total:
+            best = kept
+    return _finalize(best, ctx.ref, spec, ctx.dec, ctx.options, ctx.stages, measure=measure, prepared=prepared)
+
+
+def _guard(spec: Fidelity, out: np.ndarray, ref: Reference) -> bool:
+    return spec.rgb_psnr_floor is None or psnr(out, ref.rgb) >= spec.rgb_psnr_floor
+
+
+def _scored_small_file_alone(ctx: _Context, pair, base: Base, spec: Fidelity, measure, prepared):
+    """The lowest of the base's small-file qualities whose TAU(small) reaches the score (the preview tier)."""
+    b = _Base(ctx.dec, pair, base, ctx.options, ctx.rec, ctx.stages)
+    for q in (base.qualities if b.lossy else [None]):
+        size, pred = b.prediction(q)
+        with ctx.stages("search"):
+            score = measure.score(prepared, pred)
+            if score.worst >= spec.target_score and _guard(spec, pred, ctx.ref):
+                return _Candidate(total=size, base=base, small_quality=q, measured=(score, pred)), b, None
+    return None
+
+
+def _scored_image_layer(ctx: _Context, pair, base: Base, spec: Fidelity, measure, prepared, layers: dict,
+                        budget: float | None = None):
+    """A preview small file plus a band layer of the image itself, each band at the coarsest level
+    whose worst region reaches the score (pipeline.codec.rate); None where none does (or none within
+    `budget` bytes). `layers` caches the layer for the image's other bases."""
+    from pipeline.codec import rate
+
+    if "coded" not in layers:
+        src = _channel(ctx.ref.rgb, ctx.grey)
+        coded = None
+        for target in (spec.target_score, spec.target_score + 2.0):  # a second, finer try where the RGB guard bites
+            coded = rate.perceptual_layer(src, measure, prepared, target, ctx.effort, _mosaic, ctx.grey, ctx.stages,
+                                          budget=budget)
+            if coded is None or _guard(spec, _rgb(coded.decoded), ctx.ref):
+                break
+            coded = None
+        layers["coded"] = coded
+    coded = layers["coded"]
+    if coded is None:
+        return None
+    preview = spec.preview_long_side if ctx.dec.alpha is None else None  # alpha comes from the small file
+    b = _Base(ctx.dec, pair, base, ctx.options, ctx.rec, ctx.stages, preview_long_side=preview)
+    with ctx.stages("encode"):
+        q, size = _cheapest_thumbnail(b, ctx.ref, None, None)
+    return _Candidate(total=size + len(coded.layer), base=base, small_quality=q, layer_format=coded.fmt,
+                      layer_quality=max(coded.levels), measured=(coded.score, _rgb(coded.decoded)),
+                      encodes=coded.encodes,
+                      note=f"{coded.kind} bands at quality {'/'.join(map(str, coded.levels))}"), b, coded.layer
+
+
+def _source_kept(ctx: _Context, pair, base: Base, spec: Fidelity, why: str):
+    """The source's own bytes (a JPEG as JPEG XL recompression, which gives them back byte for byte)
+    beside a preview of at most PREVIEW_SOURCE_SHARE of them: what is kept where nothing reaching
+    the target is smaller than the source, and what `original` keeps of a non-JPEG source."""
+    layer = None
+    note = None
+    with ctx.stages("encode"):
+        if ctx.dec.info.get("source_format") == "JPEG":
+            try:
+                layer, fmt = enhancement.encode_jpeg_layer(ctx.data), "jxl-jpeg"
+            except ValueError as exc:
+                note = f"JPEG XL cannot keep this JPEG ({exc}): its own bytes kept"
+        if layer is None:
+            layer, fmt = enhancement.encode_source_layer(ctx.data, ctx.options.multi_frame,
+                                                         ctx.options.high_bit_depth), "source"
+        b, q, size = _preview_within(ctx, pair, base, spec, int(PREVIEW_SOURCE_SHARE * len(ctx.data)))
+    kept = "the source JPEG as JPEG XL recompression" if fmt == "jxl-jpeg" else "the source file's own bytes"
+    reason = ("`original` keeps the source file itself" if why == "original" else
+              "no representation reaching the target is smaller than the source")
+    b.note = "; ".join(filter(None, [note, f"kept {kept}: {reason}"]))
+    return _Candidate(total=size + len(layer), base=base, small_quality=q, layer_format=fmt), b, layer
+
+
+def _preview_within(ctx: _Context, pair, base: Base, spec: Fidelity, budget: int):
+    """(_Base, quality, bytes) of the largest preview (the spec's long side, then each power of the
+    pair's scale smaller) whose small file fits in `budget` bytes; the smallest where none does."""
+    long_side = spec.preview_long_side if ctx.dec.alpha is None else None
+    while True:
+        b = _Base(ctx.dec, pair, base, ctx.options, ctx.rec, ctx.stages, preview_long_side=long_side)
+        q = 10 if b.lossy else None
+        size = len(b.small(q)[0])
+        side = -(-max(ctx.ref.shape[:2]) // b.options.scale)
+        if size <= budget or long_side is None or side <= 16 or b.options.scale * pair.scale > 128:
+            return b, q, size
+        long_side = max(16, side // pair.scale)
+
+
 def thumbnail_psnr(small: bytes, ref, scale: int) -> float:
     """Y-PSNR of the decoded small file against Pillow's bicubic downscale of the (padded) source:
     is the preview still a faithful thumbnail?"""
@@ -611,9 +764,10 @@ def thumbnail_psnr(small: bytes, ref, scale: int) -> float:
     return psnr(rgb_to_y(np.asarray(thumb)), ref.bicubic(thumb.size, scale))
 
 
-def _finalize(best, ref: Reference, spec: Fidelity, dec, options: codec.CodecOptions, stages: Stages):
+def _finalize(best, ref: Reference, spec: Fidelity, dec, options: codec.CodecOptions, stages: Stages,
+              measure=None, prepared=None):
     cand, b, layer = best
-    target = spec.target_psnr
+    target = spec.target_psnr if spec.target_psnr is not None else -math.inf
     scale = b.options.scale
     # rehydrate to a lossless format unless told otherwise: a JPEG of the restored pixels would add
     # its own loss on top of the fidelity just verified; `original` writes the source file itself
@@ -627,10 +781,11 @@ def _finalize(best, ref: Reference, spec: Fidelity, dec, options: codec.CodecOpt
         small, rec = b.small(cand.small_quality, **meta)
     # verify: decode exactly what is written, as rehydration does, to the output it writes (a
     # prediction-free layer without alpha restores from the layer alone: no TAU, as rehydration)
+    out = None
     with stages("verify"):
         lossless_out = fmt in LOSSLESS_OUTPUTS or fmt == formats.ORIGINAL
         if (cand.layer_format in enhancement.PREDICTION_FREE and dec.alpha is None and lossless_out):
-            if cand.layer_format == "jxl-jpeg":  # encode_jpeg_layer checked it gives the source's bytes back
+            if cand.layer_format in enhancement.ORIGINAL_FORMATS:  # the source's own bytes (checked), decoded as it was
                 achieved = rgb_psnr = math.inf
             else:
                 shape = _channel(ref.rgb, bool(dec.info["is_gray"])).shape
@@ -643,16 +798,47 @@ def _finalize(best, ref: Reference, spec: Fidelity, dec, options: codec.CodecOpt
                 img = codec.decode_output(codec.encode_restored(img, pred.meta, pred.icc, pred.exif))
             out = np.asarray(img.convert("RGB"))
             achieved, rgb_psnr = fidelity_psnr(out, ref, b.pair.scale), psnr(out, ref.rgb)
+        scores = _verified_scores(cand, out, measure, prepared)
         thumb = thumbnail_psnr(small, ref, scale)
     rec = rec.model_copy(update={
         "psnr_y": achieved, "psnr_rgb": rgb_psnr, "thumbnail_psnr": thumb,
+        "score_worst": scores[0] if scores else None, "score_whole": scores[1] if scores else None,
+        "encodes": cand.encodes if cand.layer_format else None,
         "enhancement_format": cand.layer_format, "enhancement_level": cand.layer_level,
+        "enhancement_quality": cand.layer_quality,
         "enhancement_size": len(layer) if layer is not None else None,
         "enhancement_sha256": meta["enhancement_sha256"], **stages.columns(),
-        "notes": "; ".join(filter(None, [rec.notes, b.note])) or None,
+        "notes": "; ".join(filter(None, [rec.notes, cand.note, b.note])) or None,
     })
-    if achieved < target - TOLERANCE_DB:
-        return None, rec.model_copy(update={
-            "status": "failed_fidelity",
-            "error_message": f"verified rehydration reaches {achieved:.2f} dB Y-PSNR, below the target {target:.2f} dB"})
+    failure = _missed(spec, achieved, rgb_psnr, scores, target)
+    if failure:
+        return None, rec.model_copy(update={"status": "failed_fidelity", "error_message": failure})
     return (small, layer), rec
+
+
+def _verified_scores(cand: _Candidate, out: np.ndarray | None, measure, prepared) -> tuple[float, float] | None:
+    """(worst region, whole image) SSIMULACRA2 of the verified rehydration `out` (None: the source's own
+    pixels, 100); the search's own measurement where `out` is exactly the pixels it measured."""
+    if measure is None:
+        return None
+    if out is None:
+        return 100.0, 100.0
+    if cand.measured is not None and np.array_equal(cand.measured[1], out):
+        score = cand.measured[0]
+    else:
+        score = measure.score(prepared, out)
+    return float(score.worst), float(score.whole)
+
+
+def _missed(spec: Fidelity, achieved: float, rgb_psnr: float, scores, target: float) -> str | None:
+    """Why the verified rehydration misses the spec (None: it reaches it)."""
+    if spec.target_score is not None:
+        if scores[0] < spec.target_score:
+            return (f"verified rehydration scores {scores[0]:.2f} (SSIMULACRA2, worst region), below the target "
+                    f"{spec.target_score:g}")
+        if spec.rgb_psnr_floor is not None and rgb_psnr < spec.rgb_psnr_floor:
+            return f"verified rehydration reaches {rgb_psnr:.2f} dB RGB PSNR, below the guard {spec.rgb_psnr_floor:g} dB"
+        return None
+    if achieved < target - TOLERANCE_DB:
+        return f"verified rehydration reaches {achieved:.2f} dB Y-PSNR, below the target {target:.2f} dB"
+    return None

@@ -377,8 +377,8 @@ def rehydrate_image(
 ) -> bytes:
     """Full-resolution image bytes, upright, with the original's ICC profile and EXIF (Orientation=1).
     `restored_format="original"` (the default of a `--fidelity original` archive) gives the source file
-    itself where a jxl-jpeg layer holds it (byte for byte, checked against `source_sha256`), else
-    the exact pixels as PNG.
+    itself where a jxl-jpeg or source layer holds it (byte for byte, checked against `source_sha256`),
+    else the exact pixels as PNG.
 
     Format: `restored_format` if given, else the record's `rehydrate_format` (the source's format
     where it makes sense: JPEG stays JPEG at quality 95, PNG stays PNG; see image_io.default_output).
@@ -406,10 +406,10 @@ def _embedded_format(small: bytes, record) -> str | None:
 
 
 def _original_file(small: bytes, record, pair, layer: bytes) -> bytes | None:
-    """The source file itself from a jxl-jpeg layer (None for other layers), after the same checks
-    as any rehydration (pair, sha256s) and against the source's sha256 where the row has it."""
+    """The source file itself from a jxl-jpeg or source layer (None for other layers), after the same
+    checks as any rehydration (pair, sha256s) and against the source's sha256 where the row has it."""
     try:
-        if enhancement.layer_format(layer) != "jxl-jpeg":
+        if enhancement.layer_format(layer) not in enhancement.ORIGINAL_FORMATS:
             return None
     except enhancement.LayerError as exc:
         raise RehydrateError(str(exc)) from exc

@@ -31,6 +31,17 @@ File: `<small file name>.enh` (`layer_name`), a 5-byte header and an image:
                 restored = the source JPEG decoded again (pipeline.codec.image_io, the same policies as the
                 compressing side), and `original_bytes` gives the JPEG back byte for byte. The
                 prediction is not used. Written for `--fidelity original` and `lossless` since issue 21.
+    format b"k": JPEG XL of the image itself in horizontal bands, packed as b"g" (band count, then per
+                band its height and byte length, then the bands' JPEG XL files); restored = the bands
+                stacked. Written since issue 29 for perceptual targets, where JPEG XL's VarDCT, coded
+                by quality (libjxl's distance), needs fewer bytes than AVIF at the higher scores.
+    format b"s": the source file's own bytes: payload = method byte (0 stored, 1 lzma), policy byte
+                (bit 0: first frame of a multi-frame file, bit 1: high bit depth reduced to 8), then
+                the bytes. restored = the source decoded again by the same policies
+                (pipeline.codec.image_io), and `original_bytes` gives the file back byte for byte.
+                Written since issue 29 where no representation reaching the target is smaller than the
+                source (an archive never stores more than the source), and for `--fidelity original`
+                of non-JPEG sources (HEIC, AVIF, WebP, PNG, TIFF), which come back as their own bytes.
     format b"w": WebP lossless of the residual modulo 256; restored = (prediction + decoded) mod 256.
                 Read, no longer written: exact only when TAU at rehydration computes bit for bit
                 what it computed at compression, and a prediction off by one level at a pixel of
@@ -73,9 +84,12 @@ MAGIC = b"TEL"
 VERSION = 1
 SUFFIX = ".enh"
 LAYER_FORMATS = {"avif": b"a", "avif-full": b"f", "avif-bands": b"g", "webp-lossless": b"w", "webp-lossless-full": b"l",
-          "jxl-jpeg": b"j"}
-PREDICTION_FREE = ("avif-full", "avif-bands", "webp-lossless-full", "jxl-jpeg")  # restored = the layer: device-independent
-EXACT_FORMATS = ("webp-lossless-full", "jxl-jpeg")  # restored = the decoded source, every pixel
+                 "jxl-jpeg": b"j", "jxl-bands": b"k", "source": b"s"}
+# restored = the layer: device-independent
+PREDICTION_FREE = ("avif-full", "avif-bands", "jxl-bands", "webp-lossless-full", "jxl-jpeg", "source")
+EXACT_FORMATS = ("webp-lossless-full", "jxl-jpeg", "source")  # restored = the decoded source, every pixel
+BANDED = {"avif-bands": "avif", "jxl-bands": "jxl"}  # band layers and the image format of their bands
+ORIGINAL_FORMATS = ("jxl-jpeg", "source")  # layers that hold the source file itself
 _NAMES = {v: k for k, v in LAYER_FORMATS.items()}
 AVIF_SUBSAMPLING = "4:2:0"
 AVIF_SPEED = 6  # Pillow's default; `effort` (pipeline.codec.fidelity) picks another per run
@@ -148,37 +162,109 @@ def encode_avif(arr: np.ndarray, level: int, speed: int = AVIF_SPEED) -> bytes:
     return buf.getvalue()
 
 
-def pack_bands(bands: list[tuple[int, bytes]]) -> bytes:
-    """An avif-bands layer (format b"g") of (height, AVIF file) bands, top to bottom."""
+# Perceptual targets (issue 29): AVIF with libaom's own eye-tuned defaults (its adaptive quantisation,
+# quantisation matrices as libavif sets them), coded by Pillow's quality 0-100. On 768-px phone crops at
+# SSIMULACRA2 80 it needed 0-30 % fewer bytes than tune=psnr; JPEG XL won at 90 (benchmarks/results/perceptual.md).
+EYE_QUALITIES = 100  # the level of an eye-tuned AVIF or a JPEG XL band: its quality, 0 coarsest ... 100 finest
+
+
+def encode_avif_eye(arr: np.ndarray, quality: int, speed: int = AVIF_SPEED) -> bytes:
+    """One AVIF file of `arr` at Pillow's `quality` with libaom's perceptual defaults, 4:2:0 (4:0:0 grey)."""
+    buf = io.BytesIO()
+    _image(arr).save(buf, "AVIF", quality=int(quality), speed=int(speed), subsampling=AVIF_SUBSAMPLING, max_threads=1)
+    return buf.getvalue()
+
+
+JXL_EFFORT = 7  # libjxl's default; effort 5 (the `default` effort's) needs ~1.5 % more bytes at half the CPU
+
+
+def encode_jxl(arr: np.ndarray, quality: int, effort: int = JXL_EFFORT) -> bytes:
+    """One JPEG XL file (VarDCT) of `arr` at libjxl's `quality` (90 = distance 1.0, each step 0.09)."""
+    import pillow_jxl  # noqa: F401  (registers the JXL plugin)
+
+    buf = io.BytesIO()
+    _image(arr).save(buf, "JXL", quality=int(quality), effort=int(effort), num_threads=1)
+    return buf.getvalue()
+
+
+def decode_band(data: bytes, kind: str, grey: bool) -> np.ndarray:
+    """H x W x 3 (or H x W for grey) uint8 pixels of one band (`kind`: "avif" or "jxl")."""
+    if kind == "avif":
+        return decode_avif(data, grey)
+    import pillow_jxl  # noqa: F401  (registers the JXL plugin)
+
+    return _decoded(data, "JXL", grey)
+
+
+def pack_bands(bands: list[tuple[int, bytes]], fmt: str = "avif-bands") -> bytes:
+    """A band layer (avif-bands b"g", jxl-bands b"k") of (height, image file) bands, top to bottom."""
+    if fmt not in BANDED:
+        raise ValueError(f"{fmt!r} is not a band layer format ({', '.join(BANDED)})")
     if not 1 <= len(bands) <= 255:
-        raise ValueError("an avif-bands layer holds 1 to 255 bands")
+        raise ValueError("a band layer holds 1 to 255 bands")
     index = b"".join(struct.pack("<II", h, len(data)) for h, data in bands)
-    return MAGIC + bytes([VERSION]) + LAYER_FORMATS["avif-bands"] + bytes([len(bands)]) + index + b"".join(d for _, d in bands)
+    return MAGIC + bytes([VERSION]) + LAYER_FORMATS[fmt] + bytes([len(bands)]) + index + b"".join(d for _, d in bands)
+
+
+_SOURCE_FIRST_FRAME, _SOURCE_TO8BIT = 1, 2
+
+
+def encode_source_layer(data: bytes, multi_frame: str = "skip", high_bit_depth: str = "skip") -> bytes:
+    """A source layer (format b"s"): the file's own bytes, lzma-packed where that is smaller (an
+    uncompressed TIFF or BMP), with the decode policies that made the pixels it was measured as."""
+    import lzma
+
+    packed = lzma.compress(data, preset=6)
+    method, payload = (1, packed) if len(packed) < len(data) else (0, data)
+    flags = (_SOURCE_FIRST_FRAME if multi_frame == "first" else 0) | (_SOURCE_TO8BIT if high_bit_depth == "to8bit" else 0)
+    return MAGIC + bytes([VERSION]) + LAYER_FORMATS["source"] + bytes([method, flags]) + payload
+
+
+def _source_payload(layer: bytes) -> tuple[bytes, dict]:
+    """(the source file, its decode policies) of a source layer."""
+    import lzma
+
+    if len(layer) < 7:
+        raise LayerError("source layer is truncated")
+    method, flags, payload = layer[5], layer[6], layer[7:]
+    if method == 1:
+        try:
+            payload = lzma.decompress(payload)
+        except lzma.LZMAError as exc:
+            raise LayerError(f"source layer does not unpack: {exc}") from exc
+    elif method != 0:
+        raise LayerError(f"source layer packing {method} is unknown")
+    return payload, {"multi_frame": "first" if flags & _SOURCE_FIRST_FRAME else "skip",
+                     "high_bit_depth": "to8bit" if flags & _SOURCE_TO8BIT else "skip"}
 
 
 def _unpack_bands(payload: bytes) -> list[tuple[int, bytes]]:
     if not payload:
-        raise LayerError("avif-bands layer without bands")
+        raise LayerError("band layer without bands")
     n, pos = payload[0], 1
     if len(payload) < pos + 8 * n:
-        raise LayerError("avif-bands layer index is truncated")
+        raise LayerError("band layer index is truncated")
     sizes = [struct.unpack_from("<II", payload, pos + 8 * i) for i in range(n)]
     pos += 8 * n
     bands = []
     for h, length in sizes:
         if pos + length > len(payload):
-            raise LayerError("avif-bands layer is truncated")
+            raise LayerError("band layer is truncated")
         bands.append((h, payload[pos:pos + length]))
         pos += length
     if pos != len(payload):
-        raise LayerError("avif-bands layer has trailing bytes")
+        raise LayerError("band layer has trailing bytes")
     return bands
 
 
 def decode_avif(data: bytes, grey: bool) -> np.ndarray:
     """H x W x 3 (or H x W for grey) uint8 pixels of one AVIF file."""
+    return _decoded(data, "AVIF", grey)
+
+
+def _decoded(data: bytes, fmt: str, grey: bool) -> np.ndarray:
     try:
-        im = Image.open(io.BytesIO(data), formats=("AVIF",))
+        im = Image.open(io.BytesIO(data), formats=(fmt,))
         im.load()
     except Exception as exc:
         raise LayerError(f"enhancement layer payload is unreadable: {type(exc).__name__}: {exc}") from exc
@@ -208,9 +294,12 @@ def encode_jpeg_layer(jpeg: bytes) -> bytes:
 
 
 def original_bytes(layer: bytes) -> bytes:
-    """The source file a jxl-jpeg layer holds, byte for byte."""
-    if layer_format(layer) != "jxl-jpeg":
-        raise LayerError("only a jxl-jpeg layer holds the original file")
+    """The source file a jxl-jpeg or source layer holds, byte for byte."""
+    fmt = layer_format(layer)
+    if fmt == "source":
+        return _source_payload(layer)[0]
+    if fmt != "jxl-jpeg":
+        raise LayerError("only a jxl-jpeg or source layer holds the original file")
     import pillow_jxl
 
     try:
@@ -237,12 +326,15 @@ def apply_layer(prediction: np.ndarray, layer: bytes) -> np.ndarray:
     """prediction (H x W x 3 or H x W uint8) + layer -> the restored pixels, same shape."""
     fmt = layer_format(layer)
     if fmt == "jxl-jpeg":
-        return _decoded_jpeg(original_bytes(layer), prediction)
-    if fmt == "avif-bands":
+        return _decoded_source(original_bytes(layer), prediction, {})
+    if fmt == "source":
+        data, policies = _source_payload(layer)
+        return _decoded_source(data, prediction, policies)
+    if fmt in BANDED:
         grey = prediction.ndim == 2
-        parts = [(h, decode_avif(d, grey)) for h, d in _unpack_bands(layer[5:])]
+        parts = [(h, decode_band(d, BANDED[fmt], grey)) for h, d in _unpack_bands(layer[5:])]
         if any(part.shape[0] != h for h, part in parts):
-            raise LayerError("an avif-bands layer's band is not the height its index says")
+            raise LayerError(f"an {fmt} layer's band is not the height its index says")
         decoded = np.concatenate([part for _, part in parts], axis=0)
         if decoded.shape != prediction.shape:
             raise LayerError(f"enhancement layer is {decoded.shape}, the prediction {prediction.shape}")
@@ -266,14 +358,14 @@ def apply_layer(prediction: np.ndarray, layer: bytes) -> np.ndarray:
     return ((pred + decoded) % 256).astype(np.uint8)
 
 
-def _decoded_jpeg(jpeg: bytes, prediction: np.ndarray) -> np.ndarray:
-    """The pixels the compressing side measured: the JPEG decoded by the same policies (image_io)."""
+def _decoded_source(data: bytes, prediction: np.ndarray, policies: dict) -> np.ndarray:
+    """The pixels the compressing side measured: the source file decoded by the same policies (image_io)."""
     from pipeline.codec import image_io
 
     try:
-        dec = image_io.decode_image(jpeg, max_pixels=prediction.shape[0] * prediction.shape[1] + 1)
+        dec = image_io.decode_image(data, max_pixels=prediction.shape[0] * prediction.shape[1] + 1, **policies)
     except image_io.DecodeFailure as exc:
-        raise LayerError(f"the layer's JPEG does not decode: {exc.message}") from exc
+        raise LayerError(f"the layer's source file does not decode: {exc.message}") from exc
     decoded = dec.rgb[..., 0] if prediction.ndim == 2 else dec.rgb
     if decoded.shape != prediction.shape:
         raise LayerError(f"enhancement layer is {decoded.shape}, the prediction {prediction.shape}")

@@ -9,7 +9,8 @@ from pydantic import BaseModel, Field, field_validator
 
 from pipeline.codec.formats import OutputFormat, SmallFormat
 
-CODEC_VERSION = "2"  # 2: AVIF layers by level (cq-level), jxl-jpeg layers, previews by size
+CODEC_VERSION = "3"  # 2: AVIF layers by level (cq-level), jxl-jpeg layers, previews by size; 3: score targets,
+# jxl-bands and eye-tuned avif-bands layers, source layers
 
 
 DEFAULT_MAX_PIXELS = 120_000_000
@@ -90,13 +91,17 @@ class CompressRecord(BaseModel):
     tiles: int | None = None
     notes: str | None = None
     # fidelity (pipeline.codec.fidelity): what was asked, what the verified rehydration reached, the layer
-    fidelity: str | None = None  # preset name, or "target" for an explicit --target-psnr
-    target_psnr: float | None = None
+    fidelity: str | None = None  # preset name, or "target" for an explicit --target-score / --target-psnr
+    target_psnr: float | None = None  # the Y-PSNR floor verified against (PSNR targets, and rows made before issue 29)
+    target_score: float | None = None  # the SSIMULACRA2 floor of the worst region verified against (score targets)
+    score_worst: float | None = None  # verified SSIMULACRA2 of the worst 256-px region (pipeline.codec.measure)
+    score_whole: float | None = None  # verified SSIMULACRA2 of the whole image
     psnr_y: float | None = None  # the lower of whole-image and border-shaved Y-PSNR against the decoded source
     psnr_rgb: float | None = None
+    encodes: int | None = None  # layer encodes the rate control made for this image (score targets)
     thumbnail_psnr: float | None = None  # small image vs Pillow's bicubic downscale, Y
     enhancement_format: str | None = None
-    enhancement_quality: int | None = None
+    enhancement_quality: int | None = None  # an eye-tuned AVIF / JPEG XL band layer: its finest band's quality
     enhancement_size: int | None = None
     enhancement_sha256: str | None = None
     enhancement_level: int | None = None  # an AVIF layer's level (pipeline.codec.layer: 63 - libaom cq-level)

@@ -46,13 +46,14 @@ class Request(BaseModel):
     @classmethod
     def of(cls, fidelity: str | None = None, target_psnr: float | None = None, model_id: str | None = None,
            small_format: str | None = None, quality: int | None = None, scale: int | None = None,
-           effort: str | None = None, preview_long_side: int | None = None, **limits) -> "Request":
+           effort: str | None = None, preview_long_side: int | None = None, *, target_score: float | None = None,
+           **limits) -> "Request":
         """The request a command line or a job's parameters ask for (requested_fidelity's rule: a
         fidelity, a target, or neither with nothing fixed named, asks for a fidelity; an explicit
         model, format, quality or scale alone, for exactly that small file). `limits`: the other
         CodecOptions fields (max_pixels, tile, verify, ...); None values mean the default."""
         spec = requested_fidelity(fidelity, target_psnr, model_id, small_format, quality, scale, effort,
-                                  preview_long_side)
+                                  preview_long_side, target_score=target_score)
         fields = {"model_id": model_id, "small_format": small_format, "quality": quality, "scale": scale, **limits}
         return cls(options=CodecOptions(**{k: v for k, v in fields.items() if v is not None}), fidelity=spec)
 
@@ -62,10 +63,12 @@ class Request(BaseModel):
         return list(self.fidelity.models) if self.fidelity is not None else [self.options.model_id]
 
     def columns(self) -> dict:
-        """What the manifest records of the request: its `fidelity` (preset name, or "target") and `target_psnr`."""
+        """What the manifest records of the request: its `fidelity` (preset name, or "target"), and the
+        target it is verified against: `target_score` (SSIMULACRA2, worst region) or `target_psnr`."""
         if self.fidelity is None:
-            return {"fidelity": None, "target_psnr": None}
-        return {"fidelity": self.fidelity.name, "target_psnr": self.fidelity.target_psnr}
+            return {"fidelity": None, "target_psnr": None, "target_score": None}
+        return {"fidelity": self.fidelity.name, "target_psnr": self.fidelity.target_psnr,
+                "target_score": self.fidelity.target_score}
 
 
 def encode(data: bytes, request: Request, pairs: Mapping[str, object]) -> Encoded:

@@ -49,6 +49,8 @@ class CompressResult(TypedDict, total=False):
     quality: int | None
     fidelity: str | None
     target_psnr: float | None
+    target_score: float | None
+    scores: dict  # SSIMULACRA2 of the ok rows verified against a score: worst / whole (min, mean), overshoot, encodes
     pipeline_version: str
     dry_run: bool
     to_process: int  # dry runs only
@@ -103,12 +105,15 @@ def decide(obj: ObjectInfo, prev: PreviousState | None, params: CompressArchiveP
 
 
 def same_settings(prev: PreviousState, request: Request) -> bool:
-    """Was the latest row made with what this run asks for? The same fidelity (preset or target)
-    by one of its pairs, or, for a fixed single layer, the same model and no fidelity.
-    `pipeline.jobs.plan.same_settings_mask` is the vectorised twin: change both together."""
+    """Was the latest row made with what this run asks for? The same preset, or the same explicit
+    target (score or PSNR), by one of its pairs; for a fixed single layer, the same model and no
+    fidelity. A preset matches by name: a row keeps what it was verified against (an archive made
+    when `standard` was 36 dB Y-PSNR is not silently redone by a nightly run; `--no-incremental`
+    re-encodes it). `pipeline.jobs.plan.same_settings_mask` is the vectorised twin: change both together."""
     asked = request.columns()
-    return (prev.fidelity == asked["fidelity"] and (asked["fidelity"] is None or prev.target_psnr == asked["target_psnr"])
-            and prev.model_id in (*request.models, None))
+    same_target = asked["fidelity"] != "target" or (
+        prev.target_psnr == asked["target_psnr"] and prev.target_score == asked["target_score"])
+    return prev.fidelity == asked["fidelity"] and same_target and prev.model_id in (*request.models, None)
 
 
 def plan_objects(params: CompressArchiveParams, counts: dict,
@@ -187,6 +192,7 @@ class RunStats:
         self.cpu: dict[str, float | None] = dict.fromkeys(CPU_STAGES)  # None until a row measures the stage
         self.decoded_pixels = self.objects = 0
         self.billable = {key: [0, 0] for key in prices.storage}  # class -> [source, stored]
+        self.scores: list[tuple[float, float, float, int]] = []  # ok rows with a score target: worst, whole, target, encodes
 
     def add(self, row: ArchiveRow) -> None:
         self.by_status[row.status] = self.by_status.get(row.status, 0) + 1
@@ -208,6 +214,8 @@ class RunStats:
         self.bytes_layer += row.enhancement_size or 0
         self.layers += 1 if row.enhancement_size else 0
         self.pixels += (row.width or 0) * (row.height or 0)
+        if row.score_worst is not None and row.target_score is not None:
+            self.scores.append((row.score_worst, row.score_whole, row.target_score, row.encodes or 0))
         if row.psnr_y is not None:
             p = min(row.psnr_y, 99.0)  # an exact (lossless) image counts as 99 dB in the mean
             self.psnr_sum, self.psnr_n = self.psnr_sum + p, self.psnr_n + 1
@@ -247,10 +255,25 @@ class RunStats:
                        "currency": self.prices.currency},
         }
 
+    def score_stats(self) -> dict:
+        """The ok rows verified against a score target: their worst-region and whole-image scores
+        (min, mean), how far above the target the worst region landed (mean, p95: the bytes rate
+        control left on the table) and the layer encodes per image (mean, p95)."""
+        import numpy as np
+
+        if not self.scores:
+            return {}
+        worst, whole, target, encodes = (np.asarray(c, dtype=float) for c in zip(*self.scores))
+        over = worst - target
+        return {"images": len(worst), "worst_min": float(worst.min()), "worst_mean": float(worst.mean()),
+                "whole_min": float(whole.min()), "whole_mean": float(whole.mean()),
+                "overshoot_mean": float(over.mean()), "overshoot_p95": float(np.percentile(over, 95)),
+                "encodes_mean": float(encodes.mean()), "encodes_p95": float(np.percentile(encodes, 95))}
+
     def summary(self, run_objects: int = 0, gpu_seconds: float = 0.0, held_core_s: float | None = None) -> dict:
         elapsed = max(time.time() - self.started, 1e-9)
         return {
-            **self.cost(run_objects, gpu_seconds, held_core_s),
+            **self.cost(run_objects, gpu_seconds, held_core_s), "scores": self.score_stats(),
             "rows": self.rows, "by_status": dict(sorted(self.by_status.items())), "bytes_in_ok": self.bytes_in,
             "bytes_out_ok": self.bytes_out, "ratio_ok": (self.bytes_in / self.bytes_out) if self.bytes_out else None,
             "bytes_saved_ok": self.bytes_in - self.bytes_out, "enhancement_bytes_ok": self.bytes_layer,
@@ -271,7 +294,8 @@ def resolve_models(params: CompressArchiveParams) -> CompressArchiveParams:
     if request.fidelity is not None:
         for model_id in request.models:
             load_pair(model_id, registry=params.registry)
-        return params.model_copy(update={"fidelity": None if params.target_psnr else request.fidelity.name})
+        explicit = params.target_psnr is not None or params.target_score is not None
+        return params.model_copy(update={"fidelity": None if explicit else request.fidelity.name})
     pair = load_pair(params.single_model, registry=params.registry)
     fmt, quality = small_file_settings(pair, params.small_format, params.quality)
     params = params.model_copy(update={"model_id": params.single_model, "scale": params.scale or pair.scale,
@@ -520,7 +544,18 @@ def summary_table(result: CompressResult) -> list[dict]:
     """The run in (metric, value) rows: the Prefect artifact, the demo's printout."""
     rows = [{"metric": "images processed", "value": result["rows"]}]
     if result.get("fidelity"):
-        rows.append({"metric": "fidelity", "value": f"{result['fidelity']} (Y-PSNR >= {_db(result['target_psnr'])})"})
+        if result.get("target_score") is not None:
+            asked = f"SSIMULACRA2 >= {result['target_score']:g} in every region"
+        else:
+            asked = f"Y-PSNR >= {_db(result['target_psnr'])}"
+        rows.append({"metric": "fidelity", "value": f"{result['fidelity']} ({asked})"})
+    scores = result.get("scores") or {}
+    if scores:
+        rows.append({"metric": "SSIMULACRA2 worst region (min / mean)",
+                     "value": f"{scores['worst_min']:.1f} / {scores['worst_mean']:.1f}"})
+        rows.append({"metric": "overshoot above target (mean / p95)",
+                     "value": f"{scores['overshoot_mean']:.2f} / {scores['overshoot_p95']:.2f}"})
+        rows.append({"metric": "layer encodes per image (mean)", "value": f"{scores['encodes_mean']:.1f}"})
     small = result.get("small_format")
     if small:
         rows.append({"metric": "small format", "value": small + (f" q{result['quality']}" if result.get("quality") else "")})

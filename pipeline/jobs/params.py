@@ -21,7 +21,10 @@ class CompressArchiveParams(RayParams, StorageParams):
     fidelity: str | None = Field(
         None, description="fidelity preset: preview, standard, high, lossless or original (pipeline.codec.fidelity); the default "
         "(standard) unless a target PSNR, or an explicit model / small format / quality without one, is given")
-    target_psnr: float | None = Field(None, gt=0, description="explicit Y-PSNR floor in dB instead of a preset")
+    target_score: float | None = Field(
+        None, description="explicit SSIMULACRA2 floor of every image's worst region, in (0, 100), instead of a preset")
+    target_psnr: float | None = Field(None, gt=0, description="explicit Y-PSNR floor in dB instead of a preset: the SR "
+                                      "papers' measure, which does not guarantee what a person sees (docs/fidelity.md)")
     effort: Effort | None = Field(
         None, description="how hard a fidelity search works for bytes (pipeline.codec.fidelity.EFFORTS); default: default")
     preview_long_side: int | None = Field(
@@ -71,21 +74,21 @@ class CompressArchiveParams(RayParams, StorageParams):
     def _modes(self) -> "CompressArchiveParams":
         if self.retry_failed and not self.incremental:
             raise ValueError("retry_failed needs the earlier manifests: keep incremental on")
-        if self.fidelity is not None and self.target_psnr is not None:
-            raise ValueError("give a fidelity preset or a target PSNR, not both")
-        self.request()  # a fidelity together with a fixed format / quality / scale is refused
+        # refused: more than one of a preset, a target score and a target PSNR, or a fidelity together
+        # with a fixed format / quality / scale
+        self.request()
         return self
 
     def request(self):
         """What this run makes of each image (pipeline.codec.request.Request): the fidelity it guarantees,
         or a fixed single layer where an explicit model, small format, quality or scale is named without
         a fidelity. Build it once per run and hand it down (plan, workers): its `models` are the pairs to
-        load, its `columns()` the manifest's `fidelity` and `target_psnr`."""
+        load, its `columns()` the manifest's `fidelity`, `target_psnr` and `target_score`."""
         from pipeline.codec import Request
 
         return Request.of(self.fidelity, self.target_psnr, self.model_id, self.small_format, self.quality,
-                          self.scale, self.effort, self.preview_long_side, max_pixels=self.max_pixels,
-                          verify=self.verify)
+                          self.scale, self.effort, self.preview_long_side, target_score=self.target_score,
+                          max_pixels=self.max_pixels, verify=self.verify)
 
     @property
     def single_model(self) -> str:

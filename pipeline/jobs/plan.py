@@ -31,15 +31,24 @@ def _mask(arr) -> np.ndarray:
     return pc.fill_null(arr, False).to_numpy(zero_copy_only=False)
 
 
+def _same_value(column, value) -> np.ndarray:
+    """column == value, with null == None."""
+    return _mask(pc.is_null(column)) if value is None else _mask(pc.equal(column, float(value)))
+
+
 def same_settings_mask(prev: pa.Table, request: Request) -> np.ndarray:
-    """`pipeline.jobs.compress.same_settings` for a whole page: the same fidelity (label and
-    target) by one of its pairs, or for a fixed single layer the same model and no fidelity."""
-    model, fidelity, target = (prev.column(c) for c in ("model_id", "fidelity", "target_psnr"))
+    """`pipeline.jobs.compress.same_settings` for a whole page: the same preset (by name), or the
+    same explicit target (score or PSNR), by one of its pairs; for a fixed single layer the same
+    model and no fidelity."""
+    model, fidelity = prev.column("model_id"), prev.column("fidelity")
     spec = request.fidelity
     if spec is None:
         settings = _mask(pc.is_null(fidelity))
     else:
-        settings = _mask(pc.equal(fidelity, spec.name)) & _mask(pc.equal(target, float(spec.target_psnr)))
+        settings = _mask(pc.equal(fidelity, spec.name))
+        if spec.name == "target":
+            settings &= _same_value(prev.column("target_psnr"), spec.target_psnr)
+            settings &= _same_value(prev.column("target_score"), spec.target_score)
     models = pa.array(request.models, pa.string())
     return settings & _mask(pc.or_kleene(pc.is_null(model), pc.is_in(model, value_set=models)))
 
@@ -100,7 +109,7 @@ def aligned(listing: Iterable[pa.Table], states: Iterable[pa.Table]) -> Iterator
             yield page, pa.table({c: pa.nulls(len(keys), t) for c, t in (
                 ("source_key", pa.string()), ("source_etag", pa.string()), ("source_size", pa.int64()),
                 ("status", pa.string()), ("model_id", pa.string()), ("fidelity", pa.string()),
-                ("target_psnr", pa.float64()))})
+                ("target_psnr", pa.float64()), ("target_score", pa.float64()))})
 
 
 def plan(listing: Iterable[pa.Table], states: Iterable[pa.Table] | None, params: CompressArchiveParams,

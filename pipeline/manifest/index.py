@@ -75,7 +75,8 @@ INDEX_DIR = "_index"
 POINTER = "CURRENT.json"
 KEY = "source_key"
 ORDER = [(KEY, "ascending", "at_end"), ("processed_at", "descending", "at_end"), ("run_id", "descending", "at_end")]  # nulls oldest
-PLAN_COLUMNS = [KEY, "processed_at", "run_id", "source_etag", "source_size", "status", "model_id", "fidelity", "target_psnr"]
+PLAN_COLUMNS = [KEY, "processed_at", "run_id", "source_etag", "source_size", "status", "model_id", "fidelity", "target_psnr",
+                "target_score"]
 ROW_GROUP = 4096  # rows per row group: a lookup reads one (about 0.5 MB with every column)
 FILE_ROWS = 1_000_000  # rows per index file (its footer is read once per reader)
 FAN_IN = 64  # parts merged at once; more are merged in rounds through temporary files
@@ -785,6 +786,7 @@ class PreviousState:
     model_id: str | None
     fidelity: str | None = None  # preset name or "target"; None for a fixed single layer
     target_psnr: float | None = None
+    target_score: float | None = None
 
 
 def latest_states(fs, dest: str) -> dict[str, PreviousState]:
@@ -793,8 +795,8 @@ def latest_states(fs, dest: str) -> dict[str, PreviousState]:
     from pipeline.manifest.index import PLAN_COLUMNS, ManifestReader
 
     states: dict[str, PreviousState] = {}
-    names = ("source_key", "source_etag", "source_size", "status", "model_id", "fidelity", "target_psnr")
+    names = ("source_key", "source_etag", "source_size", "status", "model_id", "fidelity", "target_psnr", "target_score")
     for t in ManifestReader(dest, fs=fs, root=dest).latest(PLAN_COLUMNS):
-        for key, etag, size, status, model, fid, target in zip(*(t.column(c).to_pylist() for c in names)):
-            states[key] = PreviousState(etag, size, status, model, fid, target)
+        for key, etag, size, status, model, fid, target, score in zip(*(t.column(c).to_pylist() for c in names)):
+            states[key] = PreviousState(etag, size, status, model, fid, target, score)
     return states

@@ -62,10 +62,12 @@ def _arrow_type(hint) -> pa.DataType:
 class ArchiveRow(ManifestRow):
     """A row of the archive manifest (pipeline.manifest.parts). Versions: 2 added `small_quality`, 3 the
     fidelity and enhancement-layer columns, 4 `enhancement_level` and the CPU-seconds of each stage (`cpu_*_s`,
-    the cost report). Columns are only ever added: parts of every earlier version still read."""
+    the cost report), 5 the perceptual columns (`target_score`, `score_worst`, `score_whole`, `encodes`). Columns
+    are only ever added: parts of every earlier version still read (their new columns null: a row without a
+    `target_score` was verified against its `target_psnr`)."""
 
     SCHEMA_KEY: ClassVar[str] = "taid_manifest_schema"
-    SCHEMA_VERSION: ClassVar[str] = "4"
+    SCHEMA_VERSION: ClassVar[str] = "5"
 
     run_id: str
     source_key: str
@@ -95,10 +97,14 @@ class ArchiveRow(ManifestRow):
     model_sha256: str | None = None
     roundtrip_psnr: float | None = None
     fidelity: str | None = None
-    target_psnr: float | None = None
+    target_psnr: float | None = None  # the Y-PSNR floor the row was verified against (null for score targets)
     psnr_y: float | None = None
     psnr_rgb: float | None = None
     thumbnail_psnr: float | None = None
+    target_score: float | None = None  # the SSIMULACRA2 floor of the worst region (since schema 5)
+    score_worst: float | None = None  # verified SSIMULACRA2, worst 256-px region
+    score_whole: float | None = None  # verified SSIMULACRA2, whole image
+    encodes: I32 = None  # layer encodes of the rate control
     enhancement_uri: str | None = None  # the layer beside the small file (only on ok rows that have one), relative too
     enhancement_format: str | None = None
     enhancement_quality: I32 = None

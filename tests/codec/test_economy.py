@@ -51,12 +51,17 @@ def test_avif_levels_are_monotonic_and_fine():
 
 
 def test_default_effort_runs_no_tau_and_meets_the_target(pairs, monkeypatch):
-    """Where the layer is the image itself, neither compression nor rehydration runs TAU on the colour."""
+    """Where the layer is the image itself, neither compression nor rehydration runs TAU on the colour:
+    at a Y-PSNR target (AVIF bands by level) and at a score target (the default preset)."""
     data = _photo(1792, 1024)  # 1.8 MP: the sampled search
     calls = []
     real = tiling.upscale_array
     monkeypatch.setattr(tiling, "upscale_array", lambda *a, **k: calls.append(1) or real(*a, **k))
-    small, layer, rec = compress_to_target(data, pairs, resolve_fidelity("standard"))
+    scored = compress_to_target(data, pairs, resolve_fidelity("standard"))[2]
+    assert scored.status == "ok" and scored.enhancement_format in ("jxl-bands", "avif-bands") and calls == []
+    assert scored.cpu_tau_s == 0 and scored.score_worst >= 80
+    assert max(scored.out_width, scored.out_height) <= fidelity.PREVIEW_LONG_SIDE  # the small file is only the preview
+    small, layer, rec = compress_to_target(data, pairs, resolve_fidelity(target_psnr=36))
     assert rec.status == "ok" and rec.enhancement_format == "avif-bands" and calls == []
     assert rec.psnr_y >= 36 and rec.cpu_tau_s == 0 and rec.cpu_encode_s > 0 and rec.cpu_search_s > 0
     # bands at two adjacent levels: a quantizer finer than libaom's own step (about 0.5 dB)
@@ -68,7 +73,7 @@ def test_default_effort_runs_no_tau_and_meets_the_target(pairs, monkeypatch):
     # the small file is only the preview: sized as one (TAD of a box-reduced copy), still a faithful thumbnail
     assert max(rec.out_width, rec.out_height) <= fidelity.PREVIEW_LONG_SIDE and rec.scale == 4
     assert rec.thumbnail_psnr >= 32
-    capped = compress_to_target(data, pairs, resolve_fidelity("standard", preview_long_side=200))[2]
+    capped = compress_to_target(data, pairs, resolve_fidelity(target_psnr=36, preview_long_side=200))[2]
     assert capped.scale == 16 and max(capped.out_width, capped.out_height) <= 200 and capped.thumbnail_psnr >= 32
 
 
@@ -107,10 +112,13 @@ def test_original_falls_back_to_exact_pixels_and_says_why(pairs):
     assert rec.status == "ok" and rec.enhancement_format == "webp-lossless-full"
     assert "exact pixels instead of the original JPEG" in rec.notes
     png = (DATA / "Set5" / "bird.png").read_bytes()
-    small, layer, rec = compress_to_target(png, pairs, resolve_fidelity("original"))
-    assert rec.enhancement_format == "webp-lossless-full" and rec.notes is None
-    out = codec.rehydrate_image(small, rec, pairs[rec.model_id], layer=layer)  # "original" -> exact pixels as PNG
-    assert np.array_equal(np.asarray(codec.decode_output(out).convert("RGB")),
+    small, layer, rec = compress_to_target(png, pairs, resolve_fidelity("original"))  # any other source: its own bytes
+    assert rec.enhancement_format == "source" and "source file itself" in rec.notes
+    assert len(small) + len(layer) <= 1.02 * len(png)
+    out = codec.rehydrate_image(small, rec, pairs[rec.model_id], layer=layer)  # "original" -> the file itself
+    assert out == png
+    pixels = codec.rehydrate_image(small, rec, pairs[rec.model_id], layer=layer, restored_format="png")
+    assert np.array_equal(np.asarray(codec.decode_output(pixels).convert("RGB")),
                           np.asarray(Image.open(io.BytesIO(png)).convert("RGB")))
 
 
@@ -136,7 +144,7 @@ def test_avif_bands_layer_round_trips_and_refuses_damage():
 
 def test_cli_archive_at_original_with_effort_and_prices(tmp_path, ray_local, monkeypatch, capsys):
     """`taid compress-archive --fidelity original --effort fast --prices FILE` then `taid rehydrate KEY`:
-    the JPEG comes back byte for byte, the PNG as its exact pixels; the summary carries the cost."""
+    the JPEG and the PNG come back byte for byte (the PNG as its own bytes); the summary carries the cost."""
     from flows.cli import main
     from pipeline.manifest.parts import read_manifest
     from pipeline.storage.fs import filesystem
@@ -153,12 +161,13 @@ def test_cli_archive_at_original_with_effort_and_prices(tmp_path, ray_local, mon
                  "--prices", str(prices), "--no-prefect"]) == 0
     rows = {r["source_key"]: r for r in read_manifest(*filesystem(str(dest), {})).to_pylist()}
     assert {k: r["enhancement_format"] for k, r in rows.items()} == {"photos/a.jpg": "jxl-jpeg",
-                                                                    "photos/b.png": "webp-lossless-full"}
+                                                                    "photos/b.png": "source"}
     assert all(r["fidelity"] == "original" and r["cpu_decode_s"] is not None for r in rows.values())
     out = tmp_path / "a.jpg"
     assert main(["rehydrate", str(dest), "photos/a.jpg", "-o", str(out)]) == 0
     assert out.read_bytes() == jpeg
     png = tmp_path / "b.png"
     assert main(["rehydrate", str(dest), "photos/b.png", "-o", str(png)]) == 0
+    assert png.read_bytes() == (DATA / "Set5" / "bird.png").read_bytes()
     assert np.array_equal(np.asarray(Image.open(png).convert("RGB")),
                           np.asarray(Image.open(DATA / "Set5" / "bird.png").convert("RGB")))

@@ -159,12 +159,12 @@ def test_layer_codecs_round_trip():
 
 
 def test_resolving_fidelity():
-    assert resolve_fidelity().name == "standard" and resolve_fidelity().target_psnr == 36
+    assert resolve_fidelity().name == "standard" and resolve_fidelity().target_score == 80
     assert resolve_fidelity(target_psnr=29).bases == PRESETS["preview"].bases
     assert resolve_fidelity("high", model_id="taid-x2-webp").models == ["taid-x2-webp"]
     with pytest.raises(ValueError, match="unknown fidelity"):
         resolve_fidelity("ultra")
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="not a fidelity preset and --target-psnr"):
         resolve_fidelity("high", target_psnr=40)
 
 

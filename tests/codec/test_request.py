@@ -45,7 +45,7 @@ def test_fixed_request_gives_an_encoded_without_a_layer(pairs):
     # no scale asked: the model's own (x4), in the record and in the small file's size
     assert out.record.model_id == "taid-x4" and out.record.scale == 4 and (out.record.out_width, out.record.out_height) == (32, 32)
     assert out.record.fidelity is None and out.record.enhancement_sha256 is None
-    assert request.columns() == {"fidelity": None, "target_psnr": None}
+    assert request.columns() == {"fidelity": None, "target_psnr": None, "target_score": None}
 
 
 def test_fixed_request_never_has_a_layer_even_verified_or_on_bad_input(pairs):
@@ -59,11 +59,11 @@ def test_fixed_request_never_has_a_layer_even_verified_or_on_bad_input(pairs):
 def test_fidelity_request_gives_small_layer_and_record(pairs):
     request = Request.of(fidelity="standard")
     assert request.models == ["taid-x4-webp"]
-    assert request.columns() == {"fidelity": "standard", "target_psnr": 36.0}
+    assert request.columns() == {"fidelity": "standard", "target_psnr": None, "target_score": 80.0}
     small, layer, record = out = encode(jpeg(crop=192), request, pairs)
     assert isinstance(out, Encoded) and out.small is small and out.record is record
     assert record.status == "ok", record.error_message
-    assert record.fidelity == "standard" and record.target_psnr == 36.0 and record.psnr_y >= 36.0
+    assert record.fidelity == "standard" and record.target_score == 80.0 and record.score_worst >= 80.0
     # a layer, bound to its small file by sha256 (in the record and in the file's own metadata)
     assert layer is not None and record.enhancement_sha256 == hashlib.sha256(layer).hexdigest()
     assert read_small(small)[1]["enhancement_sha256"] == record.enhancement_sha256
@@ -71,7 +71,7 @@ def test_fidelity_request_gives_small_layer_and_record(pairs):
 
 def test_explicit_target_is_labelled_target():
     request = Request.of(target_psnr=38)
-    assert request.columns() == {"fidelity": "target", "target_psnr": 38.0}
+    assert request.columns() == {"fidelity": "target", "target_psnr": 38.0, "target_score": None}
     assert Request.of().fidelity.name == "standard"  # nothing named: the default fidelity
 
 
@@ -84,7 +84,7 @@ def test_fidelity_with_a_fixed_choice_is_refused(fixed):
 
 
 def test_other_request_errors():
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="not a fidelity preset and --target-psnr"):
         Request.of(fidelity="high", target_psnr=40)
     with pytest.raises(ValueError, match="unknown fidelity"):
         Request.of(fidelity="ultra")

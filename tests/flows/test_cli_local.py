@@ -51,7 +51,8 @@ def test_local_folder_run_is_quiet_and_takes_heic(tmp_path):
     rows = {r["source_key"]: r for r in ds.dataset(str(dest / "_manifest"), format="parquet").to_table().to_pylist()}
     heic = rows["IMG_0001.HEIC"]
     assert heic["status"] == "ok" and heic["source_format"] == "HEIF" and heic["exif_orientation"] == 6
-    assert (heic["width"], heic["height"]) == (160, 240) and heic["psnr_y"] >= 36
+    assert (heic["width"], heic["height"]) == (160, 240)
+    assert heic["target_score"] == 80 and heic["score_worst"] >= heic["target_score"]  # `standard`
 
     back = taid("rehydrate", str(dest), "IMG_0001.HEIC", "-o", "restored.png", "--log-level", "warning", cwd=tmp_path)
     assert back.returncode == 0, back.stderr[-3000:]

@@ -97,7 +97,7 @@ def test_bench_sh_installs_and_runs_on_cpu(tmp_path):
         assert set(report["stage_s_per_mp"][p]) == set(STAGES) and report["stage_s_per_mp"][p]["model"] > 0
         cores = report["cpu_cores_per_gpu"][p]
         assert cores["reached"] and cores["workers"] == 1 and [s["workers"] for s in cores["sweep"]] == [2, 1]
-    assert report["stage_s_per_mp"]["standard"]["layer_encode"] > 0  # the layer search: AVIF encodes
+    assert report["stage_s_per_mp"]["standard"]["layer_encode"] > 0  # the layer search: band encodes (JPEG XL / AVIF)
     assert report["stage_s_per_mp"]["fixed"]["layer_encode"] == 0
     # bf16 on the CPU: a small loss, never a gain of note (measured -0.03..0 dB on Set5/Set14)
     assert -0.2 < report["bf16_psnr_delta_db"] < 0.05

@@ -1,5 +1,6 @@
 """CompressArchiveParams.request(): the run's one Request (pipeline.codec.request), whose columns are
-the manifest's `fidelity` and `target_psnr` exactly as before, and whose models are the pairs to load."""
+the manifest's `fidelity`, `target_psnr` and `target_score` (issue 29: presets are score floors), and
+whose models are the pairs to load."""
 
 from __future__ import annotations
 
@@ -13,13 +14,17 @@ def params(**kw) -> CompressArchiveParams:
 
 
 @pytest.mark.parametrize("kw, columns, models", [
-    ({}, {"fidelity": "standard", "target_psnr": 36.0}, ["taid-x4-webp"]),
-    ({"fidelity": "preview"}, {"fidelity": "preview", "target_psnr": 30.0}, ["taid-x2-webp", "taid-x4-webp"]),
-    ({"target_psnr": 38}, {"fidelity": "target", "target_psnr": 38.0}, ["taid-x4-webp"]),
-    ({"fidelity": "lossless"}, {"fidelity": "lossless", "target_psnr": float("inf")}, ["taid-x4-webp"]),
-    ({"fidelity": "high", "model_id": "taid-x2-webp"}, {"fidelity": "high", "target_psnr": 40.0}, ["taid-x2-webp"]),
-    ({"model_id": "taid-x4"}, {"fidelity": None, "target_psnr": None}, ["taid-x4"]),
-    ({"small_format": "png"}, {"fidelity": None, "target_psnr": None}, ["taid-x2"]),
+    ({}, {"fidelity": "standard", "target_psnr": None, "target_score": 80.0}, ["taid-x4-webp"]),
+    ({"fidelity": "preview"}, {"fidelity": "preview", "target_psnr": None, "target_score": 60.0},
+     ["taid-x2-webp", "taid-x4-webp"]),
+    ({"target_psnr": 38}, {"fidelity": "target", "target_psnr": 38.0, "target_score": None}, ["taid-x4-webp"]),
+    ({"target_score": 85}, {"fidelity": "target", "target_psnr": None, "target_score": 85.0}, ["taid-x4-webp"]),
+    ({"fidelity": "lossless"}, {"fidelity": "lossless", "target_psnr": float("inf"), "target_score": None},
+     ["taid-x4-webp"]),
+    ({"fidelity": "high", "model_id": "taid-x2-webp"}, {"fidelity": "high", "target_psnr": None, "target_score": 90.0},
+     ["taid-x2-webp"]),
+    ({"model_id": "taid-x4"}, {"fidelity": None, "target_psnr": None, "target_score": None}, ["taid-x4"]),
+    ({"small_format": "png"}, {"fidelity": None, "target_psnr": None, "target_score": None}, ["taid-x2"]),
 ])
 def test_request_columns_and_models(kw, columns, models):
     request = params(**kw).request()
@@ -43,5 +48,9 @@ def test_fidelity_request_keeps_the_limits_and_effort():
 def test_conflicts_are_refused_when_the_params_are_made():
     with pytest.raises(ValueError, match="picks the small file's format"):
         params(fidelity="high", small_format="png")
-    with pytest.raises(ValueError, match="not both"):
+    with pytest.raises(ValueError, match="not a fidelity preset and --target-psnr"):
         params(fidelity="high", target_psnr=40)
+    with pytest.raises(ValueError, match="not --target-score and --target-psnr"):
+        params(target_score=80, target_psnr=40)
+    with pytest.raises(ValueError, match="lossless"):
+        params(target_score=100)

@@ -19,7 +19,7 @@ def test_schemas_are_derived_from_the_models():
     assert SCHEMA.names == list(ArchiveRow.model_fields)
     assert SCHEMA.field("width").type == pa.int32() and SCHEMA.field("source_size").type == pa.int64()
     assert SCHEMA.field("processed_at").type == pa.timestamp("us", tz="UTC")
-    assert SCHEMA.metadata == {b"taid_manifest_schema": b"4"}
+    assert SCHEMA.metadata == {b"taid_manifest_schema": b"5"}
     assert all(SCHEMA.field(f"cpu_{stage}_s").type == pa.float64()
                for stage in ("decode", "tad", "tau", "search", "encode", "verify"))
     assert {"small_uri", "restored_uri", "restored_sha256"} <= set(RESTORED_SCHEMA.names)

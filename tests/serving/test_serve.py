@@ -349,6 +349,7 @@ def test_browser_gallery_and_full_image(token_client, archive, tmp_path, request
 def test_preview_leaves_out_the_enhancement_layer(server, archive):
     """Issue 13's layered archive: the full image meets its fidelity, `preview=1` is TAU(small) alone."""
     from models.metrics import psnr_y
+    from pipeline.codec.measure import Ssimulacra2
 
     client = server(archive["layered"], allow_anonymous=True)
     deadline, in_a_row = time.monotonic() + 60, 0
@@ -357,14 +358,17 @@ def test_preview_leaves_out_the_enhancement_layer(server, archive):
         in_a_row = in_a_row + 1 if client.get("/meta/bird.jpg")[0] == 200 else 0
         time.sleep(0.2)
     meta = client.json("/meta/bird.jpg")
-    assert meta["fidelity"] == "high" and meta["psnr_y"] >= 40 and meta["enhancement_size"] > 0
+    # `high`: SSIMULACRA2 >= 90 in the worst 256-px region (JSON writes an exact PSNR as "inf")
+    assert meta["fidelity"] == "high" and meta["target_score"] == 90 and meta["target_psnr"] is None
+    assert meta["score_worst"] >= meta["target_score"] and meta["enhancement_size"] > 0
     src = np.asarray(decoded(archive["sources"]["photos/bird.jpg"]).convert("RGB"))
     status, full_h, full = client.get("/image/bird.jpg?format=png")
     status_p, preview_h, preview = client.get("/image/bird.jpg?format=png&preview=1")
     assert status == status_p == 200 and preview_h["etag"] != full_h["etag"]
     full_px, preview_px = (np.asarray(decoded(b).convert("RGB")) for b in (full, preview))
     assert full_px.shape == preview_px.shape == src.shape
-    assert psnr_y(full_px, src) >= 40 > psnr_y(preview_px, src)
+    full_worst, preview_worst = (Ssimulacra2().score(src, px).worst for px in (full_px, preview_px))
+    assert full_worst >= 90 > preview_worst and psnr_y(full_px, src) > psnr_y(preview_px, src)
     # `original`: the source JPEG byte for byte, on request and as that archive row's default
     jpeg = archive["sources"]["photos/bird.jpg"]
     for query in ("?format=original", ""):

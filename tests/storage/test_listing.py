@@ -103,11 +103,14 @@ def test_vectorised_decisions_match_decide():
 
     std = resolve_fidelity("standard")
     obj = ObjectInfo("a.png", "s3://b/a.png", "e1", 10)
-    prevs = [None] + [PreviousState(e, s, st, m, f, t) for e in ("e1", "e0") for s in (10, 11)
+    # rows of today (standard: a score), of an archive made when standard was 36 dB Y-PSNR, explicit targets
+    prevs = [None] + [PreviousState(e, s, st, m, f, t, sc) for e in ("e1", "e0") for s in (10, 11)
                       for st in ("ok", "failed_decode", "skipped_empty") for m in ("taid-x2", "taid-x4", std.models[0], None)
-                      for f, t in ((None, None), (std.name, std.target_psnr), (std.name, 30.0), ("target", 30.0))]
+                      for f, t, sc in ((None, None, None), (std.name, None, std.target_score), (std.name, 36.0, None),
+                                       ("target", 30.0, None), ("target", None, 85.0), ("target", None, 80.0))]
     modes = [CompressArchiveParams(source="s", dest="d"), CompressArchiveParams(source="s", dest="d", model_id="taid-x2"),
              CompressArchiveParams(source="s", dest="d", target_psnr=30.0),
+             CompressArchiveParams(source="s", dest="d", target_score=85.0),
              CompressArchiveParams(source="s", dest="d", retry_failed=True),
              CompressArchiveParams(source="s", dest="d", incremental=False)]
     listing = pa.table({"key": [f"k{i:04d}" for i in range(len(prevs))], "etag": [obj.etag] * len(prevs),
@@ -117,12 +120,17 @@ def test_vectorised_decisions_match_decide():
                      "status": [p.status if p else None for p in prevs],
                      "model_id": pa.array([p.model_id if p else None for p in prevs], pa.string()),
                      "fidelity": pa.array([p.fidelity if p else None for p in prevs], pa.string()),
-                     "target_psnr": pa.array([p.target_psnr if p else None for p in prevs], pa.float64())})
+                     "target_psnr": pa.array([p.target_psnr if p else None for p in prevs], pa.float64()),
+                     "target_score": pa.array([p.target_score if p else None for p in prevs], pa.float64())})
     for params in modes:
         got = [REASONS[c] for c in decide_codes(listing, prev, params)]
         want = [decide(obj, p, params) for p in prevs]
         assert got == want
         assert "unchanged" in want or params.retry_failed or not params.incremental  # the grid covers a match
+    # a nightly run at `standard` over an archive made when standard meant 36 dB does not redo it
+    old = PreviousState("e1", 10, "ok", std.models[0], "standard", 36.0, None)
+    assert decide(obj, old, modes[0]) == "unchanged"
+    assert decide(obj, old, CompressArchiveParams(source="s", dest="d", incremental=False)) == "process"
 
 
 def test_nightly_run_over_an_unchanged_bucket_starts_no_ray(s3, seeded, tmp_path):
