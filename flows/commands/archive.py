@@ -168,8 +168,8 @@ def job_args(p: argparse.ArgumentParser) -> None:
                    help="run the workers in this process, without Ray (default auto: a small plan with no cluster "
                    "address; docs/costs.md#small-runs)")
     p.add_argument("--start-on-driver", dest="start_on_driver", action=argparse.BooleanOptionalAction, default=None,
-                   help="a local Ray this command starts: work on the first images in this process while Ray "
-                   "and the actors start (default: on)")
+                   help="work on the first images in this process while the actors start (default: on a "
+                   "cluster named by --ray-address / TAID_RAY_ADDRESS, off while starting a local Ray)")
     p.add_argument("--precision", choices=["auto", "fp32", "tf32", "bf16", "fp16"],
                    help="network precision (default: TAID_PRECISION, else fp32 on a CPU, bf16 on CUDA)")
     p.add_argument("--registry", help="model registry URI for fine-tuned model ids")

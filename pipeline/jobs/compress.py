@@ -479,11 +479,11 @@ def _dispatch(*args, **kwargs) -> dict:
 
 
 def _on_ray(worker_cls, params, run_id: str, items, on_row, crash_row, models: list[str], clock) -> tuple[bool, dict]:
-    """(whether the run holds this machine, the dispatch counters). A local Ray this run starts:
-    the driver works on the first objects in a thread while Ray and the actors start, and stops
-    taking new ones once the actors are ready (`pipeline.runtime.actor_pool.DriverLane`); on a
-    cluster it connects to, too (the first image starts within seconds while the actors start
-    there; the driver's core is then held while it works). One thread, not one per core: the codec measures each stage's CPU for the whole process
+    """(whether the run holds this machine, the dispatch counters). On a cluster this run connects
+    to (or with `start_on_driver`), the driver works on the first objects in a thread while the
+    actors start, and stops taking new ones once they are ready
+    (`pipeline.runtime.actor_pool.DriverLane`): the first image starts within seconds, and the
+    driver's core is held while it works. One thread, not one per core: the codec measures each stage's CPU for the whole process
     (`time.process_time`), so two working threads would count each other's CPU."""
     import threading
 
@@ -496,8 +496,15 @@ def _on_ray(worker_cls, params, run_id: str, items, on_row, crash_row, models: l
             on_row(row)
 
     shared = Shared(items)
-    # not when this process is connected to a Ray already (a library caller's own, a test's), nor staged
-    starts_local = params.start_on_driver and params.stages != "staged" and not ray_running()
+    # not when this process is connected to a Ray already (a library caller's own, a test's), nor staged, nor
+    # where custom resources say which nodes may run the work (the driver's node is not one of them)
+    from pipeline.settings import get_settings
+
+    wanted = params.start_on_driver
+    if wanted is None:  # auto: where the actors start on a cluster's cores, not on the driver's own
+        wanted = bool(params.ray_address or get_settings().ray_address)
+    starts_local = (wanted and params.stages != "staged" and not ray_running()
+                    and not params.actor_resources and not params.worker_resources)
     lanes = []
     if starts_local:  # one thread: the codec measures a stage's CPU per process (time.process_time)
         lanes = [DriverLane(worker_cls, (params.model_dump(), run_id, []), shared, locked).start()]

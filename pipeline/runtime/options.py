@@ -43,9 +43,10 @@ class RayParams(BaseModel):
         "auto", description="run the workers in this process instead of on Ray: always, never, or auto = when no "
         "cluster address is given and the plan is small (in_process_max_items, in_process_max_bytes): starting "
         "a local Ray costs more than it saves there (docs/costs.md#small-runs)")
-    start_on_driver: bool = Field(
-        True, description="a local Ray this run starts: the driver works on the first objects while Ray and the "
-        "actors start (one at a time, until the actors are ready)")
+    start_on_driver: bool | None = Field(
+        None, description="the driver works on the first objects (one at a time) until the actors are ready; None = "
+        "auto: on a cluster it connects to (the actors start on other cores), not while it starts a local Ray "
+        "(measured on 2 cores: the driver's work slowed Ray's own start more than it did: docs/costs.md)")
     in_process_max_items: int = Field(2, ge=0, description="auto: at most this many objects to process ...")
     in_process_max_bytes: int = Field(3 << 20, ge=0, description="... and at most this many source bytes in all")
     registry: str | None = Field(None, description="model registry URI for fine-tuned model ids (default: the "

@@ -100,7 +100,7 @@ def test_a_command_that_starts_ray_works_on_the_driver_meanwhile(tmp_path):
     src, dest = _sources(tmp_path, 4), tmp_path / "archive"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "flows.cli", "compress-archive", str(src), str(dest), "--workers",
-                           "2", "--in-process", "never"], capture_output=True, text=True, env=env, cwd=ROOT,
+                           "2", "--in-process", "never", "--start-on-driver"], capture_output=True, text=True, env=env, cwd=ROOT,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
