@@ -57,7 +57,7 @@ import numpy as np
 from PIL import Image
 
 from models.metrics import psnr, rgb_to_y
-from pipeline.codec import formats, tiling
+from pipeline.codec import formats, rate, tiling
 from pipeline.codec import image as codec
 from pipeline.codec import layer as enhancement
 from pipeline.codec.inference import CROSS_DEVICE_MAX_PSNR_DROP_DB
@@ -276,7 +276,7 @@ def _lowest_quality(measure, target: float, start: int = 60, top: int = 100):
     return (hi, tried[hi]) if hi <= top else None
 
 
-SAMPLE_ABOVE_PIXELS = 1_500_000  # larger images: the layer's level is searched on a sample of tiles first
+SAMPLE_ABOVE_PIXELS = rate.SAMPLE_ABOVE_PIXELS  # larger images: the layer's level is searched on a sample of tiles first
 SAMPLE_TILE = 256  # a multiple of AV1's 64-pixel superblocks: tiles do not share blocks in the mosaic
 SAMPLE_FRACTION = 0.2
 # Y-PSNR of a full-size encode at the final speed minus that of the sample mosaic at the search speed,
@@ -352,8 +352,7 @@ def _slope(points: dict[int, float]) -> float | None:
     return (p1 - p0) / (k1 - k0) if k1 > k0 and p1 > p0 else None
 
 
-MIN_BAND_ROWS = 256  # a band of the avif-bands layer: at least four 64-px superblock rows
-MAX_BANDS = 8
+MIN_BAND_ROWS, MAX_BANDS = rate.MIN_BAND_ROWS, rate.MAX_BANDS  # the bands of a layer (rate.band_rows), both paths
 DEFAULT_SLOPE_DB = 0.55  # dB per AVIF level when the search measured none (about 5 % bytes)
 
 
@@ -400,9 +399,7 @@ class _Bands:
     def __init__(self, src: np.ndarray, ref: Reference, scale: int, speed: int, grey: bool):
         self.src, self.ref, self.scale, self.speed, self.grey = src, ref, scale, speed, grey
         h, w = src.shape[:2]
-        k = max(1, min(MAX_BANDS, h // MIN_BAND_ROWS))
-        edges = sorted({min(h, round(i * h / k / 64) * 64) for i in range(k)} | {h})
-        self.rows = list(zip(edges, edges[1:]))
+        self.rows = rate.band_rows(h)
         self.levels = [0] * len(self.rows)
         self.data: list[bytes] = [b""] * len(self.rows)
         self.sse = [(0.0, 0.0)] * len(self.rows)
@@ -651,7 +648,8 @@ def _perceptual_search(ctx: _Context, pairs: dict, spec: Fidelity):
     is_jpeg = ctx.dec.info.get("source_format") == "JPEG"
     # a layer the sample says is dearer than keeping the source (a JPEG: its JPEG XL recompression,
     # about 0.8x) is not searched band by band (about 40 % of a high-fidelity photo's CPU saved)
-    budget = (JPEG_KEEP_ABOVE if is_jpeg else 1.0) * source * SAMPLE_BUDGET_SLACK
+    keep_above = (JPEG_KEEP_ABOVE if is_jpeg else 1.0) * source  # a layer this large: the source is kept
+    budget = keep_above * SAMPLE_BUDGET_SLACK
     layers: dict = {}  # the band layer does not depend on the pair: searched once for every base
     for base in spec.bases:
         pair = pairs[base.model_id]
@@ -665,7 +663,7 @@ def _perceptual_search(ctx: _Context, pairs: dict, spec: Fidelity):
         if layered is not None:
             candidates.append(layered)
     best = min(candidates, key=lambda c: c[0].total) if candidates else None
-    if (best is None or best[0].total >= (JPEG_KEEP_ABOVE if is_jpeg else 1.0) * source) and (
+    if (best is None or best[0].total >= keep_above) and (
             is_jpeg or ctx.dec.alpha is None):  # a source layer restores no alpha of its own
         kept = _source_kept(ctx, pairs[first.model_id], first, spec, "target")
         if best is None or kept[0].total < best[0].total:
@@ -694,8 +692,6 @@ def _scored_image_layer(ctx: _Context, pair, base: Base, spec: Fidelity, measure
     """A preview small file plus a band layer of the image itself, each band at the coarsest level
     whose worst region reaches the score (pipeline.codec.rate); None where none does (or none within
     `budget` bytes). `layers` caches the layer for the image's other bases."""
-    from pipeline.codec import rate
-
     if "coded" not in layers:
         src = _channel(ctx.ref.rgb, ctx.grey)
         coded = None

@@ -165,7 +165,6 @@ def encode_avif(arr: np.ndarray, level: int, speed: int = AVIF_SPEED) -> bytes:
 # Perceptual targets (issue 29): AVIF with libaom's own eye-tuned defaults (its adaptive quantisation,
 # quantisation matrices as libavif sets them), coded by Pillow's quality 0-100. On 768-px phone crops at
 # SSIMULACRA2 80 it needed 0-30 % fewer bytes than tune=psnr; JPEG XL won at 90 (benchmarks/results/perceptual.md).
-EYE_QUALITIES = 100  # the level of an eye-tuned AVIF or a JPEG XL band: its quality, 0 coarsest ... 100 finest
 
 
 def encode_avif_eye(arr: np.ndarray, quality: int, speed: int = AVIF_SPEED) -> bytes:

@@ -98,11 +98,6 @@ class Fidelity(BaseModel):
         """The measure the target is in (pipeline.codec.measure.MEASURES): exact counts as psnr-y (inf)."""
         return "ssimulacra2" if self.target_score is not None else "psnr-y"
 
-    @property
-    def target(self) -> float:
-        """The floor in its measure's units."""
-        return self.target_score if self.target_score is not None else self.target_psnr
-
 
 _LAYERED = [Base(model_id="taid-x4-webp", layer_quality=50)]
 # Floors chosen on the scale's published meaning and measured on real phone photos

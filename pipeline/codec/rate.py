@@ -12,7 +12,7 @@ leaves; the bands are stacked again on rehydration (pipeline.codec.layer, format
 How, per image:
 1. The coder (JPEG XL, or eye-tuned AVIF where `CODERS` lists both) and a starting level are chosen on a sample:
    the image itself when it is small, else a mosaic of about a fifth of its 256-px tiles spread
-   evenly over it (pipeline.codec.fidelity's `_mosaic`); on it each coder's coarsest level whose
+   evenly over it (pipeline.codec.fidelity's `_mosaic`, passed in); on it each coder's coarsest level whose
    worst tile reaches the target is searched, and the coder with the fewer bytes there is kept.
 2. Each band is searched from that level: encode, decode, score the band against the source band
    (its regions), then up or down by the measured slope until two levels `resolution` apart
@@ -57,8 +57,7 @@ class Coder(NamedTuple):
 
 
 def _coders(effort) -> dict[str, tuple[Coder, Callable[[np.ndarray, int], bytes]]]:
-    avif_speed = effort.final_speed
-    jxl_effort = getattr(effort, "jxl_effort", enhancement.JXL_EFFORT)
+    avif_speed, jxl_effort = effort.final_speed, effort.jxl_effort
     return {
         "avif": (Coder("avif", "avif-bands", 100, 2, lambda s: int(np.clip(round(2.4 * s - 124), 10, 98)), 0.4),
                  lambda a, q: enhancement.encode_avif_eye(a, q, avif_speed)),
@@ -119,7 +118,7 @@ def _settle_band(encode, measure, ref, src: np.ndarray, coder: Coder, target: fl
             tried[level] = Probe(level, data, decoded, measure.score(ref, _rgb(decoded)).worst)
         return tried[level]
 
-    p = at(start)
+    at(start)
     for _ in range(MAX_PROBES - 1):
         hits = [q for q in tried.values() if q.worst >= target]
         misses = [q for q in tried.values() if q.worst < target]
@@ -143,16 +142,15 @@ def _settle_band(encode, measure, ref, src: np.ndarray, coder: Coder, target: fl
             guess = lo.level + max(coder.resolution, math.ceil((target - lo.worst) / slope))
         if int(np.clip(guess, 0, coder.top)) in tried:
             break
-        p = at(guess)
+        at(guess)
     hits = [q for q in tried.values() if q.worst >= target]
     pts = sorted((q.level, q.worst) for q in tried.values())
     if len(pts) >= 2 and pts[-1][0] > pts[0][0] and pts[-1][1] > pts[0][1]:
         slope = (pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0])
-    del p
     return (min(hits, key=lambda q: q.level) if hits else None), max(slope, 0.05)
 
 
-def _choose_coder(src: np.ndarray, measure, target: float, effort, grey: bool, sample: np.ndarray,
+def _choose_coder(measure, target: float, effort, grey: bool, sample: np.ndarray,
                   counter: list[int]) -> tuple[str, int, float, int | None]:
     """(coder kind, starting level, slope, its bytes on the sample) from the coder whose coarsest
     level reaching `target` on `sample` is smallest; a coder that reaches it nowhere loses."""
@@ -191,8 +189,7 @@ def perceptual_layer(src: np.ndarray, measure, prepared, target: float, effort, 
             start, slope = coder.start(target + BAND_AIM), coder.slope
         else:
             sample = src if small else mosaic(src)
-            kind, start, slope, sample_bytes = _choose_coder(src, measure, target + BAND_AIM, effort, grey, sample,
-                                                             counter)
+            kind, start, slope, sample_bytes = _choose_coder(measure, target + BAND_AIM, effort, grey, sample, counter)
             estimate = sample_bytes * src.size / sample.size if sample_bytes is not None else math.inf
             if budget is not None and estimate > budget:
                 return None

@@ -225,6 +225,11 @@ class RunStats:
     def rows(self) -> int:
         return sum(self.by_status.values())
 
+    @property
+    def busy_cpu_s(self) -> float:
+        """The stage CPU-seconds of every row so far (the cost report's `cpu_s.total`, 0 when none measured)."""
+        return sum(v for v in self.cpu.values() if v is not None)
+
     def cost(self, run_objects: int = 0, gpu_seconds: float = 0.0, held_core_s: float | None = None) -> dict:
         """CPU-seconds by stage, objects written and, per storage class, when the run pays for
         itself. `run_objects`: the run's own objects (manifest parts, stats file), PUTs too.
@@ -232,7 +237,7 @@ class RunStats:
         paid while held), and the busy CPU-seconds beside them (`*_busy`). None: busy only."""
         measured = [v for v in self.cpu.values() if v is not None]
         cpu = {**self.cpu, "total": sum(measured) if measured else None}
-        busy = cpu["total"] or 0.0
+        busy = self.busy_cpu_s
         held = busy if held_core_s is None else held_core_s
         mp = self.decoded_pixels / 1e6
         ok = self.by_status.get("ok", 0)
@@ -446,8 +451,7 @@ def _run_compress(params: CompressArchiveParams, progress: Progress | None, run_
             f"written, {stats.by_status.get('failed_write', 0)} failed writes, all {writer.rows} rows recorded; the rest was "
             "not started: make room, then rerun (it redoes only the objects without a row; --retry-failed the failed writes)")
     timing = dispatch.pop("_timing", None)
-    busy = sum(v for v in stats.cpu.values() if v is not None)
-    utilization = run_utilization(clock, timing, busy, time.time(), machine, dispatch.get("model_actors"),
+    utilization = run_utilization(clock, timing, stats.busy_cpu_s, time.time(), machine, dispatch.get("model_actors"),
                                   params.gpus_per_model_actor if params.gpus_per_model_actor is not None else 1.0)
     result: CompressResult = {
         "run_id": run_id, "source": params.source, "dest": params.dest, "model_id": params.model_id,
