@@ -41,6 +41,9 @@ bench: venv
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/throughput_archive.py
 	$(BIN)/python benchmarks/utilization.py
+	$(BIN)/python benchmarks/measure.py
+	$(BIN)/python benchmarks/perceptual.py --rd-images 4
+	$(BIN)/python benchmarks/band_coders.py
 	$(BIN)/python benchmarks/rehydrate_latency.py
 	$(BIN)/python benchmarks/finetune_domain.py
 	$(BIN)/python benchmarks/serve_latency.py

@@ -51,7 +51,8 @@ class EffortSettings(NamedTuple):
     # that it rarely needs finer bands (each a fraction of an encode) ...
     trim_above: float  # ... and where it lands more than this many levels above, bands are made coarser
     jxl_effort: int = 5  # libjxl effort of JPEG XL bands (score targets: pipeline.codec.rate); effort 7 costs twice
-    # the CPU for about 1.5 % fewer bytes at equal score on phone photos (benchmarks/results/perceptual.md)
+    # the CPU for bytes within 1.1 % at equal worst-region score, effort 4 stores 5-18 % more
+    # (phone-photo crops: benchmarks/results/band_coders.md)
 
 
 EFFORTS: dict[str, EffortSettings] = {

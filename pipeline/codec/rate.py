@@ -68,8 +68,9 @@ def _coders(effort) -> dict[str, tuple[Coder, Callable[[np.ndarray, int], bytes]
 
 
 # The coders an image chooses among on its sample. JPEG XL alone: on five 2.8 MP phone-photo crops at
-# `standard`, choosing per image between it and eye-tuned AVIF stored 2.3 % more bytes (the sample chose
-# AVIF twice, and lost both times once the bands were settled) for 12 % more CPU. AVIF stays a coder.
+# `standard`, choosing per image between it and eye-tuned AVIF stored 2.2 % more bytes (the sample chose
+# AVIF twice, and lost both times once the bands were settled) for 16 % more CPU
+# (benchmarks/band_coders.py). AVIF stays a coder.
 CODERS: tuple[str, ...] = ("jxl",)
 
 
